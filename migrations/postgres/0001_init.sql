@@ -1,0 +1,164 @@
+-- lifeline schema, PostgreSQL.
+-- tool_call_logs and callback_requests keep every column, type and status value of the original
+-- system so existing SQL dashboards keep working; lifeline's columns are added after them.
+
+CREATE OR REPLACE FUNCTION update_tool_call_logs_updated_at() RETURNS trigger AS $$
+BEGIN
+  NEW.updated_at = now();
+  RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+-- One row per phone call, whatever platform carried it.
+CREATE TABLE calls (
+  id                    UUID PRIMARY KEY,
+  tenant_id             TEXT NOT NULL,
+  platform              TEXT NOT NULL CHECK (platform IN ('jambonz', 'twilio', 'ultravox')),
+  -- the platform's id of the caller's leg: Jambonz call_sid, Twilio CallSid
+  call_ref              TEXT NOT NULL,
+  ultravox_call_id      TEXT,
+  twilio_call_sid       TEXT,
+  account_sid           TEXT,
+  application_sid       TEXT,
+  from_number           TEXT,
+  to_number             TEXT,
+  direction             TEXT NOT NULL DEFAULT 'inbound',
+  status                TEXT NOT NULL DEFAULT 'initiated',
+  -- when lifeline handed the call its application (session:new ack, TwiML)
+  app_started_at        TIMESTAMPTZ,
+  started_at            TIMESTAMPTZ NOT NULL,
+  ended_at              TIMESTAMPTZ,
+  duration_seconds      INTEGER,
+  transfer_outcome      TEXT CHECK (transfer_outcome IN ('succeeded', 'failed')),
+  transfer_completed_at TIMESTAMPTZ,
+  created_at            TIMESTAMPTZ NOT NULL DEFAULT now(),
+  updated_at            TIMESTAMPTZ NOT NULL DEFAULT now(),
+  UNIQUE (platform, call_ref)
+);
+CREATE UNIQUE INDEX calls_ultravox_call_id ON calls (ultravox_call_id) WHERE ultravox_call_id IS NOT NULL;
+CREATE INDEX calls_tenant_started ON calls (tenant_id, started_at DESC);
+CREATE TRIGGER calls_updated_at BEFORE UPDATE ON calls
+  FOR EACH ROW EXECUTE FUNCTION update_tool_call_logs_updated_at();
+
+-- Everything that happened to a call, in order (status changes, hooks), for its timeline.
+CREATE TABLE call_events (
+  id         UUID PRIMARY KEY,
+  call_id    UUID NOT NULL REFERENCES calls (id),
+  at         TIMESTAMPTZ NOT NULL,
+  kind       TEXT NOT NULL,
+  detail     JSONB NOT NULL DEFAULT '{}'
+);
+CREATE INDEX call_events_call_at ON call_events (call_id, at);
+
+CREATE TABLE tool_call_logs (
+  id                UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+  created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+  updated_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+  ultravox_call_id  TEXT,
+  twilio_call_sid   TEXT,
+  call_log_id       INTEGER,
+  tool_name         TEXT NOT NULL,
+  tool_parameters   JSONB NOT NULL DEFAULT '{}',
+  status            TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'success', 'failed', 'retrying')),
+  error_message     TEXT,
+  retry_count       INTEGER NOT NULL DEFAULT 0,
+  max_retries       INTEGER NOT NULL DEFAULT 3,
+  callback_number   TEXT,
+  caller_name       TEXT,
+  urgency_level     TEXT,
+  tool_data         JSONB NOT NULL DEFAULT '{}',
+  result            JSONB,
+  processed_at      TIMESTAMPTZ,
+  -- lifeline
+  tenant_id         TEXT NOT NULL,
+  platform          TEXT NOT NULL,
+  call_ref          TEXT NOT NULL,
+  call_id           UUID REFERENCES calls (id),
+  invocation_key    TEXT NOT NULL,
+  invocation_id     TEXT,
+  canonical_tool    TEXT NOT NULL,
+  error_kind        TEXT,
+  duration_ms       DOUBLE PRECISION,
+  -- a repeated invocation finds this row instead of running again
+  CONSTRAINT tool_call_logs_invocation UNIQUE (platform, call_ref, invocation_key)
+);
+CREATE INDEX idx_tool_call_logs_status ON tool_call_logs (status);
+CREATE INDEX idx_tool_call_logs_created_at ON tool_call_logs (created_at DESC);
+CREATE INDEX idx_tool_call_logs_ultravox_call_id ON tool_call_logs (ultravox_call_id);
+CREATE INDEX idx_tool_call_logs_twilio_call_sid ON tool_call_logs (twilio_call_sid);
+CREATE INDEX idx_tool_call_logs_tool_name ON tool_call_logs (tool_name);
+CREATE INDEX idx_tool_call_logs_callback_number ON tool_call_logs (callback_number)
+  WHERE callback_number IS NOT NULL;
+-- sliding-window rate limits count a call's recent invocations
+CREATE INDEX tool_call_logs_call_window ON tool_call_logs (platform, call_ref, created_at);
+CREATE TRIGGER update_tool_call_logs_updated_at BEFORE UPDATE ON tool_call_logs
+  FOR EACH ROW EXECUTE FUNCTION update_tool_call_logs_updated_at();
+
+-- Each dial of an on-call number; at most one is ringing per call.
+CREATE TABLE transfer_attempts (
+  id                UUID PRIMARY KEY,
+  call_id           UUID NOT NULL REFERENCES calls (id),
+  tenant_id         TEXT NOT NULL,
+  tool_call_log_id  UUID REFERENCES tool_call_logs (id),
+  target_role       TEXT NOT NULL CHECK (target_role IN ('primary', 'secondary')),
+  target_number     TEXT NOT NULL,
+  status            TEXT NOT NULL CHECK (status IN ('dialing', 'succeeded', 'failed')),
+  dial_call_status  TEXT,
+  dial_sip_status   INTEGER,
+  failure_reason    TEXT,
+  callback_number   TEXT NOT NULL,
+  caller_name       TEXT,
+  reason            TEXT NOT NULL,
+  pet_name          TEXT,
+  started_at        TIMESTAMPTZ NOT NULL,
+  ended_at          TIMESTAMPTZ
+);
+CREATE UNIQUE INDEX transfer_attempts_one_dialing ON transfer_attempts (call_id) WHERE status = 'dialing';
+CREATE INDEX transfer_attempts_call ON transfer_attempts (call_id, started_at);
+
+CREATE TABLE callback_requests (
+  id                     UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+  created_at             TIMESTAMPTZ NOT NULL DEFAULT now(),
+  updated_at             TIMESTAMPTZ NOT NULL DEFAULT now(),
+  callback_number        TEXT NOT NULL,
+  caller_name            TEXT,
+  pet_name               TEXT,
+  species                TEXT,
+  concern_description    TEXT,
+  urgency_level          TEXT NOT NULL DEFAULT 'normal'
+                         CHECK (urgency_level IN ('normal', 'urgent', 'critical')),
+  call_sid               TEXT,
+  tool_call_log_id       UUID REFERENCES tool_call_logs (id),
+  status                 TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (status IN ('pending', 'posted', 'failed', 'cancelled', 'dead_letter')),
+  posted_to_frontend_at  TIMESTAMPTZ,
+  frontend_response      JSONB,
+  error_message          TEXT,
+  retry_count            INTEGER NOT NULL DEFAULT 0,
+  max_retries            INTEGER NOT NULL DEFAULT 3,
+  next_retry_at          TIMESTAMPTZ,
+  metadata               JSONB DEFAULT '{}',
+  -- lifeline
+  tenant_id              TEXT NOT NULL,
+  call_id                UUID REFERENCES calls (id),
+  transfer_attempt_id    UUID REFERENCES transfer_attempts (id),
+  reason                 TEXT NOT NULL CHECK (reason IN ('message', 'failed_transfer')),
+  -- queue order: 0 critical, 1 urgent, 2 normal (the original sorted the text and served critical last)
+  urgency_rank           INTEGER NOT NULL,
+  first_name             TEXT,
+  last_name              TEXT,
+  breed                  TEXT,
+  age                    TEXT,
+  urgency_reason         TEXT
+);
+CREATE INDEX idx_callback_requests_status ON callback_requests (status);
+CREATE INDEX idx_callback_requests_created_at ON callback_requests (created_at DESC);
+CREATE INDEX idx_callback_requests_urgency ON callback_requests (urgency_level);
+CREATE INDEX idx_callback_requests_callback_number ON callback_requests (callback_number);
+CREATE INDEX idx_callback_requests_next_retry ON callback_requests (next_retry_at) WHERE status = 'failed';
+CREATE INDEX callback_requests_queue ON callback_requests (urgency_rank, created_at)
+  WHERE status IN ('pending', 'failed');
+CREATE INDEX callback_requests_call ON callback_requests (call_id);
+CREATE TRIGGER update_callback_requests_updated_at BEFORE UPDATE ON callback_requests
+  FOR EACH ROW EXECUTE FUNCTION update_tool_call_logs_updated_at();

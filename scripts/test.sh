@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The lifeline project test command:  ./scripts/test.sh [extra args for cargo nextest run / cargo test]
+#
+#   1. finds (or starts) a PostgreSQL that allows CREATE DATABASE  -> $LIFELINE_TEST_PG_URL
+#   2. installs the jambonz verb validator (tools/verb-validator, @jambonz/verb-specifications)
+#      and runs its self-test                                     -> $LIFELINE_VERB_VALIDATOR,
+#                                                                    $LIFELINE_REQUIRE_VERB_VALIDATOR=1
+#   3. runs the Rust tests (cargo nextest if installed, else cargo test)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+
+step() { echo "==> test.sh: $*" >&2; }
+die() { echo "test.sh: ERROR: $*" >&2; exit 1; }
+
+as_root() {
+  if [[ "$(id -u)" == 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo -n "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+# --- a. PostgreSQL -----------------------------------------------------------------------------
+step "ensuring a PostgreSQL for tests (scripts/ensure-postgres.sh)"
+pg_url="$("$ROOT/scripts/ensure-postgres.sh")" || die "scripts/ensure-postgres.sh failed: no usable PostgreSQL (see messages above)"
+[[ -n "$pg_url" ]] || die "scripts/ensure-postgres.sh printed no URL"
+export LIFELINE_TEST_PG_URL="$pg_url"
+step "LIFELINE_TEST_PG_URL=${LIFELINE_TEST_PG_URL%%://*}://<redacted>@${LIFELINE_TEST_PG_URL##*@}"
+
+# --- b. jambonz verb validator -----------------------------------------------------------------
+VV="$ROOT/tools/verb-validator"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || die "node/npm not found and apt-get is unavailable; install Node.js >= 18 and npm"
+  step "node/npm not found; installing nodejs + npm with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || die "apt-get update failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >&2 || die "apt-get install nodejs npm failed"
+fi
+
+lock_hash="$(sha256sum "$VV/package-lock.json" | cut -d' ' -f1)" || die "missing $VV/package-lock.json"
+stamp="$VV/node_modules/.lifeline-lock.sha256"
+if [[ -d "$VV/node_modules" && -f "$stamp" && "$(cat "$stamp")" == "$lock_hash" ]]; then
+  step "verb validator dependencies up to date"
+else
+  step "installing verb validator dependencies (npm ci)"
+  npm ci --prefix "$VV" --no-audit --no-fund >&2 || die "npm ci in tools/verb-validator failed"
+  echo "$lock_hash" >"$stamp"
+fi
+
+step "verb validator self-test"
+"$VV/selftest.sh" || die "tools/verb-validator/selftest.sh failed"
+
+export LIFELINE_VERB_VALIDATOR="$VV/validate.js"
+export LIFELINE_REQUIRE_VERB_VALIDATOR=1
+
+# --- c. Rust tests -----------------------------------------------------------------------------
+if cargo nextest --version >/dev/null 2>&1; then
+  step "cargo nextest run --workspace --no-fail-fast $*"
+  cargo nextest run --workspace --no-fail-fast --no-tests=warn "$@" || die "Rust tests failed (cargo nextest)"
+  # nextest does not run doctests; run them too when there is a library target and no extra args.
+  if [[ $# -eq 0 && -f "$ROOT/src/lib.rs" ]]; then
+    step "cargo test --workspace --doc"
+    cargo test --workspace --doc || die "doctests failed"
+  fi
+else
+  step "cargo test --workspace $* (cargo-nextest not installed)"
+  cargo test --workspace "$@" || die "Rust tests failed (cargo test)"
+fi
+
+step "all tests passed"

@@ -1,0 +1,712 @@
+//! Typed configuration: environment variables for the process (12-factor), an optional TOML file
+//! for tenants and limits. Everything is validated once, at start-up, and every problem is reported
+//! in one message so an operator fixes them all in one go.
+//!
+//! Secrets do not have to live in the file: any string value may be written `${NAME}` and is taken
+//! from the environment variable `NAME`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::phone::E164;
+
+/// Everything that is wrong with a configuration, one line per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n  - {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// The validated configuration of one lifeline process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub limits: Limits,
+    pub jambonz: JambonzSettings,
+    pub tenants: Vec<Arc<Tenant>>,
+}
+
+/// Pipeline limits. Windows slide: a count covers the last `window` seconds, whenever asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// How long a handler may run before the model is answered with a timeout (Ultravox waits
+    /// 2.5 s by default, so this must stay below).
+    pub tool_timeout: Duration,
+    /// Tool invocations allowed per call within `call_window`.
+    pub tool_calls_per_call: u32,
+    pub call_window: Duration,
+    /// Transfers allowed per call within `transfer_window`: a runaway model must not be able to
+    /// transfer 50 times.
+    pub transfers_per_call: u32,
+    pub transfer_window: Duration,
+    /// Tool invocations allowed per tenant per minute (per instance).
+    pub tool_calls_per_tenant_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tool_timeout: Duration::from_millis(2000),
+            tool_calls_per_call: 30,
+            call_window: Duration::from_secs(60),
+            transfers_per_call: 3,
+            transfer_window: Duration::from_secs(600),
+            tool_calls_per_tenant_per_minute: 600,
+        }
+    }
+}
+
+/// Settings of the Jambonz WebSocket endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JambonzSettings {
+    /// How often we ping an idle socket so load balancers keep it open (Jambonz never pings).
+    pub ping_interval: Duration,
+}
+
+/// A clinic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    /// Stable identifier written to every row (`[a-z0-9_-]+`).
+    pub id: String,
+    pub name: String,
+    /// The numbers callers dial to reach this clinic.
+    pub numbers: Vec<E164>,
+    pub jambonz: Option<JambonzTenant>,
+    pub transfer: TransferTargets,
+    pub ultravox: UltravoxSettings,
+}
+
+/// How Jambonz reaches a tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JambonzTenant {
+    pub account_sid: Option<String>,
+    pub application_sid: Option<String>,
+    /// Basic-auth credentials Jambonz presents on the WebSocket upgrade.
+    pub username: String,
+    pub password: String,
+}
+
+/// Where a transfer goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferTargets {
+    pub primary: E164,
+    pub secondary: Option<E164>,
+    /// Carrier name as configured in Jambonz; `None` lets Jambonz pick by caller id.
+    pub trunk: Option<String>,
+    /// Caller id presented to the on-call person; `None` passes the caller's own number.
+    pub caller_id: Option<E164>,
+    pub ring_timeout_secs: u32,
+}
+
+/// The Ultravox settings of a tenant's `llm` verb.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UltravoxSettings {
+    pub api_key: String,
+    /// Use an Ultravox agent (its prompt and tools live at Ultravox)…
+    pub agent_id: Option<String>,
+    /// …or an inline system prompt (tools are declared by lifeline).
+    pub system_prompt: Option<String>,
+    pub voice: Option<String>,
+    pub model: String,
+    pub temperature: Option<f64>,
+}
+
+impl Config {
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+
+    /// Builds and validates the configuration from the process inputs. `file` is the TOML text
+    /// (already read) and where it came from; `env` resolves `${NAME}` references.
+    pub fn build(
+        process: &ProcessSettings,
+        file: Option<(&str, &Path)>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let raw: RawFile = match file {
+            None => RawFile::default(),
+            Some((text, path)) => match toml::from_str::<toml::Value>(text) {
+                Err(e) => {
+                    return Err(ConfigError(vec![format!("{}: {e}", path.display())]));
+                }
+                Ok(value) => {
+                    let value = interpolate(value, env, &mut problems);
+                    match RawFile::deserialize(value) {
+                        Ok(raw) => raw,
+                        Err(e) => {
+                            problems.push(format!("{}: {e}", path.display()));
+                            return Err(ConfigError(problems));
+                        }
+                    }
+                }
+            },
+        };
+
+        if !(process.database_url.starts_with("sqlite:")
+            || process.database_url.starts_with("postgres://")
+            || process.database_url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "DATABASE_URL must start with sqlite: or postgres:// (got {:?})",
+                redact_url(&process.database_url)
+            ));
+        }
+
+        let limits = raw.limits.validate(&mut problems);
+        let jambonz = JambonzSettings {
+            ping_interval: Duration::from_secs(raw.jambonz.ping_interval_secs.unwrap_or(25)),
+        };
+        if jambonz.ping_interval.is_zero() {
+            problems.push("jambonz.ping_interval_secs must be at least 1".into());
+        }
+
+        let mut tenants = Vec::new();
+        let mut ids = HashSet::new();
+        let mut numbers: HashMap<String, String> = HashMap::new();
+        for (i, t) in raw.tenants.into_iter().enumerate() {
+            let label = if t.id.is_empty() {
+                format!("tenants[{i}]")
+            } else {
+                format!("tenant {:?}", t.id)
+            };
+            if let Some(tenant) = t.validate(&label, &mut problems) {
+                if !ids.insert(tenant.id.clone()) {
+                    problems.push(format!("{label}: id is used by another tenant"));
+                }
+                for n in &tenant.numbers {
+                    if let Some(other) = numbers.insert(n.to_string(), tenant.id.clone()) {
+                        problems.push(format!(
+                            "{label}: number {n} is also answered by tenant {other:?}"
+                        ));
+                    }
+                }
+                tenants.push(Arc::new(tenant));
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(Self {
+                database_url: process.database_url.clone(),
+                bind: process.bind,
+                port: process.port,
+                limits,
+                jambonz,
+                tenants,
+            })
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Reads the file named by `LIFELINE_CONFIG` (if any) and builds the configuration.
+    pub fn load(process: &ProcessSettings) -> Result<Self, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        match &process.config_path {
+            None => Self::build(process, None, &env),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(vec![format!("cannot read {}: {e}", path.display())])
+                })?;
+                Self::build(process, Some((&text, path)), &env)
+            }
+        }
+    }
+}
+
+/// What the process itself is told through the environment or flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessSettings {
+    /// Database: `sqlite://path?mode=rwc` (embedded default) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://lifeline.db?mode=rwc")]
+    pub database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "LIFELINE_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// TOML file with tenants and limits.
+    #[arg(long = "config", env = "LIFELINE_CONFIG")]
+    pub config_path: Option<PathBuf>,
+}
+
+/// Hides the password of a connection URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn interpolate(
+    value: toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> toml::Value {
+    match value {
+        toml::Value::String(s) => toml::Value::String(interpolate_str(&s, env, problems)),
+        toml::Value::Array(items) => toml::Value::Array(
+            items
+                .into_iter()
+                .map(|v| interpolate(v, env, problems))
+                .collect(),
+        ),
+        toml::Value::Table(table) => toml::Value::Table(
+            table
+                .into_iter()
+                .map(|(k, v)| (k, interpolate(v, env, problems)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn interpolate_str(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match env(name) {
+                    Some(v) => out.push_str(&v),
+                    None => problems.push(format!("environment variable {name} is not set")),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    jambonz: RawJambonz,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJambonz {
+    ping_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    tool_timeout_ms: Option<u64>,
+    tool_calls_per_call: Option<u32>,
+    call_window_secs: Option<u64>,
+    transfers_per_call: Option<u32>,
+    transfer_window_secs: Option<u64>,
+    tool_calls_per_tenant_per_minute: Option<u32>,
+}
+
+impl RawLimits {
+    fn validate(&self, problems: &mut Vec<String>) -> Limits {
+        let d = Limits::default();
+        let limits = Limits {
+            tool_timeout: self
+                .tool_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.tool_timeout),
+            tool_calls_per_call: self.tool_calls_per_call.unwrap_or(d.tool_calls_per_call),
+            call_window: self
+                .call_window_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.call_window),
+            transfers_per_call: self.transfers_per_call.unwrap_or(d.transfers_per_call),
+            transfer_window: self
+                .transfer_window_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.transfer_window),
+            tool_calls_per_tenant_per_minute: self
+                .tool_calls_per_tenant_per_minute
+                .unwrap_or(d.tool_calls_per_tenant_per_minute),
+        };
+        if !(100..=39_000).contains(&limits.tool_timeout.as_millis()) {
+            problems.push(
+                "limits.tool_timeout_ms must be between 100 and 39000 (Ultravox waits at most 40 s)"
+                    .into(),
+            );
+        }
+        for (name, v) in [
+            ("tool_calls_per_call", limits.tool_calls_per_call),
+            ("transfers_per_call", limits.transfers_per_call),
+            (
+                "tool_calls_per_tenant_per_minute",
+                limits.tool_calls_per_tenant_per_minute,
+            ),
+        ] {
+            if v == 0 {
+                problems.push(format!("limits.{name} must be at least 1"));
+            }
+        }
+        for (name, v) in [
+            ("call_window_secs", limits.call_window),
+            ("transfer_window_secs", limits.transfer_window),
+        ] {
+            if v.is_zero() {
+                problems.push(format!("limits.{name} must be at least 1"));
+            }
+        }
+        limits
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    numbers: Vec<String>,
+    jambonz: Option<RawJambonzTenant>,
+    transfer: Option<RawTransfer>,
+    ultravox: Option<RawUltravox>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJambonzTenant {
+    account_sid: Option<String>,
+    application_sid: Option<String>,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransfer {
+    #[serde(default)]
+    primary: String,
+    secondary: Option<String>,
+    trunk: Option<String>,
+    caller_id: Option<String>,
+    ring_timeout_secs: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUltravox {
+    #[serde(default)]
+    api_key: String,
+    agent_id: Option<String>,
+    system_prompt: Option<String>,
+    voice: Option<String>,
+    model: Option<String>,
+    temperature: Option<f64>,
+}
+
+/// Frames we send to Jambonz must stay under 24 KiB; the `llm` verb carries the system prompt, so
+/// a prompt this long would make the session:new ack too big (use an Ultravox agent instead).
+pub const MAX_INLINE_PROMPT_BYTES: usize = 16 * 1024;
+
+fn phone(
+    label: &str,
+    field: &str,
+    raw: &str,
+    problems: &mut Vec<String>,
+) -> Option<E164> {
+    match E164::parse(raw) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            problems.push(format!("{label}: {field} {raw:?} {e}"));
+            None
+        }
+    }
+}
+
+fn non_empty(opt: Option<String>) -> Option<String> {
+    opt.filter(|s| !s.trim().is_empty())
+}
+
+impl RawTenant {
+    fn validate(self, label: &str, problems: &mut Vec<String>) -> Option<Tenant> {
+        let before = problems.len();
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            problems.push(format!(
+                "{label}: id must be non-empty and use only a-z, 0-9, '-' and '_'"
+            ));
+        }
+        if self.name.trim().is_empty() {
+            problems.push(format!("{label}: name is required"));
+        }
+        let numbers: Vec<E164> = self
+            .numbers
+            .iter()
+            .filter_map(|n| phone(label, "number", n, problems))
+            .collect();
+
+        let jambonz = self.jambonz.map(|j| {
+            if j.username.trim().is_empty() {
+                problems.push(format!("{label}: jambonz.username is required"));
+            }
+            if j.password.chars().count() < 12 {
+                problems.push(format!(
+                    "{label}: jambonz.password must be at least 12 characters"
+                ));
+            }
+            if j.username.contains(':') {
+                problems.push(format!("{label}: jambonz.username cannot contain ':'"));
+            }
+            JambonzTenant {
+                account_sid: non_empty(j.account_sid),
+                application_sid: non_empty(j.application_sid),
+                username: j.username,
+                password: j.password,
+            }
+        });
+
+        let transfer = match self.transfer {
+            None => {
+                problems.push(format!(
+                    "{label}: [transfer] with a primary number is required"
+                ));
+                None
+            }
+            Some(t) => {
+                let primary = phone(label, "transfer.primary", &t.primary, problems);
+                let secondary = t
+                    .secondary
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty())
+                    .and_then(|s| phone(label, "transfer.secondary", s, problems));
+                let caller_id = t
+                    .caller_id
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty())
+                    .and_then(|s| phone(label, "transfer.caller_id", s, problems));
+                let ring = t.ring_timeout_secs.unwrap_or(25);
+                if !(5..=120).contains(&ring) {
+                    problems.push(format!(
+                        "{label}: transfer.ring_timeout_secs must be between 5 and 120"
+                    ));
+                }
+                if primary.is_some() && primary == secondary {
+                    problems.push(format!(
+                        "{label}: transfer.secondary must differ from transfer.primary"
+                    ));
+                }
+                primary.map(|primary| TransferTargets {
+                    primary,
+                    secondary,
+                    trunk: non_empty(t.trunk),
+                    caller_id,
+                    ring_timeout_secs: ring,
+                })
+            }
+        };
+
+        let ultravox = match self.ultravox {
+            None => {
+                problems.push(format!("{label}: [ultravox] settings are required"));
+                None
+            }
+            Some(u) => {
+                if u.api_key.trim().is_empty() {
+                    problems.push(format!("{label}: ultravox.api_key is required"));
+                }
+                let agent_id = non_empty(u.agent_id);
+                let system_prompt = non_empty(u.system_prompt);
+                match (&agent_id, &system_prompt) {
+                    (None, None) => problems.push(format!(
+                        "{label}: set ultravox.agent_id or ultravox.system_prompt"
+                    )),
+                    (Some(_), Some(_)) => problems.push(format!(
+                        "{label}: set only one of ultravox.agent_id and ultravox.system_prompt"
+                    )),
+                    _ => {}
+                }
+                if let Some(p) = &system_prompt
+                    && p.len() > MAX_INLINE_PROMPT_BYTES
+                {
+                    problems.push(format!(
+                        "{label}: ultravox.system_prompt is {} bytes; Jambonz drops frames over 24 KiB, so keep it under {MAX_INLINE_PROMPT_BYTES} bytes or use an Ultravox agent (agent_id)",
+                        p.len()
+                    ));
+                }
+                if let Some(t) = u.temperature
+                    && !(0.0..=1.0).contains(&t)
+                {
+                    problems.push(format!(
+                        "{label}: ultravox.temperature must be between 0 and 1"
+                    ));
+                }
+                Some(UltravoxSettings {
+                    api_key: u.api_key,
+                    agent_id,
+                    system_prompt,
+                    voice: non_empty(u.voice),
+                    model: non_empty(u.model).unwrap_or_else(|| "fixie-ai/ultravox".into()),
+                    temperature: u.temperature,
+                })
+            }
+        };
+
+        if problems.len() > before {
+            return None;
+        }
+        Some(Tenant {
+            id: self.id,
+            name: self.name,
+            numbers,
+            jambonz,
+            transfer: transfer?,
+            ultravox: ultravox?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process() -> ProcessSettings {
+        ProcessSettings {
+            database_url: "sqlite://x.db".into(),
+            bind: "127.0.0.1".parse().unwrap(),
+            port: 0,
+            config_path: None,
+        }
+    }
+
+    const GOOD: &str = r#"
+        [[tenants]]
+        id = "riverside"
+        name = "Riverside Emergency Vet"
+        numbers = ["+15083728299"]
+        [tenants.jambonz]
+        username = "riverside"
+        password = "${PASS}"
+        [tenants.transfer]
+        primary = "+15557654321"
+        secondary = "5557654322"
+        [tenants.ultravox]
+        api_key = "k"
+        system_prompt = "You are a triage nurse."
+    "#;
+
+    #[test]
+    fn accepts_a_good_file_and_resolves_secrets_from_the_environment() {
+        let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
+        let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
+        let t = &cfg.tenants[0];
+        assert_eq!(t.jambonz.as_ref().unwrap().password, "a-long-password");
+        assert_eq!(
+            t.transfer.secondary.as_ref().unwrap().as_str(),
+            "+15557654322"
+        );
+        assert_eq!(t.transfer.ring_timeout_secs, 25);
+        assert_eq!(cfg.limits, Limits::default());
+    }
+
+    #[test]
+    fn lists_every_problem_at_once() {
+        let bad = r#"
+            [limits]
+            tool_timeout_ms = 50
+            [[tenants]]
+            id = "Bad Id"
+            numbers = ["12"]
+            [tenants.jambonz]
+            username = "u"
+            password = "${MISSING}"
+            [tenants.transfer]
+            primary = "not a number"
+            ring_timeout_secs = 500
+            [tenants.ultravox]
+            api_key = ""
+        "#;
+        let err = Config::build(
+            &ProcessSettings {
+                database_url: "mysql://x".into(),
+                ..process()
+            },
+            Some((bad, Path::new("bad.toml"))),
+            &|_| None,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "environment variable MISSING is not set",
+            "DATABASE_URL must start with",
+            "tool_timeout_ms",
+            "id must be non-empty",
+            "name is required",
+            "number \"12\"",
+            "password must be at least 12",
+            "transfer.primary",
+            "ring_timeout_secs",
+            "api_key is required",
+            "agent_id or ultravox.system_prompt",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(err.0.len() >= 11, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::build(
+            &process(),
+            Some(("[limits]\ntool_timeout = 5\n", Path::new("x.toml"))),
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

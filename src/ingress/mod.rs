@@ -1,0 +1,5 @@
+//! One module per platform: authenticate, translate the wire format into a
+//! [`ToolInvocation`](crate::tools::ToolInvocation), and translate the result back.
+
+pub mod auth;
+pub mod jambonz;

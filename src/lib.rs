@@ -1,0 +1,118 @@
+//! lifeline: durable tool calls for voice-AI telephony.
+//!
+//! A tool call flows one way: an ingress adapter (`ingress::jambonz`) authenticates and turns the
+//! wire message into a `tools::ToolInvocation`; `tools::pipeline` validates it, logs it durably
+//! (`store`), rate-limits, runs the tool (`tools::collect_info`, `tools::transfer`,
+//! `tools::hang_up`), acting on the call through `telephony::CallControl`, records the outcome;
+//! the adapter answers in its own format (`protocol`).
+
+pub mod config;
+pub mod ingress;
+pub mod ops;
+pub mod phone;
+pub mod protocol;
+pub mod store;
+pub mod telemetry;
+pub mod telephony;
+pub mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use config::Config;
+use store::Store;
+use tools::pipeline::Pipeline;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub pipeline: Arc<Pipeline>,
+    /// Flips to true when the process is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The HTTP and WebSocket routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/jambonz", get(ingress::jambonz::upgrade))
+        .route("/healthz", get(ops::health::healthz))
+        .route("/readyz", get(ops::health::readyz))
+        .layer(RequestBodyLimitLayer::new(256 * 1024))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A running lifeline: its address and its state, for `main` and for tests.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Connects the store, migrates, binds (port 0 picks a free port) and serves.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let store = store::connect(&config.database_url).await?;
+        store.migrate().await?;
+        Self::start_with_store(config, store).await
+    }
+
+    /// Serves with an already opened and migrated store.
+    pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((config.bind, config.port)).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let pipeline = Arc::new(Pipeline::new(store.clone(), config.limits.clone()));
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            pipeline,
+            shutdown: shutdown_rx.clone(),
+        };
+        let app = router(state.clone());
+        let mut stop = shutdown_rx;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: shutdown_tx,
+            task,
+        })
+    }
+
+    /// Stops accepting, tells open call sockets to go away (Jambonz reconnects elsewhere), and
+    /// waits for the server to finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Waits until the server stops by itself.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await??;
+        Ok(())
+    }
+
+    /// A handle that can trigger the shutdown from elsewhere (a signal handler).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}

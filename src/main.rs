@@ -1,0 +1,80 @@
+//! The `lifeline` command: `serve` (the default), `migrate`.
+
+use clap::{Parser, Subcommand};
+
+use lifeline::config::{Config, ProcessSettings, redact_url};
+use lifeline::{Server, store, telemetry};
+
+#[derive(Parser)]
+#[command(name = "lifeline", version, about = "Durable tool calls for voice-AI telephony")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    process: ProcessSettings,
+    /// Log format: json (default) or pretty.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", global = true)]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the WebSocket and HTTP endpoints (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let store = store::connect(&cli.process.database_url).await?;
+            store.migrate().await?;
+            tracing::info!(database = %redact_url(&cli.process.database_url), "migrations applied");
+            Ok(())
+        }
+        Command::Serve => {
+            let config = match Config::load(&cli.process) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
+            };
+            if config.tenants.is_empty() {
+                tracing::warn!("no tenants configured: every call will be refused (set LIFELINE_CONFIG)");
+            }
+            let database = redact_url(&config.database_url);
+            let tenants = config.tenants.len();
+            let server = Server::start(config).await?;
+            tracing::info!(addr = %server.addr, %database, tenants, "lifeline serving");
+            let stop = server.shutdown_handle();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                let _ = stop.send(true);
+            });
+            server.wait().await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

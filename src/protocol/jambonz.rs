@@ -1,0 +1,253 @@
+//! The Jambonz WebSocket API, as the feature-server speaks it (see
+//! `shared/reference/jambonz-protocol.md`): message envelopes, the data we read, and the acks,
+//! commands and verbs we send.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::config::Tenant;
+use crate::phone::E164;
+use crate::telephony::TransferPlan;
+
+/// The only subprotocol the feature-server offers, and the one we must echo.
+pub const SUBPROTOCOL: &str = "ws.jambonz.org";
+/// Jambonz drops the socket on any frame we send that is larger.
+pub const MAX_FRAME_BYTES: usize = 24 * 1024;
+
+/// Hooks we configure in our verbs; Jambonz echoes them in `hook`.
+pub mod hooks {
+    pub const TOOL_CALL: &str = "/tool-call";
+    pub const LLM_COMPLETE: &str = "/llm-complete";
+    pub const LLM_EVENT: &str = "/llm-event";
+    pub const DIAL_ACTION: &str = "/dial-action";
+    pub const DIAL_CONFIRM: &str = "/dial-confirm";
+}
+
+/// Any message from the feature-server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub msgid: Option<String>,
+    #[serde(default)]
+    pub call_sid: Option<String>,
+    #[serde(default)]
+    pub hook: Option<String>,
+    #[serde(default)]
+    pub data: Value,
+}
+
+impl Envelope {
+    /// Whether Jambonz waits for our `ack` to this message (and fails the call without one).
+    pub fn wants_ack(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "session:new"
+                | "session:reconnect"
+                | "session:redirect"
+                | "session:adulting"
+                | "verb:hook"
+                | "dial:confirm"
+                | "queue:status"
+        )
+    }
+}
+
+/// `data` of `session:new` / `session:reconnect` (snake-cased call info).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SessionData {
+    #[serde(default)]
+    pub call_sid: Option<String>,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub caller_name: Option<String>,
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    #[serde(default)]
+    pub application_sid: Option<String>,
+    #[serde(default)]
+    pub call_status: Option<String>,
+}
+
+/// `data` of `llm:tool-call` (the code sends `tool_call_id`; old docs said `call_id`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallData {
+    #[serde(alias = "call_id")]
+    pub tool_call_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub args: Value,
+}
+
+/// `data` of `call:status` and the call-info part of hooks.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CallInfo {
+    #[serde(default)]
+    pub call_sid: Option<String>,
+    #[serde(default)]
+    pub call_status: Option<String>,
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub sip_status: Option<i64>,
+    #[serde(default)]
+    pub duration: Option<i64>,
+    #[serde(default)]
+    pub parent_call_sid: Option<String>,
+}
+
+/// The dial verb's actionHook payload.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DialResult {
+    #[serde(default)]
+    pub dial_call_status: Option<String>,
+    #[serde(default)]
+    pub dial_sip_status: Option<i64>,
+    #[serde(default)]
+    pub dial_call_sid: Option<String>,
+}
+
+impl DialResult {
+    /// Only `completed` means the on-call person answered; a ring timeout may report the last
+    /// progress status (`ringing`) instead of `no-answer`, so everything else is a failure.
+    pub fn answered(&self) -> bool {
+        self.dial_call_status.as_deref() == Some("completed")
+    }
+}
+
+/// Final call statuses.
+pub fn is_final_status(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "busy" | "no-answer")
+}
+
+/// `{"type":"ack","msgid":…,"data":[verbs]}`; no `data` means "carry on".
+pub fn ack(msgid: &str, verbs: Option<Vec<Value>>) -> String {
+    match verbs {
+        Some(v) => json!({ "type": "ack", "msgid": msgid, "data": v }),
+        None => json!({ "type": "ack", "msgid": msgid }),
+    }
+    .to_string()
+}
+
+/// The Ultravox tool result, sent while the `llm` verb still runs.
+pub fn tool_output(tool_call_id: &str, result: &str) -> String {
+    json!({
+        "type": "command",
+        "command": "llm:tool-output",
+        "queueCommand": false,
+        "tool_call_id": tool_call_id,
+        "data": {
+            "type": "client_tool_result",
+            "invocation_id": tool_call_id,
+            "result": result,
+        },
+    })
+    .to_string()
+}
+
+/// Replaces the running verb stack (and so ends the `llm` verb).
+pub fn redirect(verbs: Vec<Value>) -> String {
+    json!({ "type": "command", "command": "redirect", "queueCommand": false, "data": verbs })
+        .to_string()
+}
+
+pub fn say(text: &str) -> Value {
+    json!({ "verb": "say", "text": text })
+}
+
+pub fn hangup() -> Value {
+    json!({ "verb": "hangup" })
+}
+
+/// The PSTN dial of a transfer: ring timeout, trunk, caller id, the hook that reports the
+/// outcome, and a confirm hook so the on-call person hears who is calling before connecting.
+pub fn dial(plan: &TransferPlan) -> Value {
+    let mut target = json!({
+        "type": "phone",
+        "number": plan.target,
+        "confirmHook": hooks::DIAL_CONFIRM,
+    });
+    if let Some(trunk) = &plan.trunk {
+        target["trunk"] = json!(trunk);
+    }
+    let mut dial = json!({
+        "verb": "dial",
+        "target": [target],
+        "timeout": plan.ring_timeout_secs,
+        "actionHook": hooks::DIAL_ACTION,
+    });
+    if let Some(caller_id) = &plan.caller_id {
+        dial["callerId"] = json!(caller_id);
+    }
+    dial
+}
+
+/// The verbs for a new call: answer, run the tenant's Ultravox agent with lifeline's tools as
+/// client tools, and hang up when the conversation ends.
+pub fn session_verbs(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> Vec<Value> {
+    let uv = &tenant.ultravox;
+    let mut auth = json!({ "apiKey": uv.api_key });
+    let metadata = json!({
+        "lifeline_tenant": tenant.id,
+        "jambonz_call_sid": call_sid,
+    });
+    let mut options = Map::new();
+    match (&uv.agent_id, &uv.system_prompt) {
+        (Some(agent_id), _) => {
+            // Agent calls take template values (strings only); the agent's own tools apply,
+            // and `selectedTools` would be refused.
+            auth["agent_id"] = json!(agent_id);
+            options.insert(
+                "templateContext".into(),
+                template_context(tenant, call_sid, caller),
+            );
+        }
+        (None, Some(prompt)) => {
+            options.insert("systemPrompt".into(), json!(prompt));
+            options.insert("firstSpeaker".into(), json!("FIRST_SPEAKER_AGENT"));
+            options.insert(
+                "selectedTools".into(),
+                json!(super::ultravox::client_tools()),
+            );
+            if let Some(voice) = &uv.voice {
+                options.insert("voice".into(), json!(voice));
+            }
+            if let Some(t) = uv.temperature {
+                options.insert("temperature".into(), json!(t));
+            }
+        }
+        (None, None) => {}
+    }
+    options.insert("metadata".into(), metadata);
+    let mut llm = json!({
+        "verb": "llm",
+        "vendor": "ultravox",
+        "auth": auth,
+        "actionHook": hooks::LLM_COMPLETE,
+        "eventHook": hooks::LLM_EVENT,
+        "toolHook": hooks::TOOL_CALL,
+        "events": ["createCall"],
+        "llmOptions": Value::Object(options),
+    });
+    if uv.agent_id.is_none() {
+        llm["model"] = json!(uv.model);
+    }
+    vec![json!({ "verb": "answer" }), llm, hangup()]
+}
+
+fn template_context(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> Value {
+    let caller = caller.and_then(|c| E164::parse(c).ok());
+    json!({
+        "call_sid": call_sid,
+        "client_name": tenant.name,
+        "callback_number": caller.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        "caller_phone_last4": caller.as_ref().map(|c| c.last4().to_string()).unwrap_or_default(),
+        "to_phone_number": tenant.numbers.first().map(|n| n.to_string()).unwrap_or_default(),
+    })
+}

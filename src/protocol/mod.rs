@@ -1,0 +1,4 @@
+//! Wire formats only: serde types and builders, no I/O.
+
+pub mod jambonz;
+pub mod ultravox;

@@ -1,0 +1,592 @@
+//! The store implementation both engines share.
+//!
+//! The SQL below is portable (`$N` placeholders work on SQLite too, timestamps are bound from
+//! Rust, upserts use `ON CONFLICT`), so it is written once and expanded for each engine's pool
+//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `run_migrations()` and
+//! `ENGINE`; on SQLite the writer is a single connection, which serialises write transactions
+//! instead of failing them with SQLITE_BUSY.
+
+macro_rules! call_columns {
+    () => {
+        "id, tenant_id, platform, call_ref, ultravox_call_id, from_number, to_number, direction, \
+         status, app_started_at, started_at, ended_at, duration_seconds, transfer_outcome, \
+         transfer_completed_at"
+    };
+}
+
+macro_rules! log_columns {
+    () => {
+        "id, created_at, updated_at, tenant_id, platform, call_ref, call_id, invocation_key, \
+         invocation_id, tool_name, canonical_tool, tool_parameters, status, error_message, \
+         error_kind, result, duration_ms, callback_number, caller_name, urgency_level, processed_at"
+    };
+}
+
+macro_rules! attempt_columns {
+    () => {
+        "id, call_id, tenant_id, tool_call_log_id, target_role, target_number, status, \
+         dial_call_status, dial_sip_status, failure_reason, callback_number, caller_name, reason, \
+         pet_name, started_at, ended_at"
+    };
+}
+
+macro_rules! callback_columns {
+    () => {
+        "id, created_at, tenant_id, call_id, call_sid, tool_call_log_id, transfer_attempt_id, \
+         reason, status, callback_number, caller_name, first_name, last_name, pet_name, species, \
+         breed, age, concern_description, urgency_level, urgency_reason, metadata"
+    };
+}
+
+pub(crate) use {attempt_columns, call_columns, callback_columns, log_columns};
+
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $conn:ty) => {
+        use async_trait::async_trait;
+        use chrono::{DateTime, Utc};
+        use sqlx::types::Json;
+        use uuid::Uuid;
+
+        use crate::store::common::{attempt_columns, call_columns, callback_columns, log_columns};
+        use crate::store::{
+            Begun, CallEventRow, CallRow, CallStatusUpdate, CallbackFilter, CallbackRequestRow,
+            CountWindows, Engine, LimitCheck, NewCall, NewCallEvent, NewCallbackRequest,
+            NewToolCallLog, NewTransferAttempt, Plan, Recorded, Store, StoreError,
+            ToolCallLogRow, TransferAttemptRow, TransferFinish, TransferStart, WindowCounts,
+        };
+        use crate::tools::Platform;
+
+        async fn insert_log(
+            conn: &mut $conn,
+            log: &NewToolCallLog,
+            outcome: Option<&Recorded>,
+        ) -> Result<bool, sqlx::Error> {
+            let done = sqlx::query(
+                "INSERT INTO tool_call_logs (id, created_at, updated_at, tenant_id, platform, \
+                 call_ref, call_id, invocation_key, invocation_id, tool_name, canonical_tool, \
+                 tool_parameters, callback_number, caller_name, urgency_level, ultravox_call_id, \
+                 twilio_call_sid, tool_data, status, result, error_message, error_kind, \
+                 duration_ms, processed_at) \
+                 VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17, $18, $19, $20, $21, $22, $23) \
+                 ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING",
+            )
+            .bind(log.id)
+            .bind(log.created_at)
+            .bind(&log.tenant_id)
+            .bind(log.platform.as_str())
+            .bind(&log.call_ref)
+            .bind(log.call_id)
+            .bind(&log.invocation_key)
+            .bind(&log.invocation_id)
+            .bind(&log.tool_name)
+            .bind(&log.canonical_tool)
+            .bind(Json(&log.tool_parameters))
+            .bind(&log.callback_number)
+            .bind(&log.caller_name)
+            .bind(&log.urgency_level)
+            .bind(&log.ultravox_call_id)
+            .bind(&log.twilio_call_sid)
+            .bind(Json(&log.tool_data))
+            .bind(outcome.map_or("pending", |o| o.status()))
+            .bind(outcome.map(|o| Json(&o.result)))
+            .bind(outcome.and_then(|o| o.error_message.as_deref()))
+            .bind(outcome.and_then(|o| o.error_kind))
+            .bind(outcome.map(|o| o.duration_ms))
+            .bind(outcome.map(|o| o.at))
+            .execute(&mut *conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn insert_callback(
+            conn: &mut $conn,
+            cb: &NewCallbackRequest,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(
+                "INSERT INTO callback_requests (id, created_at, updated_at, tenant_id, call_id, \
+                 call_sid, tool_call_log_id, transfer_attempt_id, reason, status, \
+                 callback_number, caller_name, first_name, last_name, pet_name, species, breed, \
+                 age, concern_description, urgency_level, urgency_reason, urgency_rank, metadata) \
+                 VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13, \
+                 $14, $15, $16, $17, $18, $19, $20, $21)",
+            )
+            .bind(cb.id)
+            .bind(cb.created_at)
+            .bind(&cb.tenant_id)
+            .bind(cb.call_id)
+            .bind(&cb.call_sid)
+            .bind(cb.tool_call_log_id)
+            .bind(cb.transfer_attempt_id)
+            .bind(cb.reason)
+            .bind(&cb.callback_number)
+            .bind(&cb.caller_name)
+            .bind(&cb.first_name)
+            .bind(&cb.last_name)
+            .bind(&cb.pet_name)
+            .bind(&cb.species)
+            .bind(&cb.breed)
+            .bind(&cb.age)
+            .bind(&cb.concern_description)
+            .bind(cb.urgency.as_str())
+            .bind(&cb.urgency_reason)
+            .bind(cb.urgency.rank())
+            .bind(Json(&cb.metadata))
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        async fn insert_attempt(
+            conn: &mut $conn,
+            a: &NewTransferAttempt,
+        ) -> Result<bool, sqlx::Error> {
+            let done = sqlx::query(
+                "INSERT INTO transfer_attempts (id, call_id, tenant_id, tool_call_log_id, \
+                 target_role, target_number, status, callback_number, caller_name, reason, \
+                 pet_name, started_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'dialing', $7, $8, $9, $10, $11) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(a.id)
+            .bind(a.call_id)
+            .bind(&a.tenant_id)
+            .bind(a.tool_call_log_id)
+            .bind(a.target_role)
+            .bind(&a.target_number)
+            .bind(&a.callback_number)
+            .bind(&a.caller_name)
+            .bind(&a.reason)
+            .bind(&a.pet_name)
+            .bind(a.started_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn find_log(
+            conn: &mut $conn,
+            platform: &str,
+            call_ref: &str,
+            key: &str,
+        ) -> Result<Option<ToolCallLogRow>, sqlx::Error> {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                log_columns!(),
+                " FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
+                 AND invocation_key = $3"
+            ))
+            .bind(platform)
+            .bind(call_ref)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn engine(&self) -> Engine {
+                Self::ENGINE
+            }
+
+            async fn migrate(&self) -> Result<(), StoreError> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+
+            async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
+                // The no-op update makes RETURNING give the existing row on a repeat.
+                Ok(sqlx::query_as(concat!(
+                    "INSERT INTO calls (id, tenant_id, platform, call_ref, from_number, \
+                     to_number, direction, status, account_sid, application_sid, started_at, \
+                     created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $11) \
+                     ON CONFLICT (platform, call_ref) DO UPDATE SET platform = calls.platform \
+                     RETURNING ",
+                    call_columns!()
+                ))
+                .bind(call.id)
+                .bind(&call.tenant_id)
+                .bind(call.platform.as_str())
+                .bind(&call.call_ref)
+                .bind(&call.from_number)
+                .bind(&call.to_number)
+                .bind(&call.direction)
+                .bind(&call.status)
+                .bind(&call.account_sid)
+                .bind(&call.application_sid)
+                .bind(call.started_at)
+                .fetch_one(self.writer())
+                .await?)
+            }
+
+            async fn find_call(
+                &self,
+                platform: Platform,
+                call_ref: &str,
+            ) -> Result<Option<CallRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    call_columns!(),
+                    " FROM calls WHERE platform = $1 AND call_ref = $2"
+                ))
+                .bind(platform.as_str())
+                .bind(call_ref)
+                .fetch_optional(self.reader())
+                .await?)
+            }
+
+            async fn mark_app_started(
+                &self,
+                call_id: Uuid,
+                at: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE calls SET app_started_at = COALESCE(app_started_at, $2), \
+                     updated_at = $2 WHERE id = $1",
+                )
+                .bind(call_id)
+                .bind(at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn record_call_status(
+                &self,
+                call_id: Uuid,
+                u: &CallStatusUpdate,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.writer().begin().await?;
+                // A call that ended stays ended, whatever arrives late.
+                sqlx::query(
+                    "UPDATE calls SET status = $2, updated_at = $3, \
+                     ended_at = CASE WHEN $4 THEN $3 ELSE ended_at END, \
+                     duration_seconds = COALESCE($5, duration_seconds) \
+                     WHERE id = $1 AND ended_at IS NULL",
+                )
+                .bind(call_id)
+                .bind(&u.status)
+                .bind(u.at)
+                .bind(u.ended)
+                .bind(u.duration_seconds)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO call_events (id, call_id, at, kind, detail) \
+                     VALUES ($1, $2, $3, 'status', $4)",
+                )
+                .bind(u.event_id)
+                .bind(call_id)
+                .bind(u.at)
+                .bind(Json(&u.detail))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_ultravox_call_id(
+                &self,
+                call_id: Uuid,
+                ultravox_call_id: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE calls SET ultravox_call_id = $2 \
+                     WHERE id = $1 AND ultravox_call_id IS NULL",
+                )
+                .bind(call_id)
+                .bind(ultravox_call_id)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn append_call_event(&self, e: &NewCallEvent) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO call_events (id, call_id, at, kind, detail) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(e.id)
+                .bind(e.call_id)
+                .bind(e.at)
+                .bind(&e.kind)
+                .bind(Json(&e.detail))
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn call_events(&self, call_id: Uuid) -> Result<Vec<CallEventRow>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, call_id, at, kind, detail FROM call_events \
+                     WHERE call_id = $1 ORDER BY at, id",
+                )
+                .bind(call_id)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn begin_invocation(
+                &self,
+                log: &NewToolCallLog,
+                plan: &Plan,
+                windows: &CountWindows,
+                check: LimitCheck<'_>,
+            ) -> Result<Begun, StoreError> {
+                let platform = log.platform.as_str();
+                let mut tx = self.writer().begin().await?;
+                if let Some(row) =
+                    find_log(&mut tx, platform, &log.call_ref, &log.invocation_key).await?
+                {
+                    tx.rollback().await?;
+                    return Ok(Begun::Duplicate(Box::new(row)));
+                }
+                let refusal = match plan {
+                    Plan::Fail(_) => None,
+                    Plan::Run | Plan::Complete { .. } => {
+                        let since = windows.call_since.min(windows.tool_since);
+                        let (call, tool): (i64, i64) = sqlx::query_as(
+                            "SELECT \
+                             COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
+                             COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
+                                          THEN 1 ELSE 0 END), 0) \
+                             FROM tool_call_logs \
+                             WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
+                        )
+                        .bind(platform)
+                        .bind(&log.call_ref)
+                        .bind(windows.call_since)
+                        .bind(&windows.tool)
+                        .bind(windows.tool_since)
+                        .bind(since)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        check(&WindowCounts { call, tool })
+                    }
+                };
+                let (outcome, callback) = match (&refusal, plan) {
+                    (Some(err), _) => (
+                        Some(Recorded::of(&Err(err.clone()), log.created_at, 0.0)),
+                        None,
+                    ),
+                    (None, Plan::Run) => (None, None),
+                    (None, Plan::Complete { outcome, callback }) => {
+                        (Some(outcome.clone()), callback.as_ref())
+                    }
+                    (None, Plan::Fail(outcome)) => (Some(outcome.clone()), None),
+                };
+                if !insert_log(&mut tx, log, outcome.as_ref()).await? {
+                    // Another instance logged the same invocation between our read and write.
+                    tx.rollback().await?;
+                    let row = find_log(
+                        &mut *self.writer().acquire().await?,
+                        platform,
+                        &log.call_ref,
+                        &log.invocation_key,
+                    )
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
+                    return Ok(Begun::Duplicate(Box::new(row)));
+                }
+                if let Some(cb) = callback {
+                    insert_callback(&mut tx, cb).await?;
+                }
+                tx.commit().await?;
+                Ok(match outcome {
+                    None => Begun::Running,
+                    Some(o) => Begun::Recorded(o),
+                })
+            }
+
+            async fn finish_invocation(
+                &self,
+                log_id: Uuid,
+                o: &Recorded,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
+                     error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
+                     WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(log_id)
+                .bind(o.status())
+                .bind(Json(&o.result))
+                .bind(&o.error_message)
+                .bind(o.error_kind)
+                .bind(o.duration_ms)
+                .bind(o.at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn tool_call_log(&self, id: Uuid) -> Result<Option<ToolCallLogRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    log_columns!(),
+                    " FROM tool_call_logs WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await?)
+            }
+
+            async fn find_invocation(
+                &self,
+                platform: Platform,
+                call_ref: &str,
+                invocation_key: &str,
+            ) -> Result<Option<ToolCallLogRow>, StoreError> {
+                let mut conn = self.reader().acquire().await?;
+                Ok(find_log(&mut conn, platform.as_str(), call_ref, invocation_key).await?)
+            }
+
+            async fn tool_call_logs_for_call(
+                &self,
+                platform: Platform,
+                call_ref: &str,
+            ) -> Result<Vec<ToolCallLogRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    log_columns!(),
+                    " FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
+                     ORDER BY created_at, id"
+                ))
+                .bind(platform.as_str())
+                .bind(call_ref)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn start_transfer(
+                &self,
+                attempt: &NewTransferAttempt,
+            ) -> Result<TransferStart, StoreError> {
+                let mut conn = self.writer().acquire().await?;
+                if insert_attempt(&mut conn, attempt).await? {
+                    return Ok(TransferStart::Started);
+                }
+                drop(conn);
+                match self.dialing_transfer(attempt.call_id).await? {
+                    Some(row) => Ok(TransferStart::AlreadyDialing(Box::new(row))),
+                    None => Err(StoreError::NotFound(format!(
+                        "transfer attempt {} was refused but none is dialing",
+                        attempt.id
+                    ))),
+                }
+            }
+
+            async fn dialing_transfer(
+                &self,
+                call_id: Uuid,
+            ) -> Result<Option<TransferAttemptRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    attempt_columns!(),
+                    " FROM transfer_attempts WHERE call_id = $1 AND status = 'dialing'"
+                ))
+                .bind(call_id)
+                .fetch_optional(self.writer())
+                .await?)
+            }
+
+            async fn transfer_attempts(
+                &self,
+                call_id: Uuid,
+            ) -> Result<Vec<TransferAttemptRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    attempt_columns!(),
+                    " FROM transfer_attempts WHERE call_id = $1 ORDER BY started_at, id"
+                ))
+                .bind(call_id)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn finish_transfer(&self, f: &TransferFinish) -> Result<bool, StoreError> {
+                let mut tx = self.writer().begin().await?;
+                let ended = sqlx::query(
+                    "UPDATE transfer_attempts SET status = $2, dial_call_status = $3, \
+                     dial_sip_status = $4, failure_reason = $5, ended_at = $6 \
+                     WHERE id = $1 AND status = 'dialing'",
+                )
+                .bind(f.attempt_id)
+                .bind(if f.succeeded { "succeeded" } else { "failed" })
+                .bind(&f.dial_call_status)
+                .bind(f.dial_sip_status)
+                .bind(&f.failure_reason)
+                .bind(f.at)
+                .execute(&mut *tx)
+                .await?;
+                if ended.rows_affected() == 0 {
+                    // Already finished: a repeated hook changes nothing.
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                if let Some(next) = &f.next {
+                    insert_attempt(&mut tx, next).await?;
+                }
+                if let Some(cb) = &f.callback {
+                    insert_callback(&mut tx, cb).await?;
+                }
+                let outcome = match (f.succeeded, &f.next) {
+                    (true, _) => Some("succeeded"),
+                    (false, None) => Some("failed"),
+                    (false, Some(_)) => None,
+                };
+                if let Some(outcome) = outcome {
+                    sqlx::query(
+                        "UPDATE calls SET transfer_outcome = $2, transfer_completed_at = $3, \
+                         updated_at = $3 WHERE id = $1",
+                    )
+                    .bind(f.call_id)
+                    .bind(outcome)
+                    .bind(f.at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((log_id, message)) = &f.failed_log {
+                    sqlx::query(
+                        "UPDATE tool_call_logs SET status = 'failed', error_message = $2, \
+                         error_kind = 'external', updated_at = $3 WHERE id = $1",
+                    )
+                    .bind(log_id)
+                    .bind(message)
+                    .bind(f.at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn callback_requests(
+                &self,
+                filter: &CallbackFilter,
+            ) -> Result<Vec<CallbackRequestRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    callback_columns!(),
+                    " FROM callback_requests \
+                     WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2) \
+                     AND ($3 IS NULL OR call_id = $3) \
+                     ORDER BY urgency_rank, created_at, id LIMIT $4"
+                ))
+                .bind(&filter.tenant_id)
+                .bind(&filter.status)
+                .bind(filter.call_id)
+                .bind(filter.limit.unwrap_or(1000))
+                .fetch_all(self.reader())
+                .await?)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,148 @@
+//! Durable state behind one trait, with a PostgreSQL and an SQLite implementation.
+//!
+//! Every write that the rest of lifeline relies on for "nothing lost" is one transaction here:
+//! a tool call's log row with its callback request, a failed transfer with its critical callback
+//! request. Adapters never see SQL; tools never see a connection.
+
+mod common;
+pub mod models;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use models::*;
+
+use crate::tools::{Platform, ToolError};
+
+/// A failure of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Sqlite,
+}
+
+/// Decides, inside the logging transaction, whether the invocation is over its limits; returns
+/// the error to record when it is.
+pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send + Sync);
+
+/// The durable state of lifeline.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The engine behind this store.
+    fn engine(&self) -> Engine;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates the call, or returns the existing row for the same platform call.
+    async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError>;
+
+    /// The call a platform knows by `call_ref`.
+    async fn find_call(
+        &self,
+        platform: Platform,
+        call_ref: &str,
+    ) -> Result<Option<CallRow>, StoreError>;
+
+    /// Records that the call was handed its application (verbs, TwiML).
+    async fn mark_app_started(&self, call_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Applies a status change of the call's own leg and appends it to the call's events.
+    async fn record_call_status(
+        &self,
+        call_id: Uuid,
+        update: &CallStatusUpdate,
+    ) -> Result<(), StoreError>;
+
+    /// Links the Ultravox call created for this call.
+    async fn set_ultravox_call_id(&self, call_id: Uuid, ultravox_call_id: &str)
+    -> Result<(), StoreError>;
+
+    /// Appends an event to the call's timeline.
+    async fn append_call_event(&self, event: &NewCallEvent) -> Result<(), StoreError>;
+
+    /// The call's timeline, oldest first.
+    async fn call_events(&self, call_id: Uuid) -> Result<Vec<CallEventRow>, StoreError>;
+
+    /// Logs an invocation durably, in one transaction: a repeat of a known invocation returns
+    /// the recorded row and writes nothing; otherwise the call's recent invocations are counted
+    /// and `check` may refuse it (recorded as failed); otherwise `plan` says what to write.
+    async fn begin_invocation(
+        &self,
+        log: &NewToolCallLog,
+        plan: &Plan,
+        windows: &CountWindows,
+        check: LimitCheck<'_>,
+    ) -> Result<Begun, StoreError>;
+
+    /// Records the outcome of an invocation that was logged `pending`.
+    async fn finish_invocation(&self, log_id: Uuid, outcome: &Recorded) -> Result<(), StoreError>;
+
+    /// A logged invocation by id.
+    async fn tool_call_log(&self, id: Uuid) -> Result<Option<ToolCallLogRow>, StoreError>;
+
+    /// A logged invocation by its idempotency key.
+    async fn find_invocation(
+        &self,
+        platform: Platform,
+        call_ref: &str,
+        invocation_key: &str,
+    ) -> Result<Option<ToolCallLogRow>, StoreError>;
+
+    /// All logged invocations of a call, oldest first.
+    async fn tool_call_logs_for_call(
+        &self,
+        platform: Platform,
+        call_ref: &str,
+    ) -> Result<Vec<ToolCallLogRow>, StoreError>;
+
+    /// Starts a transfer attempt unless one is already ringing for the call.
+    async fn start_transfer(&self, attempt: &NewTransferAttempt)
+    -> Result<TransferStart, StoreError>;
+
+    /// The attempt currently ringing for a call.
+    async fn dialing_transfer(&self, call_id: Uuid)
+    -> Result<Option<TransferAttemptRow>, StoreError>;
+
+    /// Every transfer attempt of a call, oldest first.
+    async fn transfer_attempts(&self, call_id: Uuid) -> Result<Vec<TransferAttemptRow>, StoreError>;
+
+    /// Ends an attempt and, in the same transaction, starts the next one or records the callback
+    /// request that replaces it. Returns false (and writes nothing) when the attempt had already
+    /// ended, so a repeated hook cannot create a second callback request.
+    async fn finish_transfer(&self, finish: &TransferFinish) -> Result<bool, StoreError>;
+
+    /// Callback requests, most urgent first, then oldest.
+    async fn callback_requests(
+        &self,
+        filter: &CallbackFilter,
+    ) -> Result<Vec<CallbackRequestRow>, StoreError>;
+}
+
+/// Opens the store a `DATABASE_URL` names.
+pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(database_url).await?))
+    } else {
+        Ok(Arc::new(postgres::PgStore::connect(database_url).await?))
+    }
+}

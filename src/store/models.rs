@@ -1,0 +1,360 @@
+//! Rows and the values written to them.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::tools::urgency::Urgency;
+use crate::tools::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
+
+/// A call as first seen by an adapter.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub platform: Platform,
+    pub call_ref: String,
+    pub from_number: Option<String>,
+    pub to_number: Option<String>,
+    pub direction: String,
+    pub status: String,
+    pub account_sid: Option<String>,
+    pub application_sid: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A row of `calls`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallRow {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub platform: String,
+    pub call_ref: String,
+    pub ultravox_call_id: Option<String>,
+    pub from_number: Option<String>,
+    pub to_number: Option<String>,
+    pub direction: String,
+    pub status: String,
+    pub app_started_at: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<i32>,
+    pub transfer_outcome: Option<String>,
+    pub transfer_completed_at: Option<DateTime<Utc>>,
+}
+
+/// A status change of a call's own leg.
+#[derive(Debug, Clone)]
+pub struct CallStatusUpdate {
+    pub event_id: Uuid,
+    pub status: String,
+    pub at: DateTime<Utc>,
+    /// Set when the status is final.
+    pub ended: bool,
+    pub duration_seconds: Option<i32>,
+    pub detail: Value,
+}
+
+/// An entry of a call's timeline.
+#[derive(Debug, Clone)]
+pub struct NewCallEvent {
+    pub id: Uuid,
+    pub call_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub detail: Value,
+}
+
+/// A row of `call_events`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallEventRow {
+    pub id: Uuid,
+    pub call_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub detail: Json<Value>,
+}
+
+/// What is written to `tool_call_logs` when an invocation arrives.
+#[derive(Debug, Clone)]
+pub struct NewToolCallLog {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub tenant_id: String,
+    pub platform: Platform,
+    pub call_ref: String,
+    pub call_id: Option<Uuid>,
+    pub invocation_key: String,
+    pub invocation_id: Option<String>,
+    /// As the model named it (an alias stays an alias, for the original dashboards).
+    pub tool_name: String,
+    /// The canonical tool, or `unknown`.
+    pub canonical_tool: String,
+    pub tool_parameters: Value,
+    pub callback_number: Option<String>,
+    pub caller_name: Option<String>,
+    pub urgency_level: Option<String>,
+    pub ultravox_call_id: Option<String>,
+    pub twilio_call_sid: Option<String>,
+    pub tool_data: Value,
+}
+
+/// A row of `tool_call_logs`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ToolCallLogRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub tenant_id: String,
+    pub platform: String,
+    pub call_ref: String,
+    pub call_id: Option<Uuid>,
+    pub invocation_key: String,
+    pub invocation_id: Option<String>,
+    pub tool_name: String,
+    pub canonical_tool: String,
+    pub tool_parameters: Json<Value>,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub error_kind: Option<String>,
+    pub result: Option<Json<Value>>,
+    pub duration_ms: Option<f64>,
+    pub callback_number: Option<String>,
+    pub caller_name: Option<String>,
+    pub urgency_level: Option<String>,
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+impl ToolCallLogRow {
+    /// The result recorded for this invocation; `None` while it is still `pending`.
+    pub fn recorded_result(&self) -> Option<ToolResult> {
+        let result = self.result.as_ref().map(|j| &j.0);
+        match self.status.as_str() {
+            "success" => Some(
+                result
+                    .and_then(|r| serde_json::from_value::<ToolOutput>(r.clone()).ok())
+                    .ok_or_else(|| {
+                        ToolError::new(ErrorKind::Internal, "the recorded result is unreadable")
+                    }),
+            ),
+            "failed" => Some(Err(result
+                .and_then(|r| r.get("error"))
+                .and_then(|e| serde_json::from_value::<ToolError>(e.clone()).ok())
+                .unwrap_or_else(|| {
+                    ToolError::new(
+                        ErrorKind::Internal,
+                        self.error_message.clone().unwrap_or_default(),
+                    )
+                }))),
+            _ => None,
+        }
+    }
+}
+
+/// What the logging transaction writes besides the log row.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Log `pending`; the handler runs after the commit and its outcome is recorded later.
+    Run,
+    /// The whole effect is in the database: write it and the final outcome in one transaction.
+    Complete {
+        outcome: Recorded,
+        callback: Option<NewCallbackRequest>,
+    },
+    /// Nothing to run (invalid arguments, unknown tool): record the failure.
+    Fail(Recorded),
+}
+
+/// The final state of an invocation.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub at: DateTime<Utc>,
+    pub success: bool,
+    pub result: Value,
+    pub error_message: Option<String>,
+    pub error_kind: Option<&'static str>,
+    pub duration_ms: f64,
+}
+
+impl Recorded {
+    /// The record of a tool result.
+    pub fn of(result: &ToolResult, at: DateTime<Utc>, duration_ms: f64) -> Self {
+        match result {
+            Ok(output) => Self {
+                at,
+                success: true,
+                result: serde_json::to_value(output).unwrap_or(Value::Null),
+                error_message: None,
+                error_kind: None,
+                duration_ms,
+            },
+            Err(e) => Self {
+                at,
+                success: false,
+                result: serde_json::json!({ "error": e }),
+                error_message: Some(e.message.clone()),
+                error_kind: Some(e.kind.as_str()),
+                duration_ms,
+            },
+        }
+    }
+
+    /// The status value written to `tool_call_logs.status`.
+    pub fn status(&self) -> &'static str {
+        if self.success { "success" } else { "failed" }
+    }
+}
+
+/// The sliding windows a new invocation is counted in.
+#[derive(Debug, Clone)]
+pub struct CountWindows {
+    /// Count the call's invocations of any tool since then.
+    pub call_since: DateTime<Utc>,
+    /// Count the call's invocations of `tool` since then.
+    pub tool_since: DateTime<Utc>,
+    pub tool: String,
+}
+
+/// How many invocations a call made within the windows (the new one not included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCounts {
+    pub call: i64,
+    pub tool: i64,
+}
+
+/// What logging an invocation found.
+#[derive(Debug, Clone)]
+pub enum Begun {
+    /// Logged `pending`: run the handler.
+    Running,
+    /// Logged with its final outcome (the plan's, or the limit check's refusal).
+    Recorded(Recorded),
+    /// The same invocation was logged before: this is its row.
+    Duplicate(Box<ToolCallLogRow>),
+}
+
+/// A callback request to write.
+#[derive(Debug, Clone)]
+pub struct NewCallbackRequest {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub tenant_id: String,
+    pub call_id: Option<Uuid>,
+    pub call_sid: Option<String>,
+    pub tool_call_log_id: Option<Uuid>,
+    pub transfer_attempt_id: Option<Uuid>,
+    /// `message` (collect_info) or `failed_transfer`.
+    pub reason: &'static str,
+    pub callback_number: String,
+    pub caller_name: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub pet_name: Option<String>,
+    pub species: Option<String>,
+    pub breed: Option<String>,
+    pub age: Option<String>,
+    pub concern_description: Option<String>,
+    pub urgency_reason: Option<String>,
+    pub urgency: Urgency,
+    pub metadata: Value,
+}
+
+/// A row of `callback_requests`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallbackRequestRow {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub tenant_id: String,
+    pub call_id: Option<Uuid>,
+    pub call_sid: Option<String>,
+    pub tool_call_log_id: Option<Uuid>,
+    pub transfer_attempt_id: Option<Uuid>,
+    pub reason: String,
+    pub status: String,
+    pub callback_number: String,
+    pub caller_name: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub pet_name: Option<String>,
+    pub species: Option<String>,
+    pub breed: Option<String>,
+    pub age: Option<String>,
+    pub concern_description: Option<String>,
+    pub urgency_level: String,
+    pub urgency_reason: Option<String>,
+    pub metadata: Option<Json<Value>>,
+}
+
+/// Which callback requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct CallbackFilter {
+    pub tenant_id: Option<String>,
+    pub status: Option<String>,
+    pub call_id: Option<Uuid>,
+    pub limit: Option<i64>,
+}
+
+/// A transfer attempt to start.
+#[derive(Debug, Clone)]
+pub struct NewTransferAttempt {
+    pub id: Uuid,
+    pub call_id: Uuid,
+    pub tenant_id: String,
+    pub tool_call_log_id: Option<Uuid>,
+    /// `primary` or `secondary`.
+    pub target_role: &'static str,
+    pub target_number: String,
+    pub callback_number: String,
+    pub caller_name: Option<String>,
+    pub reason: String,
+    pub pet_name: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// A row of `transfer_attempts`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransferAttemptRow {
+    pub id: Uuid,
+    pub call_id: Uuid,
+    pub tenant_id: String,
+    pub tool_call_log_id: Option<Uuid>,
+    pub target_role: String,
+    pub target_number: String,
+    pub status: String,
+    pub dial_call_status: Option<String>,
+    pub dial_sip_status: Option<i32>,
+    pub failure_reason: Option<String>,
+    pub callback_number: String,
+    pub caller_name: Option<String>,
+    pub reason: String,
+    pub pet_name: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Whether a transfer attempt could start.
+#[derive(Debug, Clone)]
+pub enum TransferStart {
+    Started,
+    /// Another attempt is ringing for this call.
+    AlreadyDialing(Box<TransferAttemptRow>),
+}
+
+/// How an attempt ended, and what follows it, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct TransferFinish {
+    pub attempt_id: Uuid,
+    pub call_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub succeeded: bool,
+    pub dial_call_status: Option<String>,
+    pub dial_sip_status: Option<i32>,
+    pub failure_reason: Option<String>,
+    /// The next target to ring.
+    pub next: Option<NewTransferAttempt>,
+    /// The critical callback request that replaces a transfer nobody answered.
+    pub callback: Option<NewCallbackRequest>,
+    /// The transfer tool's log row, marked failed when the transfer finally failed.
+    pub failed_log: Option<(Uuid, String)>,
+}

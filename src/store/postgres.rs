@@ -1,0 +1,52 @@
+//! PostgreSQL, the production engine: several lifeline instances may share one database.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+/// The store on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl PgStore {
+    const ENGINE: Engine = Engine::Postgres;
+
+    /// Connects with `synchronous_commit=on`, whatever the server default: a logged tool call
+    /// must survive a crash of the database server.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?
+            .application_name("lifeline")
+            .options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests and tools that need raw access.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn run_migrations(&self) -> Result<(), StoreError> {
+        // sqlx takes an advisory lock, so instances starting together migrate once.
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+}
+
+crate::store::common::impl_store!(PgStore, sqlx::Postgres, sqlx::PgConnection);

@@ -1,0 +1,406 @@
+//! The platform-neutral path of every tool call:
+//!
+//! 1. validate the arguments;
+//! 2. commit the `tool_call_logs` row (a repeat of a logged invocation stops here and gets the
+//!    recorded result);
+//! 3. rate-limit (per call from the log itself, so it holds across instances; per tenant in
+//!    memory);
+//! 4. run the handler under a timeout, a panic becoming an internal error;
+//! 5. record the outcome, and answer.
+//!
+//! A tool whose whole effect is a database write (`collect_info`) does 2–5 in one transaction:
+//! the log row and the callback request commit together or not at all, with one fsync.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::{
+    ErrorKind, ToolError, ToolInvocation, ToolName, ToolOutput, ToolResult, collect_info,
+    hang_up, transfer,
+};
+use crate::config::{Limits, Tenant};
+use crate::phone::mask;
+use crate::store::{
+    Begun, CallRow, CountWindows, NewToolCallLog, Plan, Recorded, Store, WindowCounts,
+};
+use crate::telephony::CallControl;
+
+/// Who and what an invocation acts on, from our own records.
+pub struct CallContext<'a> {
+    pub tenant: &'a Arc<Tenant>,
+    /// The call row, when the adapter knows it (tools that act on the call need it).
+    pub call: Option<&'a CallRow>,
+    /// How to act on the live call.
+    pub control: &'a dyn CallControl,
+}
+
+/// What a validated invocation will do.
+pub enum Prepared {
+    /// Everything is a database write: done inside the logging transaction.
+    Store {
+        output: ToolOutput,
+        callback: Box<crate::store::NewCallbackRequest>,
+    },
+    Transfer(transfer::TransferArgs),
+    HangUp(hang_up::HangUpArgs),
+}
+
+/// Fields copied into the log row's original columns, for the original dashboards.
+#[derive(Default)]
+pub struct LogFields {
+    pub callback_number: Option<String>,
+    pub caller_name: Option<String>,
+    pub urgency_level: Option<String>,
+}
+
+/// Runs tool invocations.
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    per_tenant: DefaultKeyedRateLimiter<String>,
+    /// Invocations running on this instance, so a repeat arriving meanwhile waits for the
+    /// original's result instead of running again.
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<ToolResult>>>>,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        let per_minute = NonZeroU32::new(limits.tool_calls_per_tenant_per_minute)
+            .unwrap_or(NonZeroU32::MIN);
+        Self {
+            store,
+            per_tenant: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            limits,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store the pipeline writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Runs one invocation to its result. Never panics, never returns before the log row is
+    /// committed (unless the database refuses it, in which case nothing ran).
+    pub async fn run(&self, inv: &ToolInvocation, ctx: &CallContext<'_>) -> ToolResult {
+        let span = info_span!(
+            "tool_call",
+            tenant = %ctx.tenant.id,
+            platform = inv.platform.as_str(),
+            call = %inv.call_ref,
+            tool = %inv.tool_name,
+            invocation = inv.invocation_id.as_deref().unwrap_or(""),
+        );
+        self.run_inner(inv, ctx).instrument(span).await
+    }
+
+    async fn run_inner(&self, inv: &ToolInvocation, ctx: &CallContext<'_>) -> ToolResult {
+        let started = Instant::now();
+        let now = Utc::now();
+        let log_id = Uuid::now_v7();
+        let tool = ToolName::resolve(&inv.tool_name);
+        let canonical = tool.map_or("unknown", ToolName::as_str);
+
+        let mut fields = LogFields::default();
+        let prepared = match tool {
+            None => Err(ToolError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "unknown tool {:?}; the tools are collect_info, transfer and hang_up",
+                    inv.tool_name
+                ),
+            )),
+            Some(tool) => prepare(tool, inv, ctx, log_id, now, &mut fields),
+        };
+        let plan = match &prepared {
+            Err(e) => Plan::Fail(Recorded::of(&Err(e.clone()), now, 0.0)),
+            Ok(Prepared::Store { output, callback }) => Plan::Complete {
+                outcome: Recorded::of(&Ok(output.clone()), now, 0.0),
+                callback: Some((**callback).clone()),
+            },
+            Ok(_) => Plan::Run,
+        };
+
+        let log = NewToolCallLog {
+            id: log_id,
+            created_at: now,
+            tenant_id: ctx.tenant.id.clone(),
+            platform: inv.platform,
+            call_ref: inv.call_ref.clone(),
+            call_id: ctx.call.map(|c| c.id),
+            invocation_key: inv.invocation_key(),
+            invocation_id: inv.invocation_id.clone(),
+            tool_name: inv.tool_name.clone(),
+            canonical_tool: canonical.to_string(),
+            tool_parameters: inv.arguments.clone(),
+            callback_number: fields.callback_number,
+            caller_name: fields.caller_name,
+            urgency_level: fields.urgency_level,
+            ultravox_call_id: ctx.call.and_then(|c| c.ultravox_call_id.clone()),
+            twilio_call_sid: None,
+            tool_data: serde_json::json!({ "platform": inv.platform.as_str() }),
+        };
+        let windows = CountWindows {
+            call_since: now - self.limits.call_window,
+            tool_since: now - self.limits.transfer_window,
+            tool: ToolName::Transfer.as_str().to_string(),
+        };
+        let tenant_allowed = self.per_tenant.check_key(&ctx.tenant.id).is_ok();
+        let is_transfer = tool == Some(ToolName::Transfer);
+        let limits = &self.limits;
+        let check = move |counts: &WindowCounts| {
+            limit_refusal(limits, tenant_allowed, is_transfer, counts)
+        };
+
+        let begun = self.store.begin_invocation(&log, &plan, &windows, &check).await;
+        let log_latency = started.elapsed();
+        metrics::histogram!("lifeline_durable_log_seconds").record(log_latency.as_secs_f64());
+        let begun = match begun {
+            Ok(b) => b,
+            Err(e) => {
+                // Log before execute: with no durable record, nothing runs.
+                error!(error = %e, "could not log the tool call; nothing was run");
+                return finish_metrics(
+                    inv,
+                    canonical,
+                    started,
+                    Err(ToolError::new(
+                        ErrorKind::Database,
+                        "the request could not be recorded; try the same tool again",
+                    )),
+                );
+            }
+        };
+
+        let result = match (begun, prepared) {
+            (Begun::Duplicate(row), _) => {
+                info!(log_id = %row.id, status = %row.status, "repeated invocation; not run again");
+                metrics::counter!("lifeline_tool_call_repeats_total", "tool" => canonical)
+                    .increment(1);
+                match row.recorded_result() {
+                    Some(result) => result,
+                    None => self.await_original(&log.invocation_key, row.id).await,
+                }
+            }
+            (Begun::Recorded(recorded), prepared) => match prepared {
+                Ok(Prepared::Store { output, .. }) if recorded.success => Ok(output),
+                Err(e) => Err(e),
+                _ => Err(recorded_error(&recorded)),
+            },
+            (Begun::Running, Ok(prepared)) => {
+                self.run_handler(prepared, inv, ctx, log_id, &log.invocation_key)
+                    .await
+            }
+            (Begun::Running, Err(e)) => Err(e),
+        };
+        finish_metrics(inv, canonical, started, result)
+    }
+
+    /// Runs a handler whose log row is committed `pending`, then records its outcome.
+    async fn run_handler(
+        &self,
+        prepared: Prepared,
+        inv: &ToolInvocation,
+        ctx: &CallContext<'_>,
+        log_id: Uuid,
+        key: &str,
+    ) -> ToolResult {
+        let (tx, rx) = watch::channel(None);
+        let inflight_key = format!("{}|{}|{}", inv.platform.as_str(), inv.call_ref, key);
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(inflight_key.clone(), rx);
+
+        let started = Instant::now();
+        let handler = async {
+            match prepared {
+                Prepared::Transfer(args) => {
+                    transfer::run(&args, ctx, self.store.as_ref(), log_id).await
+                }
+                Prepared::HangUp(args) => hang_up::run(&args, ctx).await,
+                Prepared::Store { output, .. } => Ok(output),
+            }
+        };
+        let result = match tokio::time::timeout(
+            self.limits.tool_timeout,
+            AssertUnwindSafe(handler).catch_unwind(),
+        )
+        .await
+        {
+            Ok(Ok(result)) => result,
+            Ok(Err(_panic)) => {
+                error!("tool handler panicked");
+                Err(ToolError::new(ErrorKind::Internal, "the tool failed unexpectedly"))
+            }
+            Err(_) => {
+                warn!(timeout_ms = self.limits.tool_timeout.as_millis() as u64, "tool timed out");
+                Err(ToolError::new(
+                    ErrorKind::Timeout,
+                    "the tool did not finish in time",
+                ))
+            }
+        };
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let recorded = Recorded::of(&result, Utc::now(), duration_ms);
+        if let Err(e) = self.store.finish_invocation(log_id, &recorded).await {
+            // The effect happened; the answer must still reach the model. The row stays
+            // `pending`, which operators see.
+            error!(error = %e, %log_id, "could not record the tool result");
+        }
+        let _ = tx.send(Some(result.clone()));
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .remove(&inflight_key);
+        result
+    }
+
+    /// A repeat of an invocation still running: wait for the original's result, here or (on
+    /// another instance) through the database, up to the tool timeout. Never runs it again.
+    async fn await_original(&self, key: &str, log_id: Uuid) -> ToolResult {
+        let local = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .iter()
+            .find(|(k, _)| k.ends_with(key))
+            .map(|(_, rx)| rx.clone());
+        let deadline = tokio::time::Instant::now() + self.limits.tool_timeout;
+        if let Some(mut rx) = local
+            && let Ok(Ok(done)) =
+                tokio::time::timeout_at(deadline, rx.wait_for(|r| r.is_some())).await
+            && let Some(result) = done.clone()
+        {
+            return result;
+        }
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(row)) = self.store.tool_call_log(log_id).await
+                && let Some(result) = row.recorded_result()
+            {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(ToolError::new(
+            ErrorKind::Timeout,
+            "this request is still being handled; do not repeat it",
+        ))
+    }
+}
+
+fn prepare(
+    tool: ToolName,
+    inv: &ToolInvocation,
+    ctx: &CallContext<'_>,
+    log_id: Uuid,
+    now: DateTime<Utc>,
+    fields: &mut LogFields,
+) -> Result<Prepared, ToolError> {
+    match tool {
+        ToolName::CollectInfo => {
+            let (output, callback) = collect_info::prepare(&inv.arguments, ctx, log_id, now)?;
+            fields.callback_number = Some(callback.callback_number.clone());
+            fields.caller_name = callback.caller_name.clone();
+            fields.urgency_level = Some(callback.urgency.as_str().to_string());
+            Ok(Prepared::Store {
+                output,
+                callback: Box::new(callback),
+            })
+        }
+        ToolName::Transfer => {
+            let args = transfer::TransferArgs::parse(&inv.arguments, ctx)?;
+            fields.callback_number = Some(args.callback_number.clone());
+            fields.caller_name = args.caller_name.clone();
+            fields.urgency_level = Some(args.urgency.as_str().to_string());
+            Ok(Prepared::Transfer(args))
+        }
+        ToolName::HangUp => Ok(Prepared::HangUp(hang_up::HangUpArgs::parse(&inv.arguments)?)),
+    }
+}
+
+/// The limit an invocation breaks, if any. Counts exclude the invocation itself.
+fn limit_refusal(
+    limits: &Limits,
+    tenant_allowed: bool,
+    is_transfer: bool,
+    counts: &WindowCounts,
+) -> Option<ToolError> {
+    if !tenant_allowed {
+        return Some(ToolError::new(
+            ErrorKind::RateLimited,
+            "this clinic's line is receiving too many tool calls; wait before trying again",
+        ));
+    }
+    if counts.call >= i64::from(limits.tool_calls_per_call) {
+        return Some(ToolError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "too many tool calls on this call ({} in {} s); stop calling tools",
+                counts.call,
+                limits.call_window.as_secs()
+            ),
+        ));
+    }
+    if is_transfer && counts.tool >= i64::from(limits.transfers_per_call) {
+        let mut e = ToolError::new(
+            ErrorKind::RateLimited,
+            format!(
+                "this call was already transferred {} times; do not transfer again, take a \
+                 message with collect_info instead",
+                counts.tool
+            ),
+        );
+        e.retryable = false;
+        return Some(e);
+    }
+    None
+}
+
+fn recorded_error(recorded: &Recorded) -> ToolError {
+    recorded
+        .result
+        .get("error")
+        .and_then(|e| serde_json::from_value(e.clone()).ok())
+        .unwrap_or_else(|| {
+            ToolError::new(
+                ErrorKind::Internal,
+                recorded.error_message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+fn finish_metrics(
+    inv: &ToolInvocation,
+    canonical: &'static str,
+    started: Instant,
+    result: ToolResult,
+) -> ToolResult {
+    let status = match &result {
+        Ok(_) => "success",
+        Err(e) => e.kind.as_str(),
+    };
+    metrics::counter!("lifeline_tool_calls_total", "tool" => canonical, "platform" => inv.platform.as_str(), "status" => status).increment(1);
+    metrics::histogram!("lifeline_tool_call_seconds", "tool" => canonical)
+        .record(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(_) => info!(status, elapsed_us = started.elapsed().as_micros() as u64, "tool call done"),
+        Err(e) => warn!(status, error = %e.message, elapsed_us = started.elapsed().as_micros() as u64, "tool call failed"),
+    }
+    result
+}
+
+/// Masks what may be a phone number in a value shown in logs.
+pub fn masked(number: &str) -> String {
+    mask(number)
+}
