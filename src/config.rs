@@ -225,7 +225,11 @@ impl Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProcessSettings {
     /// Database: `sqlite://path?mode=rwc` (embedded default) or `postgres://…`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://lifeline.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://lifeline.db?mode=rwc"
+    )]
     pub database_url: String,
     /// Address to listen on.
     #[arg(long, env = "LIFELINE_BIND", default_value = "0.0.0.0")]
@@ -441,12 +445,7 @@ struct RawUltravox {
 /// a prompt this long would make the session:new ack too big (use an Ultravox agent instead).
 pub const MAX_INLINE_PROMPT_BYTES: usize = 16 * 1024;
 
-fn phone(
-    label: &str,
-    field: &str,
-    raw: &str,
-    problems: &mut Vec<String>,
-) -> Option<E164> {
+fn phone(label: &str, field: &str, raw: &str, problems: &mut Vec<String>) -> Option<E164> {
     match E164::parse(raw) {
         Ok(n) => Some(n),
         Err(e) => {

@@ -6,7 +6,11 @@ use lifeline::config::{Config, ProcessSettings, redact_url};
 use lifeline::{Server, store, telemetry};
 
 #[derive(Parser)]
-#[command(name = "lifeline", version, about = "Durable tool calls for voice-AI telephony")]
+#[command(
+    name = "lifeline",
+    version,
+    about = "Durable tool calls for voice-AI telephony"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -45,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             if config.tenants.is_empty() {
-                tracing::warn!("no tenants configured: every call will be refused (set LIFELINE_CONFIG)");
+                tracing::warn!(
+                    "no tenants configured: every call will be refused (set LIFELINE_CONFIG)"
+                );
             }
             let database = redact_url(&config.database_url);
             let tenants = config.tenants.len();

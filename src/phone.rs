@@ -12,7 +12,9 @@ pub enum PhoneError {
     Empty,
     #[error("contains characters that are not digits")]
     InvalidCharacters,
-    #[error("has {0} digits; a phone number has 10 (North American) or 8 to 15 with a country code")]
+    #[error(
+        "has {0} digits; a phone number has 10 (North American) or 8 to 15 with a country code"
+    )]
     WrongLength(usize),
 }
 
@@ -120,7 +122,10 @@ mod tests {
             Err(PhoneError::InvalidCharacters)
         );
         assert_eq!(E164::parse("12345"), Err(PhoneError::WrongLength(5)));
-        assert_eq!(E164::parse("020 7946 0958"), Err(PhoneError::WrongLength(11)));
+        assert_eq!(
+            E164::parse("020 7946 0958"),
+            Err(PhoneError::WrongLength(11))
+        );
         assert!(E164::parse("+1234567890123456").is_err());
     }
 

@@ -20,14 +20,22 @@ fn definition(tool: ToolName) -> (&'static str, Vec<Value>) {
             "Take a message so a team member calls the caller back. Use it whenever the caller \
              cannot be transferred or does not need to be.",
             vec![
-                param("callback_number", "the number to call back, as the caller said it", true),
+                param(
+                    "callback_number",
+                    "the number to call back, as the caller said it",
+                    true,
+                ),
                 param("first_name", "the caller's first name", false),
                 param("last_name", "the caller's last name", false),
                 param("pet_name", "the pet's name", false),
                 param("species", "dog, cat, …", false),
                 param("breed", "the pet's breed", false),
                 param("age", "the pet's age", false),
-                param("concern_description", "what is wrong, in the caller's words, with details", true),
+                param(
+                    "concern_description",
+                    "what is wrong, in the caller's words, with details",
+                    true,
+                ),
                 param("urgency_level", "normal, urgent or critical", false),
                 param("urgency_reason", "why it is urgent, if it is", false),
             ],
@@ -39,7 +47,11 @@ fn definition(tool: ToolName) -> (&'static str, Vec<Value>) {
                 param("urgency_reason", "why the caller needs a human now", true),
                 param("first_name", "the caller's first name", false),
                 param("last_name", "the caller's last name", false),
-                param("callback_number", "a number to call back if nobody answers", false),
+                param(
+                    "callback_number",
+                    "a number to call back if nobody answers",
+                    false,
+                ),
                 param("pet_name", "the pet's name", false),
                 param("species", "dog, cat, …", false),
                 param("breed", "the pet's breed", false),

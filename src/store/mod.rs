@@ -74,8 +74,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Links the Ultravox call created for this call.
-    async fn set_ultravox_call_id(&self, call_id: Uuid, ultravox_call_id: &str)
-    -> Result<(), StoreError>;
+    async fn set_ultravox_call_id(
+        &self,
+        call_id: Uuid,
+        ultravox_call_id: &str,
+    ) -> Result<(), StoreError>;
 
     /// Appends an event to the call's timeline.
     async fn append_call_event(&self, event: &NewCallEvent) -> Result<(), StoreError>;
@@ -116,15 +119,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ToolCallLogRow>, StoreError>;
 
     /// Starts a transfer attempt unless one is already ringing for the call.
-    async fn start_transfer(&self, attempt: &NewTransferAttempt)
-    -> Result<TransferStart, StoreError>;
+    async fn start_transfer(
+        &self,
+        attempt: &NewTransferAttempt,
+    ) -> Result<TransferStart, StoreError>;
 
     /// The attempt currently ringing for a call.
-    async fn dialing_transfer(&self, call_id: Uuid)
-    -> Result<Option<TransferAttemptRow>, StoreError>;
+    async fn dialing_transfer(
+        &self,
+        call_id: Uuid,
+    ) -> Result<Option<TransferAttemptRow>, StoreError>;
 
     /// Every transfer attempt of a call, oldest first.
-    async fn transfer_attempts(&self, call_id: Uuid) -> Result<Vec<TransferAttemptRow>, StoreError>;
+    async fn transfer_attempts(&self, call_id: Uuid)
+    -> Result<Vec<TransferAttemptRow>, StoreError>;
 
     /// Ends an attempt and, in the same transaction, starts the next one or records the callback
     /// request that replaces it. Returns false (and writes nothing) when the attempt had already

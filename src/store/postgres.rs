@@ -18,7 +18,8 @@ impl PgStore {
     /// Connects with `synchronous_commit=on`, whatever the server default: a logged tool call
     /// must survive a crash of the database server.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()?
             .application_name("lifeline")
             .options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()

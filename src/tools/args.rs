@@ -139,6 +139,11 @@ mod tests {
         assert!(f.text("t").unwrap_err().message.contains("placeholder"));
         assert!(f.text("o").unwrap_err().message.contains("must be text"));
         assert!(Fields::new(&json!([1])).is_err());
-        assert!(f.required_text("missing", "ask").unwrap_err().message.contains("missing is required"));
+        assert!(
+            f.required_text("missing", "ask")
+                .unwrap_err()
+                .message
+                .contains("missing is required")
+        );
     }
 }

@@ -23,7 +23,10 @@ impl HangUpArgs {
 /// Ends the call through the platform.
 pub async fn run(args: &HangUpArgs, ctx: &CallContext<'_>) -> ToolResult {
     ctx.control.hang_up().await.map_err(|e| {
-        ToolError::new(ErrorKind::External, format!("the call could not be ended: {e}"))
+        ToolError::new(
+            ErrorKind::External,
+            format!("the call could not be ended: {e}"),
+        )
     })?;
     Ok(ToolOutput {
         message: "The call is ending.".into(),

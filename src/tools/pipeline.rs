@@ -25,8 +25,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{
-    ErrorKind, ToolError, ToolInvocation, ToolName, ToolOutput, ToolResult, collect_info,
-    hang_up, transfer,
+    ErrorKind, ToolError, ToolInvocation, ToolName, ToolOutput, ToolResult, collect_info, hang_up,
+    transfer,
 };
 use crate::config::{Limits, Tenant};
 use crate::phone::mask;
@@ -75,8 +75,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
-        let per_minute = NonZeroU32::new(limits.tool_calls_per_tenant_per_minute)
-            .unwrap_or(NonZeroU32::MIN);
+        let per_minute =
+            NonZeroU32::new(limits.tool_calls_per_tenant_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
             store,
             per_tenant: RateLimiter::keyed(Quota::per_minute(per_minute)),
@@ -158,11 +158,13 @@ impl Pipeline {
         let tenant_allowed = self.per_tenant.check_key(&ctx.tenant.id).is_ok();
         let is_transfer = tool == Some(ToolName::Transfer);
         let limits = &self.limits;
-        let check = move |counts: &WindowCounts| {
-            limit_refusal(limits, tenant_allowed, is_transfer, counts)
-        };
+        let check =
+            move |counts: &WindowCounts| limit_refusal(limits, tenant_allowed, is_transfer, counts);
 
-        let begun = self.store.begin_invocation(&log, &plan, &windows, &check).await;
+        let begun = self
+            .store
+            .begin_invocation(&log, &plan, &windows, &check)
+            .await;
         let log_latency = started.elapsed();
         metrics::histogram!("lifeline_durable_log_seconds").record(log_latency.as_secs_f64());
         let begun = match begun {
@@ -241,10 +243,16 @@ impl Pipeline {
             Ok(Ok(result)) => result,
             Ok(Err(_panic)) => {
                 error!("tool handler panicked");
-                Err(ToolError::new(ErrorKind::Internal, "the tool failed unexpectedly"))
+                Err(ToolError::new(
+                    ErrorKind::Internal,
+                    "the tool failed unexpectedly",
+                ))
             }
             Err(_) => {
-                warn!(timeout_ms = self.limits.tool_timeout.as_millis() as u64, "tool timed out");
+                warn!(
+                    timeout_ms = self.limits.tool_timeout.as_millis() as u64,
+                    "tool timed out"
+                );
                 Err(ToolError::new(
                     ErrorKind::Timeout,
                     "the tool did not finish in time",
@@ -325,7 +333,9 @@ fn prepare(
             fields.urgency_level = Some(args.urgency.as_str().to_string());
             Ok(Prepared::Transfer(args))
         }
-        ToolName::HangUp => Ok(Prepared::HangUp(hang_up::HangUpArgs::parse(&inv.arguments)?)),
+        ToolName::HangUp => Ok(Prepared::HangUp(hang_up::HangUpArgs::parse(
+            &inv.arguments,
+        )?)),
     }
 }
 
@@ -394,8 +404,14 @@ fn finish_metrics(
     metrics::histogram!("lifeline_tool_call_seconds", "tool" => canonical)
         .record(started.elapsed().as_secs_f64());
     match &result {
-        Ok(_) => info!(status, elapsed_us = started.elapsed().as_micros() as u64, "tool call done"),
-        Err(e) => warn!(status, error = %e.message, elapsed_us = started.elapsed().as_micros() as u64, "tool call failed"),
+        Ok(_) => info!(
+            status,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "tool call done"
+        ),
+        Err(e) => {
+            warn!(status, error = %e.message, elapsed_us = started.elapsed().as_micros() as u64, "tool call failed")
+        }
     }
     result
 }

@@ -116,8 +116,7 @@ pub async fn run(
         TransferStart::AlreadyDialing(row) => {
             info!(attempt = %row.id, "transfer already ringing; not dialing again");
             return Ok(ToolOutput {
-                message: "The caller is already being transferred. Do not transfer again."
-                    .into(),
+                message: "The caller is already being transferred. Do not transfer again.".into(),
                 data: json!({ "transfer_attempt_id": row.id, "already_in_progress": true }),
                 ends_call: false,
             });

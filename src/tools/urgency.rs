@@ -41,7 +41,13 @@ const CRITICAL: [&str; 12] = [
 ];
 
 /// Words that make a concern urgent.
-const URGENT: [&str; 5] = ["urgent", "asap", "as soon as possible", "right away", "vomiting blood"];
+const URGENT: [&str; 5] = [
+    "urgent",
+    "asap",
+    "as soon as possible",
+    "right away",
+    "vomiting blood",
+];
 
 impl Urgency {
     /// The value stored in `urgency_level` (as the original system wrote it).
@@ -107,7 +113,10 @@ mod tests {
     #[test]
     fn derives_from_words_and_respects_negation() {
         let d = |t: &str| Urgency::derive(None, &[t], Urgency::Normal);
-        assert_eq!(d("CRITICAL EMERGENCY: dog was hit by car"), Urgency::Critical);
+        assert_eq!(
+            d("CRITICAL EMERGENCY: dog was hit by car"),
+            Urgency::Critical
+        );
         assert_eq!(d("my cat is having a seizure"), Urgency::Critical);
         assert_eq!(d("needs a refill, fairly urgent"), Urgency::Urgent);
         assert_eq!(d("non-emergency question about food"), Urgency::Normal);

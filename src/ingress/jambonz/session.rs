@@ -216,7 +216,12 @@ impl Session {
             });
         let tenant = existing
             .as_ref()
-            .and_then(|c| self.candidates.iter().find(|t| t.id == c.tenant_id).cloned())
+            .and_then(|c| {
+                self.candidates
+                    .iter()
+                    .find(|t| t.id == c.tenant_id)
+                    .cloned()
+            })
             .or_else(|| resolve_tenant(&self.candidates, &data));
         let Some(tenant) = tenant else {
             error!(
@@ -233,7 +238,11 @@ impl Session {
         };
         self.tenant = Some(tenant.clone());
 
-        if reconnect && existing.as_ref().is_some_and(|c| c.app_started_at.is_some()) {
+        if reconnect
+            && existing
+                .as_ref()
+                .is_some_and(|c| c.app_started_at.is_some())
+        {
             info!("call resumed on a new socket");
             self.call = existing.map(Arc::new);
             self.event("reconnected", json!({})).await;
@@ -318,7 +327,11 @@ impl Session {
                 Err(e) => e.model_text(),
             };
             // The answer first, while the llm verb still runs; then the commands it asked for.
-            if out.send(wire::tool_output(&data.tool_call_id, &text)).await.is_err() {
+            if out
+                .send(wire::tool_output(&data.tool_call_id, &text))
+                .await
+                .is_err()
+            {
                 warn!("socket gone before the tool output was sent");
                 return;
             }
@@ -334,7 +347,11 @@ impl Session {
     async fn on_verb_hook(&mut self, msgid: &str, env: &Envelope) -> String {
         match env.hook.as_deref() {
             Some(hooks::LLM_COMPLETE) => {
-                let reason = env.data.get("completion_reason").cloned().unwrap_or(Value::Null);
+                let reason = env
+                    .data
+                    .get("completion_reason")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 info!(completion_reason = %reason, "agent session ended");
                 self.event("llm_complete", json!({ "completion_reason": reason }))
                     .await;
@@ -373,7 +390,10 @@ impl Session {
             Ok(DialNext::Connected) => vec![wire::hangup()],
             Ok(DialNext::Ring(plan)) => vec![wire::say(&plan.announcement), wire::dial(&plan)],
             Ok(DialNext::CallbackPromised { last4 }) => {
-                vec![wire::say(&transfer::callback_promise(&last4)), wire::hangup()]
+                vec![
+                    wire::say(&transfer::callback_promise(&last4)),
+                    wire::hangup(),
+                ]
             }
             Ok(DialNext::NoTransfer) => {
                 warn!("dial result with no transfer ringing");
@@ -420,7 +440,10 @@ impl Session {
         let Some(status) = info.call_status.clone() else {
             return;
         };
-        let own_leg = info.call_sid.as_deref().is_none_or(|sid| sid == call.call_ref);
+        let own_leg = info
+            .call_sid
+            .as_deref()
+            .is_none_or(|sid| sid == call.call_ref);
         if !own_leg {
             // The on-call person's leg, reported on the caller's socket.
             self.event(
@@ -501,7 +524,10 @@ fn resolve_tenant(candidates: &[Arc<Tenant>], data: &SessionData) -> Option<Arc<
     let only = || (candidates.len() == 1).then(|| &candidates[0]);
     let tenant = by_app.or_else(by_number).or_else(only)?;
     let account_ok = match (
-        tenant.jambonz.as_ref().and_then(|j| j.account_sid.as_deref()),
+        tenant
+            .jambonz
+            .as_ref()
+            .and_then(|j| j.account_sid.as_deref()),
         data.account_sid.as_deref(),
     ) {
         (Some(want), Some(got)) => want == got,
