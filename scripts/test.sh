@@ -59,7 +59,7 @@ export LIFELINE_REQUIRE_VERB_VALIDATOR=1
 # --- c. Rust tests -----------------------------------------------------------------------------
 if cargo nextest --version >/dev/null 2>&1; then
   step "cargo nextest run --workspace --no-fail-fast $*"
-  cargo nextest run --workspace --no-fail-fast --no-tests=warn "$@" || die "Rust tests failed (cargo nextest)"
+  cargo nextest run --workspace --no-fail-fast "$@" || die "Rust tests failed (cargo nextest)"
   # nextest does not run doctests; run them too when there is a library target and no extra args.
   if [[ $# -eq 0 && -f "$ROOT/src/lib.rs" ]]; then
     step "cargo test --workspace --doc"

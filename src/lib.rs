@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -82,6 +83,13 @@ impl Server {
         };
         let app = router(state.clone());
         let mut stop = shutdown_rx;
+        // Tool answers are single small frames: without TCP_NODELAY, Nagle's algorithm and
+        // delayed ACKs hold some of them back for tens of milliseconds.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -27,13 +27,26 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Exit 0 if the local server answers `GET /healthz` (for container health checks).
+    Healthcheck {
+        /// URL to check; default `http://127.0.0.1:$PORT/healthz`.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_format);
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        let url = url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", cli.process.port));
+        return healthcheck(&url).await;
+    }
+    let _log_guard = telemetry::init(&cli.log_format);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck { .. } => unreachable!("handled above"),
         Command::Migrate => {
             let store = store::connect(&cli.process.database_url).await?;
             store.migrate().await?;
@@ -66,6 +79,21 @@ async fn main() -> anyhow::Result<()> {
             server.wait().await
         }
     }
+}
+
+async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?
+        .get(url)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -26,6 +26,8 @@ on_both_engines!(
     reconnect_mid_call_resumes_without_restarting_the_agent,
     call_status_closes_the_call,
     malformed_frames_do_not_kill_the_socket,
+    agent_failure_rings_the_team_and_never_drops_the_caller,
+    agent_failure_after_a_message_ends_the_call_politely,
 );
 
 fn verb_names(verbs: &[Value]) -> Vec<&str> {
@@ -660,6 +662,90 @@ async fn malformed_frames_do_not_kill_the_socket(engine: Engine) {
     // Idle sockets are pinged (1 s in the test configuration) to keep load balancers open.
     fs.expect_silence(Duration::from_millis(2500)).await;
     assert!(fs.pings >= 1, "lifeline pings idle sockets");
+}
+
+async fn agent_failure_rings_the_team_and_never_drops_the_caller(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    // Ultravox fails mid-call: without lifeline the stack would reach `hangup`.
+    let ack = fs.llm_complete("server error").await;
+    let verbs = ack["data"].as_array().expect("verbs instead of the hangup");
+    assert_eq!(verb_names(verbs), ["say", "dial"]);
+    assert_eq!(verbs[1]["target"][0]["number"], "+15557654321");
+    let ack = fs.dial_result("no-answer", 487).await;
+    assert_eq!(ack[1]["target"][0]["number"], "+15557654322");
+    let ack = fs.dial_result("failed", 503).await;
+    assert_eq!(verb_names(&ack), ["say", "hangup"]);
+    assert!(
+        ack[0]["text"].as_str().unwrap().contains("4 8 0 9"),
+        "{}",
+        ack[0]
+    );
+    let call = app
+        .store
+        .find_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    let cbs = app
+        .store
+        .callback_requests(&CallbackFilter {
+            call_id: Some(call.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cbs.len(), 1);
+    assert_eq!(cbs[0].urgency_level, "critical");
+    assert_eq!(
+        cbs[0].callback_number, "+15083084809",
+        "the caller's own number"
+    );
+    assert!(
+        cbs[0]
+            .urgency_reason
+            .as_deref()
+            .unwrap()
+            .contains("server error")
+    );
+    assert_verbs_valid(&fs.verb_arrays);
+}
+
+async fn agent_failure_after_a_message_ends_the_call_politely(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    fs.tool_call(
+        "inv-msg",
+        "collect_info",
+        json!({"callback_number": "4168189171", "concern_description": "itchy ears"}),
+    )
+    .await;
+    fs.tool_output("inv-msg").await;
+    let ack = fs.llm_complete("connection failure").await;
+    let verbs = ack["data"].as_array().unwrap();
+    assert_eq!(verb_names(verbs), ["say", "hangup"]);
+    assert!(
+        verbs[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("message has been recorded")
+    );
+    let call = app
+        .store
+        .find_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        app.store
+            .transfer_attempts(call.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_verbs_valid(&fs.verb_arrays);
 }
 
 #[tokio::test]

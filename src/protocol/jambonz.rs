@@ -121,6 +121,20 @@ impl DialResult {
     }
 }
 
+/// Whether the llm verb ended because the agent failed rather than because the conversation
+/// ended (a redirect we sent to transfer is reported as a normal end).
+pub fn is_agent_failure(completion_reason: &str) -> bool {
+    matches!(
+        completion_reason,
+        "connection failure"
+            | "disconnect from remote end"
+            | "server failure"
+            | "server error"
+            | "client error calling function"
+            | "client error calling mcp function"
+    )
+}
+
 /// Final call statuses.
 pub fn is_final_status(status: &str) -> bool {
     matches!(status, "completed" | "failed" | "busy" | "no-answer")

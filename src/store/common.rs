@@ -38,6 +38,57 @@ macro_rules! callback_columns {
     };
 }
 
+/// Columns of a new log row, in the order `bind_log` binds them ($1–$23).
+macro_rules! log_insert_columns {
+    () => {
+        "id, created_at, updated_at, tenant_id, platform, call_ref, call_id, invocation_key, \
+         invocation_id, tool_name, canonical_tool, tool_parameters, callback_number, caller_name, \
+         urgency_level, ultravox_call_id, twilio_call_sid, tool_data, status, result, \
+         error_message, error_kind, duration_ms, processed_at"
+    };
+}
+
+/// Columns of a new callback request, in the order `bind_callback` binds them.
+macro_rules! callback_insert_columns {
+    () => {
+        "id, created_at, updated_at, tenant_id, call_id, call_sid, transfer_attempt_id, reason, \
+         status, callback_number, caller_name, first_name, last_name, pet_name, species, breed, \
+         age, concern_description, urgency_level, urgency_reason, urgency_rank, metadata, \
+         tool_call_log_id"
+    };
+}
+
+/// A log row; a repeat of a logged invocation inserts nothing.
+pub(crate) const INSERT_LOG: &str = concat!(
+    "INSERT INTO tool_call_logs (",
+    log_insert_columns!(),
+    ") VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+     $18, $19, $20, $21, $22, $23) ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING"
+);
+
+/// A callback request on its own ($21 is its log row's id).
+pub(crate) const INSERT_CALLBACK: &str = concat!(
+    "INSERT INTO callback_requests (",
+    callback_insert_columns!(),
+    ") VALUES ($1, $2, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12, $13, $14, $15, \
+     $16, $17, $18, $19, $20, $21)"
+);
+
+/// PostgreSQL: a log row and its callback request in one statement (the callback only if the log
+/// row was new); returns how many log rows were written.
+pub(crate) const INSERT_LOG_WITH_CALLBACK: &str = concat!(
+    "WITH log AS (INSERT INTO tool_call_logs (",
+    log_insert_columns!(),
+    ") VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+     $18, $19, $20, $21, $22, $23) ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING \
+     RETURNING id), \
+     cb AS (INSERT INTO callback_requests (",
+    callback_insert_columns!(),
+    ") SELECT $24, $25, $25, $26, $27, $28, $29, $30, 'pending', $31, $32, $33, $34, $35, $36, \
+     $37, $38, $39, $40, $41, $42, $43, log.id FROM log RETURNING id) \
+     SELECT (SELECT COUNT(*) FROM log)::BIGINT"
+);
+
 pub(crate) use {attempt_columns, call_columns, callback_columns, log_columns};
 
 macro_rules! impl_store {
@@ -56,84 +107,72 @@ macro_rules! impl_store {
         };
         use crate::tools::Platform;
 
-        async fn insert_log(
-            conn: &mut $conn,
+        type EngineQuery<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>;
+
+        /// Binds a log row's 23 values in `LOG_VALUES` order.
+        fn bind_log<'q>(
+            q: EngineQuery<'q>,
             log: &NewToolCallLog,
             outcome: Option<&Recorded>,
-        ) -> Result<bool, sqlx::Error> {
-            let done = sqlx::query(
-                "INSERT INTO tool_call_logs (id, created_at, updated_at, tenant_id, platform, \
-                 call_ref, call_id, invocation_key, invocation_id, tool_name, canonical_tool, \
-                 tool_parameters, callback_number, caller_name, urgency_level, ultravox_call_id, \
-                 twilio_call_sid, tool_data, status, result, error_message, error_kind, \
-                 duration_ms, processed_at) \
-                 VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19, $20, $21, $22, $23) \
-                 ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING",
-            )
-            .bind(log.id)
-            .bind(log.created_at)
-            .bind(&log.tenant_id)
-            .bind(log.platform.as_str())
-            .bind(&log.call_ref)
-            .bind(log.call_id)
-            .bind(&log.invocation_key)
-            .bind(&log.invocation_id)
-            .bind(&log.tool_name)
-            .bind(&log.canonical_tool)
-            .bind(Json(&log.tool_parameters))
-            .bind(&log.callback_number)
-            .bind(&log.caller_name)
-            .bind(&log.urgency_level)
-            .bind(&log.ultravox_call_id)
-            .bind(&log.twilio_call_sid)
-            .bind(Json(&log.tool_data))
-            .bind(outcome.map_or("pending", |o| o.status()))
-            .bind(outcome.map(|o| Json(&o.result)))
-            .bind(outcome.and_then(|o| o.error_message.as_deref()))
-            .bind(outcome.and_then(|o| o.error_kind))
-            .bind(outcome.map(|o| o.duration_ms))
-            .bind(outcome.map(|o| o.at))
-            .execute(&mut *conn)
-            .await?;
-            Ok(done.rows_affected() == 1)
+        ) -> EngineQuery<'q> {
+            q.bind(log.id)
+                .bind(log.created_at)
+                .bind(log.tenant_id.clone())
+                .bind(log.platform.as_str())
+                .bind(log.call_ref.clone())
+                .bind(log.call_id)
+                .bind(log.invocation_key.clone())
+                .bind(log.invocation_id.clone())
+                .bind(log.tool_name.clone())
+                .bind(log.canonical_tool.clone())
+                .bind(Json(log.tool_parameters.clone()))
+                .bind(log.callback_number.clone())
+                .bind(log.caller_name.clone())
+                .bind(log.urgency_level.clone())
+                .bind(log.ultravox_call_id.clone())
+                .bind(log.twilio_call_sid.clone())
+                .bind(Json(log.tool_data.clone()))
+                .bind(outcome.map_or("pending", |o| o.status()))
+                .bind(outcome.map(|o| Json(o.result.clone())))
+                .bind(outcome.and_then(|o| o.error_message.clone()))
+                .bind(outcome.and_then(|o| o.error_kind))
+                .bind(outcome.map(|o| o.duration_ms))
+                .bind(outcome.map(|o| o.at))
+        }
+
+        /// Binds a callback request's values in `CALLBACK_VALUES` order (its log id last, for
+        /// the standalone insert; the combined insert takes it from the new log row).
+        fn bind_callback<'q>(q: EngineQuery<'q>, cb: &NewCallbackRequest) -> EngineQuery<'q> {
+            q.bind(cb.id)
+                .bind(cb.created_at)
+                .bind(cb.tenant_id.clone())
+                .bind(cb.call_id)
+                .bind(cb.call_sid.clone())
+                .bind(cb.transfer_attempt_id)
+                .bind(cb.reason)
+                .bind(cb.callback_number.clone())
+                .bind(cb.caller_name.clone())
+                .bind(cb.first_name.clone())
+                .bind(cb.last_name.clone())
+                .bind(cb.pet_name.clone())
+                .bind(cb.species.clone())
+                .bind(cb.breed.clone())
+                .bind(cb.age.clone())
+                .bind(cb.concern_description.clone())
+                .bind(cb.urgency.as_str())
+                .bind(cb.urgency_reason.clone())
+                .bind(cb.urgency.rank())
+                .bind(Json(cb.metadata.clone()))
         }
 
         async fn insert_callback(
             conn: &mut $conn,
             cb: &NewCallbackRequest,
         ) -> Result<(), sqlx::Error> {
-            sqlx::query(
-                "INSERT INTO callback_requests (id, created_at, updated_at, tenant_id, call_id, \
-                 call_sid, tool_call_log_id, transfer_attempt_id, reason, status, \
-                 callback_number, caller_name, first_name, last_name, pet_name, species, breed, \
-                 age, concern_description, urgency_level, urgency_reason, urgency_rank, metadata) \
-                 VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11, $12, $13, \
-                 $14, $15, $16, $17, $18, $19, $20, $21)",
-            )
-            .bind(cb.id)
-            .bind(cb.created_at)
-            .bind(&cb.tenant_id)
-            .bind(cb.call_id)
-            .bind(&cb.call_sid)
-            .bind(cb.tool_call_log_id)
-            .bind(cb.transfer_attempt_id)
-            .bind(cb.reason)
-            .bind(&cb.callback_number)
-            .bind(&cb.caller_name)
-            .bind(&cb.first_name)
-            .bind(&cb.last_name)
-            .bind(&cb.pet_name)
-            .bind(&cb.species)
-            .bind(&cb.breed)
-            .bind(&cb.age)
-            .bind(&cb.concern_description)
-            .bind(cb.urgency.as_str())
-            .bind(&cb.urgency_reason)
-            .bind(cb.urgency.rank())
-            .bind(Json(&cb.metadata))
-            .execute(&mut *conn)
-            .await?;
+            bind_callback(sqlx::query(crate::store::common::INSERT_CALLBACK), cb)
+                .bind(cb.tool_call_log_id)
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         }
 
@@ -181,6 +220,61 @@ macro_rules! impl_store {
             .bind(key)
             .fetch_optional(&mut *conn)
             .await
+        }
+
+        impl $store {
+            /// The recorded row of an invocation logged before.
+            async fn repeat_of(&self, log: &NewToolCallLog) -> Result<Begun, StoreError> {
+                let mut conn = self.writer().acquire().await?;
+                let row = find_log(
+                    &mut conn,
+                    log.platform.as_str(),
+                    &log.call_ref,
+                    &log.invocation_key,
+                )
+                .await?
+                .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
+                Ok(Begun::Duplicate(Box::new(row)))
+            }
+
+            /// Writes the log row, and its callback request if any, atomically. False when the
+            /// invocation was already logged (nothing written).
+            async fn write_invocation(
+                &self,
+                log: &NewToolCallLog,
+                outcome: Option<&Recorded>,
+                callback: Option<&NewCallbackRequest>,
+            ) -> Result<bool, StoreError> {
+                use crate::store::common::{INSERT_LOG, INSERT_LOG_WITH_CALLBACK};
+                match (callback, Self::ONE_STATEMENT_LOG_WITH_CALLBACK) {
+                    (None, _) => {
+                        let done = bind_log(sqlx::query(INSERT_LOG), log, outcome)
+                            .execute(self.writer())
+                            .await?;
+                        Ok(done.rows_affected() == 1)
+                    }
+                    // One statement, one commit: both rows or neither.
+                    (Some(cb), true) => {
+                        let q = bind_log(sqlx::query(INSERT_LOG_WITH_CALLBACK), log, outcome);
+                        let row = bind_callback(q, cb).fetch_one(self.writer()).await?;
+                        let logged: i64 = sqlx::Row::try_get(&row, 0)?;
+                        Ok(logged == 1)
+                    }
+                    (Some(cb), false) => {
+                        let mut tx = self.writer().begin().await?;
+                        let done = bind_log(sqlx::query(INSERT_LOG), log, outcome)
+                            .execute(&mut *tx)
+                            .await?;
+                        if done.rows_affected() == 0 {
+                            tx.rollback().await?;
+                            return Ok(false);
+                        }
+                        insert_callback(&mut tx, cb).await?;
+                        tx.commit().await?;
+                        Ok(true)
+                    }
+                }
+            }
         }
 
         #[async_trait]
@@ -339,35 +433,33 @@ macro_rules! impl_store {
                 check: LimitCheck<'_>,
             ) -> Result<Begun, StoreError> {
                 let platform = log.platform.as_str();
-                let mut tx = self.writer().begin().await?;
-                if let Some(row) =
-                    find_log(&mut tx, platform, &log.call_ref, &log.invocation_key).await?
-                {
-                    tx.rollback().await?;
-                    return Ok(Begun::Duplicate(Box::new(row)));
+                // One read: is this a repeat, and how busy has the call been. It needs no
+                // transaction: the insert below is what decides a race between repeats.
+                let (known, call, tool): (Option<Uuid>, i64, i64) = sqlx::query_as(
+                    "SELECT \
+                     (SELECT id FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
+                      AND invocation_key = $7), \
+                     COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
+                                  THEN 1 ELSE 0 END), 0) \
+                     FROM tool_call_logs \
+                     WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
+                )
+                .bind(platform)
+                .bind(&log.call_ref)
+                .bind(windows.call_since)
+                .bind(&windows.tool)
+                .bind(windows.tool_since)
+                .bind(windows.call_since.min(windows.tool_since))
+                .bind(&log.invocation_key)
+                .fetch_one(self.reader())
+                .await?;
+                if known.is_some() {
+                    return self.repeat_of(log).await;
                 }
                 let refusal = match plan {
                     Plan::Fail(_) => None,
-                    Plan::Run | Plan::Complete { .. } => {
-                        let since = windows.call_since.min(windows.tool_since);
-                        let (call, tool): (i64, i64) = sqlx::query_as(
-                            "SELECT \
-                             COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
-                             COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
-                                          THEN 1 ELSE 0 END), 0) \
-                             FROM tool_call_logs \
-                             WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
-                        )
-                        .bind(platform)
-                        .bind(&log.call_ref)
-                        .bind(windows.call_since)
-                        .bind(&windows.tool)
-                        .bind(windows.tool_since)
-                        .bind(since)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        check(&WindowCounts { call, tool })
-                    }
+                    Plan::Run | Plan::Complete { .. } => check(&WindowCounts { call, tool }),
                 };
                 let (outcome, callback) = match (&refusal, plan) {
                     (Some(err), _) => (
@@ -380,23 +472,10 @@ macro_rules! impl_store {
                     }
                     (None, Plan::Fail(outcome)) => (Some(outcome.clone()), None),
                 };
-                if !insert_log(&mut tx, log, outcome.as_ref()).await? {
+                if !self.write_invocation(log, outcome.as_ref(), callback).await? {
                     // Another instance logged the same invocation between our read and write.
-                    tx.rollback().await?;
-                    let row = find_log(
-                        &mut *self.writer().acquire().await?,
-                        platform,
-                        &log.call_ref,
-                        &log.invocation_key,
-                    )
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
-                    return Ok(Begun::Duplicate(Box::new(row)));
+                    return self.repeat_of(log).await;
                 }
-                if let Some(cb) = callback {
-                    insert_callback(&mut tx, cb).await?;
-                }
-                tx.commit().await?;
                 Ok(match outcome {
                     None => Begun::Running,
                     Some(o) => Begun::Recorded(o),

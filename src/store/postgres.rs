@@ -14,6 +14,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 impl PgStore {
     const ENGINE: Engine = Engine::Postgres;
+    /// Whether a log row and its callback request can be written by one statement (a
+    /// data-modifying CTE, so one round trip and one commit) rather than a transaction.
+    const ONE_STATEMENT_LOG_WITH_CALLBACK: bool = true;
 
     /// Connects with `synchronous_commit=on`, whatever the server default: a logged tool call
     /// must survive a crash of the database server.

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{
@@ -29,7 +29,6 @@ use super::{
     transfer,
 };
 use crate::config::{Limits, Tenant};
-use crate::phone::mask;
 use crate::store::{
     Begun, CallRow, CountWindows, NewToolCallLog, Plan, Recorded, Store, WindowCounts,
 };
@@ -191,7 +190,10 @@ impl Pipeline {
                     .increment(1);
                 match row.recorded_result() {
                     Some(result) => result,
-                    None => self.await_original(&log.invocation_key, row.id).await,
+                    None => {
+                        self.await_original(&inflight_key(inv, &log.invocation_key), row.id)
+                            .await
+                    }
                 }
             }
             (Begun::Recorded(recorded), prepared) => match prepared {
@@ -218,7 +220,7 @@ impl Pipeline {
         key: &str,
     ) -> ToolResult {
         let (tx, rx) = watch::channel(None);
-        let inflight_key = format!("{}|{}|{}", inv.platform.as_str(), inv.call_ref, key);
+        let inflight_key = inflight_key(inv, key);
         self.inflight
             .lock()
             .expect("inflight lock")
@@ -276,14 +278,13 @@ impl Pipeline {
 
     /// A repeat of an invocation still running: wait for the original's result, here or (on
     /// another instance) through the database, up to the tool timeout. Never runs it again.
-    async fn await_original(&self, key: &str, log_id: Uuid) -> ToolResult {
+    async fn await_original(&self, inflight_key: &str, log_id: Uuid) -> ToolResult {
         let local = self
             .inflight
             .lock()
             .expect("inflight lock")
-            .iter()
-            .find(|(k, _)| k.ends_with(key))
-            .map(|(_, rx)| rx.clone());
+            .get(inflight_key)
+            .cloned();
         let deadline = tokio::time::Instant::now() + self.limits.tool_timeout;
         if let Some(mut rx) = local
             && let Ok(Ok(done)) =
@@ -305,6 +306,16 @@ impl Pipeline {
             "this request is still being handled; do not repeat it",
         ))
     }
+}
+
+/// Identifies a running invocation on this instance.
+fn inflight_key(inv: &ToolInvocation, invocation_key: &str) -> String {
+    format!(
+        "{}|{}|{}",
+        inv.platform.as_str(),
+        inv.call_ref,
+        invocation_key
+    )
 }
 
 fn prepare(
@@ -403,20 +414,19 @@ fn finish_metrics(
     metrics::counter!("lifeline_tool_calls_total", "tool" => canonical, "platform" => inv.platform.as_str(), "status" => status).increment(1);
     metrics::histogram!("lifeline_tool_call_seconds", "tool" => canonical)
         .record(started.elapsed().as_secs_f64());
+    let elapsed_us = started.elapsed().as_micros() as u64;
     match &result {
-        Ok(_) => info!(
-            status,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "tool call done"
-        ),
+        Ok(_) => info!(status, elapsed_us, "tool call done"),
         Err(e) => {
-            warn!(status, error = %e.message, elapsed_us = started.elapsed().as_micros() as u64, "tool call failed")
+            // The message may quote what the caller said (a number, a concern): debug only.
+            warn!(
+                status,
+                retryable = e.retryable,
+                elapsed_us,
+                "tool call failed"
+            );
+            debug!(error = %e.message, "tool call failure detail");
         }
     }
     result
-}
-
-/// Masks what may be a phone number in a value shown in logs.
-pub fn masked(number: &str) -> String {
-    mask(number)
 }

@@ -27,6 +27,13 @@ pub const ANNOUNCE_PRIMARY: &str = "Please hold while I connect you to our on-ca
 pub const ANNOUNCE_SECONDARY: &str =
     "I'm still trying to reach our on-call team. Please stay on the line.";
 
+/// What the caller hears when the AI agent stopped and lifeline rings the team itself.
+pub const ANNOUNCE_AGENT_FAILED: &str =
+    "I'm sorry, I'm having trouble on my end. Let me connect you to our on-call team.";
+/// What the caller hears when the agent stopped after their message was taken.
+pub const MESSAGE_ALREADY_TAKEN: &str = "I'm sorry, I have to end this call. Your message has been recorded and a team member will \
+     call you back. Goodbye.";
+
 /// Arguments of `transfer`, with the original tool's names accepted.
 #[derive(Debug, Clone)]
 pub struct TransferArgs {
@@ -166,6 +173,68 @@ pub async fn run(
     })
 }
 
+/// What to do when the AI agent stopped before the call was done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentFailure {
+    /// Ring the on-call team (a transfer attempt is recorded).
+    Ring(TransferPlan),
+    /// The caller's message was already taken: say so and end the call.
+    MessageTaken,
+    /// A transfer is already ringing: nothing to add.
+    AlreadyTransferring,
+}
+
+/// The agent died mid-call (Ultravox error, lost connection). Rather than let the call end on
+/// the caller, ring the on-call team; if nobody answers, the dial's outcome leaves a critical
+/// callback request for the caller's own number like any failed transfer.
+pub async fn on_agent_failure(
+    store: &dyn Store,
+    tenant: &Tenant,
+    call: &CallRow,
+    why: &str,
+) -> Result<AgentFailure, StoreError> {
+    let taken = store
+        .callback_requests(&crate::store::CallbackFilter {
+            call_id: Some(call.id),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    if !taken.is_empty() {
+        return Ok(AgentFailure::MessageTaken);
+    }
+    let caller = call.from_number.clone();
+    let attempt = NewTransferAttempt {
+        id: Uuid::now_v7(),
+        call_id: call.id,
+        tenant_id: tenant.id.clone(),
+        tool_call_log_id: None,
+        target_role: "primary",
+        target_number: tenant.transfer.primary.to_string(),
+        callback_number: caller
+            .as_deref()
+            .and_then(|n| E164::parse(n).ok())
+            .map(E164::into_string)
+            .or(caller)
+            .unwrap_or_else(|| "unknown".to_string()),
+        caller_name: None,
+        reason: format!("the AI assistant stopped ({why})"),
+        pet_name: None,
+        started_at: Utc::now(),
+    };
+    Ok(match store.start_transfer(&attempt).await? {
+        TransferStart::Started => {
+            warn!(attempt = %attempt.id, why, "agent stopped mid-call; ringing the on-call team");
+            AgentFailure::Ring(plan_for(
+                tenant,
+                &attempt_row(&attempt),
+                ANNOUNCE_AGENT_FAILED,
+            ))
+        }
+        TransferStart::AlreadyDialing(_) => AgentFailure::AlreadyTransferring,
+    })
+}
+
 /// What follows a dial's result.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DialNext {
@@ -285,6 +354,19 @@ pub fn plan_for(tenant: &Tenant, attempt: &TransferAttemptRow, announcement: &st
         caller_id: tenant.transfer.caller_id.as_ref().map(ToString::to_string),
         ring_timeout_secs: tenant.transfer.ring_timeout_secs,
         announcement: announcement.to_string(),
+    }
+}
+
+/// A dial of the primary target when nothing could be recorded (the database is down): the
+/// caller still reaches a human.
+pub fn plan_without_record(tenant: &Tenant) -> TransferPlan {
+    TransferPlan {
+        attempt_id: Uuid::nil(),
+        target: tenant.transfer.primary.to_string(),
+        trunk: tenant.transfer.trunk.clone(),
+        caller_id: tenant.transfer.caller_id.as_ref().map(ToString::to_string),
+        ring_timeout_secs: tenant.transfer.ring_timeout_secs,
+        announcement: ANNOUNCE_AGENT_FAILED.to_string(),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::protocol::jambonz::{
 use crate::store::{CallRow, CallStatusUpdate, NewCall, NewCallEvent, StoreError};
 use crate::telephony::jambonz::JambonzCallControl;
 use crate::tools::pipeline::CallContext;
-use crate::tools::transfer::{self, DialNext};
+use crate::tools::transfer::{self, AgentFailure, DialNext};
 use crate::tools::{Platform, ToolInvocation};
 
 /// Frames queued for the socket by tool tasks.
@@ -182,8 +182,20 @@ impl Session {
                 Vec::new()
             }
             "jambonz:error" => {
-                warn!(detail = %env.data, "jambonz reported an error");
-                self.event("jambonz_error", env.data.clone()).await;
+                // Not `content`: it echoes our own frame, which may hold a caller's name.
+                let error = env
+                    .data
+                    .get("error")
+                    .or_else(|| env.data.get("msg"))
+                    .cloned();
+                let details = env.data.get("details").cloned();
+                let verb = env.data.get("verb").cloned();
+                warn!(error = ?error, details = ?details, verb = ?verb, "jambonz reported an error");
+                self.event(
+                    "jambonz_error",
+                    json!({ "error": error, "details": details, "verb": verb }),
+                )
+                .await;
                 Vec::new()
             }
             "verb:status" | "tts:streaming-event" | "tts:tokens-result" => Vec::new(),
@@ -350,11 +362,15 @@ impl Session {
                 let reason = env
                     .data
                     .get("completion_reason")
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 info!(completion_reason = %reason, "agent session ended");
                 self.event("llm_complete", json!({ "completion_reason": reason }))
                     .await;
+                if wire::is_agent_failure(&reason) {
+                    return wire::ack(msgid, self.on_agent_failure(&reason).await);
+                }
                 // Empty: verbs here would replace a transfer we just started.
                 wire::ack(msgid, None)
             }
@@ -400,6 +416,31 @@ impl Session {
                 vec![wire::hangup()]
             }
             Err(e) => self.dial_result_unrecorded(e),
+        }
+    }
+
+    /// The agent died mid-call: verbs that keep the caller from being dropped.
+    async fn on_agent_failure(&self, reason: &str) -> Option<Vec<Value>> {
+        let (Some(tenant), Some(call)) = (&self.tenant, &self.call) else {
+            return None;
+        };
+        match transfer::on_agent_failure(self.state.store.as_ref(), tenant, call, reason).await {
+            Ok(AgentFailure::Ring(plan)) => {
+                Some(vec![wire::say(&plan.announcement), wire::dial(&plan)])
+            }
+            Ok(AgentFailure::MessageTaken) => Some(vec![
+                wire::say(transfer::MESSAGE_ALREADY_TAKEN),
+                wire::hangup(),
+            ]),
+            Ok(AgentFailure::AlreadyTransferring) => None,
+            Err(e) => {
+                // Nothing recorded, but the team can still be rung.
+                error!(error = %e, "could not record the fallback transfer");
+                Some(vec![
+                    wire::say(transfer::ANNOUNCE_AGENT_FAILED),
+                    wire::dial(&transfer::plan_without_record(tenant)),
+                ])
+            }
         }
     }
 
