@@ -68,11 +68,14 @@ async fn main() -> anyhow::Result<()> {
             }
             let database = redact_url(&config.database_url);
             let tenants = config.tenants.len();
+            // Listen before serving: a SIGTERM that arrives during start-up must still mean
+            // a graceful stop, not the default action (death).
+            let signal = shutdown_signal()?;
             let server = Server::start(config).await?;
             tracing::info!(addr = %server.addr, %database, tenants, "lifeline serving");
             let stop = server.shutdown_handle();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                signal.await;
                 tracing::info!("shutting down");
                 let _ = stop.send(true);
             });
@@ -96,19 +99,24 @@ async fn healthcheck(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+/// A future that resolves on SIGTERM or SIGINT; the handlers are installed when it is created.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {},
             _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
+}
+
+/// A future that resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -236,43 +236,43 @@ macro_rules! impl_store {
                 .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
                 Ok(Begun::Duplicate(Box::new(row)))
             }
+        }
 
-            /// Writes the log row, and its callback request if any, atomically. False when the
-            /// invocation was already logged (nothing written).
-            async fn write_invocation(
-                &self,
-                log: &NewToolCallLog,
-                outcome: Option<&Recorded>,
-                callback: Option<&NewCallbackRequest>,
-            ) -> Result<bool, StoreError> {
-                use crate::store::common::{INSERT_LOG, INSERT_LOG_WITH_CALLBACK};
-                match (callback, Self::ONE_STATEMENT_LOG_WITH_CALLBACK) {
-                    (None, _) => {
-                        let done = bind_log(sqlx::query(INSERT_LOG), log, outcome)
-                            .execute(self.writer())
-                            .await?;
-                        Ok(done.rows_affected() == 1)
+        /// Writes the log row, and its callback request if any (which always refers to that log
+        /// row). False when the invocation was already logged: nothing is written.
+        async fn write_invocation(
+            conn: &mut $conn,
+            log: &NewToolCallLog,
+            outcome: Option<&Recorded>,
+            callback: Option<&NewCallbackRequest>,
+        ) -> Result<bool, sqlx::Error> {
+            use crate::store::common::{INSERT_LOG, INSERT_LOG_WITH_CALLBACK};
+            match (callback, <$store>::ONE_STATEMENT_LOG_WITH_CALLBACK) {
+                (None, _) => {
+                    let done = bind_log(sqlx::query(INSERT_LOG), log, outcome)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+                // One statement: one round trip fewer.
+                (Some(cb), true) => {
+                    let q = bind_log(sqlx::query(INSERT_LOG_WITH_CALLBACK), log, outcome);
+                    let row = bind_callback(q, cb).fetch_one(&mut *conn).await?;
+                    let logged: i64 = sqlx::Row::try_get(&row, 0)?;
+                    Ok(logged == 1)
+                }
+                (Some(cb), false) => {
+                    let done = bind_log(sqlx::query(INSERT_LOG), log, outcome)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Ok(false);
                     }
-                    // One statement, one commit: both rows or neither.
-                    (Some(cb), true) => {
-                        let q = bind_log(sqlx::query(INSERT_LOG_WITH_CALLBACK), log, outcome);
-                        let row = bind_callback(q, cb).fetch_one(self.writer()).await?;
-                        let logged: i64 = sqlx::Row::try_get(&row, 0)?;
-                        Ok(logged == 1)
-                    }
-                    (Some(cb), false) => {
-                        let mut tx = self.writer().begin().await?;
-                        let done = bind_log(sqlx::query(INSERT_LOG), log, outcome)
-                            .execute(&mut *tx)
-                            .await?;
-                        if done.rows_affected() == 0 {
-                            tx.rollback().await?;
-                            return Ok(false);
-                        }
-                        insert_callback(&mut tx, cb).await?;
-                        tx.commit().await?;
-                        Ok(true)
-                    }
+                    bind_callback(sqlx::query(crate::store::common::INSERT_CALLBACK), cb)
+                        .bind(log.id)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(true)
                 }
             }
         }
@@ -433,8 +433,10 @@ macro_rules! impl_store {
                 check: LimitCheck<'_>,
             ) -> Result<Begun, StoreError> {
                 let platform = log.platform.as_str();
-                // One read: is this a repeat, and how busy has the call been. It needs no
-                // transaction: the insert below is what decides a race between repeats.
+                // Invocations of one call are serialised from here to the commit, so the
+                // limit holds exactly even when a model fires tools in parallel, and a repeat
+                // always finds the original's row.
+                let mut tx = self.begin_for_call(platform, &log.call_ref).await?;
                 let (known, call, tool): (Option<Uuid>, i64, i64) = sqlx::query_as(
                     "SELECT \
                      (SELECT id FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
@@ -452,9 +454,10 @@ macro_rules! impl_store {
                 .bind(windows.tool_since)
                 .bind(windows.call_since.min(windows.tool_since))
                 .bind(&log.invocation_key)
-                .fetch_one(self.reader())
+                .fetch_one(&mut *tx)
                 .await?;
                 if known.is_some() {
+                    tx.rollback().await?;
                     return self.repeat_of(log).await;
                 }
                 let refusal = match plan {
@@ -468,14 +471,15 @@ macro_rules! impl_store {
                     ),
                     (None, Plan::Run) => (None, None),
                     (None, Plan::Complete { outcome, callback }) => {
-                        (Some(outcome.clone()), callback.as_ref())
+                        (Some(outcome.clone()), callback.as_deref())
                     }
                     (None, Plan::Fail(outcome)) => (Some(outcome.clone()), None),
                 };
-                if !self.write_invocation(log, outcome.as_ref(), callback).await? {
-                    // Another instance logged the same invocation between our read and write.
+                if !write_invocation(&mut tx, log, outcome.as_ref(), callback).await? {
+                    tx.rollback().await?;
                     return self.repeat_of(log).await;
                 }
+                tx.commit().await?;
                 Ok(match outcome {
                     None => Begun::Running,
                     Some(o) => Begun::Recorded(o),
@@ -630,13 +634,16 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                if let Some((log_id, message)) = &f.failed_log {
+                if let Some((log_id, failed)) = &f.failed_log {
                     sqlx::query(
-                        "UPDATE tool_call_logs SET status = 'failed', error_message = $2, \
-                         error_kind = 'external', updated_at = $3 WHERE id = $1",
+                        "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
+                         error_kind = $5, updated_at = $6 WHERE id = $1",
                     )
                     .bind(log_id)
-                    .bind(message)
+                    .bind(failed.status())
+                    .bind(Json(&failed.result))
+                    .bind(&failed.error_message)
+                    .bind(failed.error_kind)
                     .bind(f.at)
                     .execute(&mut *tx)
                     .await?;

@@ -146,6 +146,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<CallbackRequestRow>, StoreError>;
 }
 
+/// The first key of lifeline's PostgreSQL advisory locks (two-key form, so they never collide
+/// with single-key locks such as the migrator's).
+pub(crate) const CALL_LOCK_NAMESPACE: i32 = 0x4C49_4645; // "LIFE"
+
+/// The second key of a call's advisory lock: a stable hash of the call, the same on every
+/// instance. Two calls sharing a key only wait for each other.
+pub(crate) fn call_lock_key(platform: &str, call_ref: &str) -> i32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(platform.as_bytes())
+        .chain_update([0])
+        .chain_update(call_ref.as_bytes())
+        .finalize();
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
 /// Opens the store a `DATABASE_URL` names.
 pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {

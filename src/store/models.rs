@@ -160,7 +160,7 @@ pub enum Plan {
     /// The whole effect is in the database: write it and the final outcome in one transaction.
     Complete {
         outcome: Recorded,
-        callback: Option<NewCallbackRequest>,
+        callback: Option<Box<NewCallbackRequest>>,
     },
     /// Nothing to run (invalid arguments, unknown tool): record the failure.
     Fail(Recorded),
@@ -355,6 +355,7 @@ pub struct TransferFinish {
     pub next: Option<NewTransferAttempt>,
     /// The critical callback request that replaces a transfer nobody answered.
     pub callback: Option<NewCallbackRequest>,
-    /// The transfer tool's log row, marked failed when the transfer finally failed.
-    pub failed_log: Option<(Uuid, String)>,
+    /// The transfer tool's log row and the failure to record on it when the transfer finally
+    /// failed (a repeat of the invocation then reads that failure back).
+    pub failed_log: Option<(Uuid, Recorded)>,
 }

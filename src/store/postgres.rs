@@ -46,6 +46,23 @@ impl PgStore {
         &self.pool
     }
 
+    /// A transaction holding the call's advisory lock (sent with BEGIN: no extra round trip),
+    /// so one call's invocations are logged one at a time across every instance.
+    async fn begin_for_call(
+        &self,
+        platform: &str,
+        call_ref: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let key = crate::store::call_lock_key(platform, call_ref);
+        // The key is an integer we computed, so formatting it into the SQL is safe.
+        self.pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({}, {key})",
+                crate::store::CALL_LOCK_NAMESPACE
+            )))
+            .await
+    }
+
     async fn run_migrations(&self) -> Result<(), StoreError> {
         // sqlx takes an advisory lock, so instances starting together migrate once.
         MIGRATOR.run(&self.pool).await?;

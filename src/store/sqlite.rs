@@ -51,6 +51,15 @@ impl SqliteStore {
         &self.reader
     }
 
+    /// A write transaction; the single writer connection already serialises them.
+    async fn begin_for_call(
+        &self,
+        _platform: &str,
+        _call_ref: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin().await
+    }
+
     async fn run_migrations(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
         Ok(())

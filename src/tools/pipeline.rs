@@ -125,7 +125,7 @@ impl Pipeline {
             Err(e) => Plan::Fail(Recorded::of(&Err(e.clone()), now, 0.0)),
             Ok(Prepared::Store { output, callback }) => Plan::Complete {
                 outcome: Recorded::of(&Ok(output.clone()), now, 0.0),
-                callback: Some((**callback).clone()),
+                callback: Some(callback.clone()),
             },
             Ok(_) => Plan::Run,
         };

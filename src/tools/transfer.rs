@@ -16,8 +16,8 @@ use super::{ErrorKind, ToolError, ToolOutput, ToolResult};
 use crate::config::Tenant;
 use crate::phone::{E164, mask};
 use crate::store::{
-    CallRow, NewCallbackRequest, NewTransferAttempt, Store, StoreError, TransferAttemptRow,
-    TransferFinish, TransferStart,
+    CallRow, NewCallbackRequest, NewTransferAttempt, Recorded, Store, StoreError,
+    TransferAttemptRow, TransferFinish, TransferStart,
 };
 use crate::telephony::TransferPlan;
 
@@ -307,10 +307,13 @@ pub async fn on_dial_result(
         .is_none()
         .then(|| failed_transfer_callback(tenant, call, &attempt, now));
     let failed_log = match (&callback, attempt.tool_call_log_id) {
-        (Some(cb), Some(log_id)) => Some((
-            log_id,
-            format!("{failure}; critical callback request {} created", cb.id),
-        )),
+        (Some(cb), Some(log_id)) => {
+            let error = ToolError::new(
+                ErrorKind::External,
+                format!("{failure}; critical callback request {} created", cb.id),
+            );
+            Some((log_id, Recorded::of(&Err(error), now, 0.0)))
+        }
         _ => None,
     };
     let applied = store

@@ -417,10 +417,8 @@ impl FakeFeatureServer {
         let id = msgid();
         msg["msgid"] = json!(id);
         self.send(&msg).await;
-        let ack = self
-            .expect("ack", |v| v["type"] == "ack" && v["msgid"] == json!(id))
-            .await;
-        ack
+        self.expect("ack", |v| v["type"] == "ack" && v["msgid"] == json!(id))
+            .await
     }
 
     /// `session:new` from the fixture, for this call.
