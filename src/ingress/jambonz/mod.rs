@@ -18,7 +18,7 @@ use crate::protocol::jambonz::SUBPROTOCOL;
 
 /// Per-socket read buffer. tungstenite's default is 128 KiB per socket; Jambonz frames are a
 /// few KiB, and 10,000 idle calls must fit in well under 200 MB.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Largest frame we accept from Jambonz (a session:new with a full SIP INVITE is a few KiB).
 const MAX_INBOUND_MESSAGE: usize = 256 * 1024;
 

@@ -65,13 +65,15 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
         loop {
             tokio::select! {
                 incoming = socket.recv() => match incoming {
+                    // Boxed: the handling future is large and lives only while a message is
+                    // handled, instead of inside every idle socket's task.
                     Some(Ok(Message::Text(text))) => {
-                        if !session.answer(&mut socket, text.as_str()).await { return; }
+                        if !Box::pin(session.answer(&mut socket, text.as_str())).await { return; }
                     }
                     // The feature-server marks text as binary by mistake; read it as text.
                     Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                         Ok(text) => {
-                            if !session.answer(&mut socket, text).await { return; }
+                            if !Box::pin(session.answer(&mut socket, text)).await { return; }
                         }
                         Err(_) => warn!("ignored a binary frame that is not UTF-8"),
                     },
