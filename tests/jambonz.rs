@@ -822,6 +822,43 @@ async fn a_call_for_another_account_is_turned_away() {
 }
 
 #[tokio::test]
+async fn another_tenants_credentials_cannot_take_over_a_call() {
+    let app = TestApp::start(Engine::Sqlite).await;
+    let mut riverside = app.feature_server().await;
+    riverside.session_new().await;
+    let call_sid = riverside.call_sid.clone();
+    let mut intruder = FakeFeatureServer::connect_as(
+        &app.ws_url(),
+        common::HILLSIDE_USER,
+        common::HILLSIDE_PASS,
+        &call_sid,
+    )
+    .await
+    .unwrap();
+    for kind in ["session:new", "session:reconnect"] {
+        let mut msg = intruder.session_message(kind);
+        msg["data"]["to"] = json!("+15083728300");
+        let ack = intruder.request(msg).await;
+        assert_eq!(
+            verb_names(ack["data"].as_array().unwrap()),
+            ["say", "hangup"],
+            "{kind}"
+        );
+        assert!(
+            !ack.to_string().contains("UV_KEY"),
+            "no secrets to another tenant"
+        );
+    }
+    let call = app
+        .store
+        .find_call(Platform::Jambonz, &call_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(call.tenant_id, "riverside");
+}
+
+#[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::start(Engine::Sqlite).await;
     let health = reqwest::get(app.http_url("/healthz")).await.unwrap();

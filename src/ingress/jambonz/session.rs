@@ -228,15 +228,15 @@ impl Session {
                 error!(error = %e, "could not look up the call");
                 None
             });
-        let tenant = existing
-            .as_ref()
-            .and_then(|c| {
-                self.candidates
-                    .iter()
-                    .find(|t| t.id == c.tenant_id)
-                    .cloned()
-            })
-            .or_else(|| resolve_tenant(&self.candidates, &data));
+        // A known call stays with its tenant: credentials of another tenant get nothing of it.
+        let tenant = match &existing {
+            Some(c) => self
+                .candidates
+                .iter()
+                .find(|t| t.id == c.tenant_id)
+                .cloned(),
+            None => resolve_tenant(&self.candidates, &data),
+        };
         let Some(tenant) = tenant else {
             error!(
                 to = %mask(data.to.as_deref().unwrap_or("")),
