@@ -82,23 +82,13 @@ async fn session_new_is_acked_with_the_tenants_llm_verbs(engine: Engine) {
     assert_eq!(call.to_number.as_deref(), Some("+15083728299"));
     // Marked once the ack left; give the socket task a moment to write it.
     for _ in 0..50 {
-        let c = app
-            .store
-            .find_call(Platform::Jambonz, &fs.call_sid)
-            .await
-            .unwrap()
-            .unwrap();
+        let c = app.call(&fs.call_sid).await;
         if c.app_started_at.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let c = app
-        .store
-        .find_call(Platform::Jambonz, &fs.call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let c = app.call(&fs.call_sid).await;
     assert!(
         c.app_started_at.is_some(),
         "the call is marked started after its ack"
@@ -258,12 +248,7 @@ async fn transfer_then_no_answer_creates_a_critical_callback(engine: Engine) {
         ack[0]
     );
 
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, "hill-call-1")
-        .await
-        .unwrap()
-        .unwrap();
+    let call = app.call("hill-call-1").await;
     assert_eq!(call.transfer_outcome.as_deref(), Some("failed"));
     let attempts = app.store.transfer_attempts(call.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
@@ -289,14 +274,7 @@ async fn transfer_then_no_answer_creates_a_critical_callback(engine: Engine) {
     );
     assert_eq!(logs[0].callback_number.as_deref(), Some("+14168189171"));
 
-    let cbs = app
-        .store
-        .callback_requests(&CallbackFilter {
-            call_id: Some(call.id),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let cbs = app.callbacks_of(call.id).await;
     assert_eq!(cbs.len(), 1);
     assert_eq!(cbs[0].urgency_level, "critical");
     assert_eq!(cbs[0].reason, "failed_transfer");
@@ -325,21 +303,9 @@ async fn secondary_target_is_tried_before_giving_up(engine: Engine) {
         "secondary dialled: {ack:?}"
     );
     assert_eq!(ack[1]["target"][0]["number"], "+15557654322");
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, &fs.call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let call = app.call(&fs.call_sid).await;
     assert!(
-        app.store
-            .callback_requests(&CallbackFilter {
-                call_id: Some(call.id),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .is_empty(),
+        app.callbacks_of(call.id).await.is_empty(),
         "no callback request while the secondary rings"
     );
 
@@ -351,14 +317,7 @@ async fn secondary_target_is_tried_before_giving_up(engine: Engine) {
         .map(|a| (a.target_role.as_str(), a.status.as_str()))
         .collect();
     assert_eq!(roles, [("primary", "failed"), ("secondary", "failed")]);
-    let cbs = app
-        .store
-        .callback_requests(&CallbackFilter {
-            call_id: Some(call.id),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let cbs = app.callbacks_of(call.id).await;
     assert_eq!(cbs.len(), 1, "one callback request for the whole transfer");
     assert_eq!(cbs[0].urgency_level, "critical");
     assert_eq!(cbs[0].transfer_attempt_id, Some(attempts[1].id));
@@ -384,12 +343,7 @@ async fn answered_transfer_succeeds_and_whispers_first(engine: Engine) {
 
     let ack = fs.dial_result("completed", 200).await;
     assert_eq!(verb_names(&ack), ["hangup"]);
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, &fs.call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let call = app.call(&fs.call_sid).await;
     assert_eq!(call.transfer_outcome.as_deref(), Some("succeeded"));
     assert!(
         app.store
@@ -431,12 +385,7 @@ async fn repeated_tool_call_id_transfers_once(engine: Engine) {
         .filter(|v| v.as_array().unwrap().iter().any(|x| x["verb"] == "dial"))
         .count();
     assert_eq!(redirects, 1, "one dial for three invocations");
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, &fs.call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let call = app.call(&fs.call_sid).await;
     assert_eq!(app.store.transfer_attempts(call.id).await.unwrap().len(), 1);
     assert_eq!(
         app.store
@@ -596,12 +545,7 @@ async fn reconnect_mid_call_resumes_without_restarting_the_agent(engine: Engine)
         ["say", "dial"],
         "secondary after the reconnect"
     );
-    let calls = app
-        .store
-        .find_call(Platform::Jambonz, &call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let calls = app.call(&call_sid).await;
     assert_eq!(
         app.store.transfer_attempts(calls.id).await.unwrap().len(),
         2
@@ -616,12 +560,7 @@ async fn call_status_closes_the_call(engine: Engine) {
     fs.call_status("completed", Some(42)).await;
     let mut call = None;
     for _ in 0..100 {
-        let c = app
-            .store
-            .find_call(Platform::Jambonz, &fs.call_sid)
-            .await
-            .unwrap()
-            .unwrap();
+        let c = app.call(&fs.call_sid).await;
         if c.ended_at.is_some() {
             call = Some(c);
             break;
@@ -682,20 +621,8 @@ async fn agent_failure_rings_the_team_and_never_drops_the_caller(engine: Engine)
         "{}",
         ack[0]
     );
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, &fs.call_sid)
-        .await
-        .unwrap()
-        .unwrap();
-    let cbs = app
-        .store
-        .callback_requests(&CallbackFilter {
-            call_id: Some(call.id),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let call = app.call(&fs.call_sid).await;
+    let cbs = app.callbacks_of(call.id).await;
     assert_eq!(cbs.len(), 1);
     assert_eq!(cbs[0].urgency_level, "critical");
     assert_eq!(
@@ -732,12 +659,7 @@ async fn agent_failure_after_a_message_ends_the_call_politely(engine: Engine) {
             .unwrap()
             .contains("message has been recorded")
     );
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, &fs.call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let call = app.call(&fs.call_sid).await;
     assert!(
         app.store
             .transfer_attempts(call.id)
@@ -849,12 +771,7 @@ async fn another_tenants_credentials_cannot_take_over_a_call() {
             "no secrets to another tenant"
         );
     }
-    let call = app
-        .store
-        .find_call(Platform::Jambonz, &call_sid)
-        .await
-        .unwrap()
-        .unwrap();
+    let call = app.call(&call_sid).await;
     assert_eq!(call.tenant_id, "riverside");
 }
 

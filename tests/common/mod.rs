@@ -214,6 +214,26 @@ impl TestApp {
         format!("http://{}{path}", self.server.addr)
     }
 
+    /// The call row of a Jambonz call (it must exist).
+    pub async fn call(&self, call_sid: &str) -> lifeline::store::CallRow {
+        self.store
+            .find_call(lifeline::tools::Platform::Jambonz, call_sid)
+            .await
+            .expect("find call")
+            .unwrap_or_else(|| panic!("no call {call_sid}"))
+    }
+
+    /// The callback requests of a call, in queue order.
+    pub async fn callbacks_of(&self, call_id: Uuid) -> Vec<lifeline::store::CallbackRequestRow> {
+        self.store
+            .callback_requests(&lifeline::store::CallbackFilter {
+                call_id: Some(call_id),
+                ..Default::default()
+            })
+            .await
+            .expect("callback requests")
+    }
+
     /// Connects as the feature-server of the Riverside clinic.
     pub async fn feature_server(&self) -> FakeFeatureServer {
         FakeFeatureServer::connect(&self.ws_url(), RIVERSIDE_USER, RIVERSIDE_PASS)
