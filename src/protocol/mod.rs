@@ -1,4 +1,5 @@
 //! Wire formats only: serde types and builders, no I/O.
 
 pub mod jambonz;
+pub mod twilio;
 pub mod ultravox;
