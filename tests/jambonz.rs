@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Engine, FakeFeatureServer, TestApp, assert_verbs_valid, try_connect};
+use common::{Engine, FakeFeatureServer, TestApp, try_connect};
 use lifeline::store::CallbackFilter;
 use lifeline::tools::Platform;
 use serde_json::{Value, json};
@@ -93,7 +93,7 @@ async fn session_new_is_acked_with_the_tenants_llm_verbs(engine: Engine) {
         c.app_started_at.is_some(),
         "the call is marked started after its ack"
     );
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn agent_tenant_gets_template_context_and_no_inline_tools(engine: Engine) {
@@ -125,7 +125,7 @@ async fn agent_tenant_gets_template_context_and_no_inline_tools(engine: Engine) 
         ctx.values().all(Value::is_string),
         "template values are strings"
     );
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn collect_info_answers_after_both_rows_are_committed(engine: Engine) {
@@ -282,7 +282,7 @@ async fn transfer_then_no_answer_creates_a_critical_callback(engine: Engine) {
     assert_eq!(cbs[0].caller_name.as_deref(), Some("Jeremy Greven"));
     assert_eq!(cbs[0].pet_name.as_deref(), Some("Max"));
     assert_eq!(cbs[0].transfer_attempt_id, Some(attempts[0].id));
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn secondary_target_is_tried_before_giving_up(engine: Engine) {
@@ -321,7 +321,7 @@ async fn secondary_target_is_tried_before_giving_up(engine: Engine) {
     assert_eq!(cbs.len(), 1, "one callback request for the whole transfer");
     assert_eq!(cbs[0].urgency_level, "critical");
     assert_eq!(cbs[0].transfer_attempt_id, Some(attempts[1].id));
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn answered_transfer_succeeds_and_whispers_first(engine: Engine) {
@@ -358,7 +358,7 @@ async fn answered_transfer_succeeds_and_whispers_first(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(logs[0].status, "success");
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn repeated_tool_call_id_transfers_once(engine: Engine) {
@@ -512,7 +512,7 @@ async fn hang_up_ends_the_call_after_the_answer(engine: Engine) {
     assert_eq!(out["result"], "The call is ending.");
     let verbs = fs.redirect().await;
     assert_eq!(verb_names(&verbs), ["hangup"]);
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn reconnect_mid_call_resumes_without_restarting_the_agent(engine: Engine) {
@@ -636,7 +636,7 @@ async fn agent_failure_rings_the_team_and_never_drops_the_caller(engine: Engine)
             .unwrap()
             .contains("server error")
     );
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 async fn agent_failure_after_a_message_ends_the_call_politely(engine: Engine) {
@@ -667,7 +667,7 @@ async fn agent_failure_after_a_message_ends_the_call_politely(engine: Engine) {
             .unwrap()
             .is_empty()
     );
-    assert_verbs_valid(&fs.verb_arrays);
+    fs.assert_verbs_valid();
 }
 
 #[tokio::test]

@@ -277,6 +277,18 @@ pub struct FakeFeatureServer {
     /// Messages received while waiting for something else.
     backlog: Vec<Value>,
     pub pings: usize,
+    /// How many of `verb_arrays` went through the validator already.
+    validated: usize,
+}
+
+impl Drop for FakeFeatureServer {
+    /// Every verb array the app sent in a test goes through jambonz's validator, whether or not
+    /// the test asked (not while a test is already failing: a second panic would abort).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_verbs_valid();
+        }
+    }
 }
 
 /// The upgrade's failure, for auth tests.
@@ -345,7 +357,16 @@ impl FakeFeatureServer {
             verb_arrays: Vec::new(),
             backlog: Vec::new(),
             pings: 0,
+            validated: 0,
         })
+    }
+
+    /// Runs the verb arrays received since the last check through jambonz's validator.
+    pub fn assert_verbs_valid(&mut self) {
+        if self.verb_arrays.len() > self.validated {
+            assert_verbs_valid(&self.verb_arrays[self.validated..]);
+            self.validated = self.verb_arrays.len();
+        }
     }
 
     /// Sends a raw text frame.
@@ -526,15 +547,18 @@ impl FakeFeatureServer {
     }
 
     /// Drops the TCP connection without a close handshake (what Jambonz sees as 1006).
-    pub async fn drop_connection(self) -> Vec<Value> {
+    pub async fn drop_connection(mut self) -> Vec<Value> {
+        self.assert_verbs_valid();
         let verbs = self.verb_arrays.clone();
-        drop(self.ws);
+        // Dropping the stream resets the TCP connection without a close frame.
+        drop(self);
         verbs
     }
 
     /// Closes like Jambonz does when the call ends (1000).
     pub async fn close(mut self) -> Vec<Value> {
         let _ = self.ws.close(None).await;
+        self.assert_verbs_valid();
         self.verb_arrays.clone()
     }
 }
