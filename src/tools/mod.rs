@@ -4,6 +4,7 @@
 //! [`pipeline`], and turns the `Result<ToolOutput, ToolError>` back into its own format.
 
 pub mod args;
+pub mod business_hours;
 pub mod collect_info;
 pub mod hang_up;
 pub mod pipeline;
