@@ -118,11 +118,6 @@ pub struct UltravoxSettings {
 }
 
 impl Config {
-    /// The tenant with this id.
-    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
-        self.tenants.iter().find(|t| t.id == id)
-    }
-
     /// Builds and validates the configuration from the process inputs. `file` is the TOML text
     /// (already read) and where it came from; `env` resolves `${NAME}` references.
     pub fn build(

@@ -776,6 +776,18 @@ async fn another_tenants_credentials_cannot_take_over_a_call() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_call_sockets_with_1001_so_jambonz_reconnects() {
+    let app = TestApp::start(Engine::Sqlite).await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    let TestApp { server, .. } = app;
+    let stopping = tokio::spawn(server.shutdown());
+    // 1000 would make Jambonz stop talking to us for the rest of the call.
+    assert_eq!(fs.expect_close().await, Some(1001));
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::start(Engine::Sqlite).await;
     let health = reqwest::get(app.http_url("/healthz")).await.unwrap();

@@ -2,9 +2,9 @@
 //!
 //! The SQL below is portable (`$N` placeholders work on SQLite too, timestamps are bound from
 //! Rust, upserts use `ON CONFLICT`), so it is written once and expanded for each engine's pool
-//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `run_migrations()` and
-//! `ENGINE`; on SQLite the writer is a single connection, which serialises write transactions
-//! instead of failing them with SQLITE_BUSY.
+//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `begin_for_call()`,
+//! `run_migrations()` and `ONE_STATEMENT_LOG_WITH_CALLBACK`; on SQLite the writer is a single
+//! connection, which serialises write transactions instead of failing them with SQLITE_BUSY.
 
 macro_rules! call_columns {
     () => {
@@ -101,7 +101,7 @@ macro_rules! impl_store {
         use crate::store::common::{attempt_columns, call_columns, callback_columns, log_columns};
         use crate::store::{
             Begun, CallEventRow, CallRow, CallStatusUpdate, CallbackFilter, CallbackRequestRow,
-            CountWindows, Engine, LimitCheck, NewCall, NewCallEvent, NewCallbackRequest,
+            CountWindows, LimitCheck, NewCall, NewCallEvent, NewCallbackRequest,
             NewToolCallLog, NewTransferAttempt, Plan, Recorded, Store, StoreError,
             ToolCallLogRow, TransferAttemptRow, TransferFinish, TransferStart, WindowCounts,
         };
@@ -279,10 +279,6 @@ macro_rules! impl_store {
 
         #[async_trait]
         impl Store for $store {
-            fn engine(&self) -> Engine {
-                Self::ENGINE
-            }
-
             async fn migrate(&self) -> Result<(), StoreError> {
                 self.run_migrations().await
             }

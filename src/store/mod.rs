@@ -30,13 +30,6 @@ pub enum StoreError {
     NotFound(String),
 }
 
-/// Which engine a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Postgres,
-    Sqlite,
-}
-
 /// Decides, inside the logging transaction, whether the invocation is over its limits; returns
 /// the error to record when it is.
 pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send + Sync);
@@ -44,9 +37,6 @@ pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send
 /// The durable state of lifeline.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The engine behind this store.
-    fn engine(&self) -> Engine;
-
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -13,7 +13,6 @@ pub struct PgStore {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl PgStore {
-    const ENGINE: Engine = Engine::Postgres;
     /// Whether a log row and its callback request can be written by one statement (a
     /// data-modifying CTE, so one round trip and one commit) rather than a transaction.
     const ONE_STATEMENT_LOG_WITH_CALLBACK: bool = true;

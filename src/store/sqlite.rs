@@ -17,7 +17,6 @@ pub struct SqliteStore {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl SqliteStore {
-    const ENGINE: Engine = Engine::Sqlite;
     /// Whether a log row and its callback request can be written by one statement (a
     /// data-modifying CTE, so one round trip and one commit) rather than a transaction.
     const ONE_STATEMENT_LOG_WITH_CALLBACK: bool = false;

@@ -84,11 +84,6 @@ impl Pipeline {
         }
     }
 
-    /// The store the pipeline writes to.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// Runs one invocation to its result. Never panics, never returns before the log row is
     /// committed (unless the database refuses it, in which case nothing ran).
     pub async fn run(&self, inv: &ToolInvocation, ctx: &CallContext<'_>) -> ToolResult {

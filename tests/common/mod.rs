@@ -546,6 +546,20 @@ impl FakeFeatureServer {
         self.send(&msg).await;
     }
 
+    /// Waits for the app to close the socket; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("no close within 5 s")?;
+            match frame {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Drops the TCP connection without a close handshake (what Jambonz sees as 1006).
     pub async fn drop_connection(mut self) -> Vec<Value> {
         self.assert_verbs_valid();
