@@ -213,7 +213,9 @@ impl Session {
     }
 
     async fn on_session(&mut self, msgid: &str, env: &Envelope, reconnect: bool) -> String {
-        let data: SessionData = serde_json::from_value(env.data.clone()).unwrap_or_default();
+        let data: SessionData = serde_json::from_value(env.data.clone())
+            .inspect_err(|e| warn!(error = %e, "unreadable session data"))
+            .unwrap_or_default();
         let Some(call_sid) = data.call_sid.clone().or_else(|| env.call_sid.clone()) else {
             warn!("session without a call_sid");
             return wire::ack(msgid, Some(vec![wire::hangup()]));
@@ -377,8 +379,11 @@ impl Session {
                 wire::ack(msgid, None)
             }
             Some(hooks::DIAL_ACTION) => {
-                let result: DialResult =
-                    serde_json::from_value(env.data.clone()).unwrap_or_default();
+                // Unreadable means unanswered: the caller then gets the next target or a
+                // callback, never silence.
+                let result: DialResult = serde_json::from_value(env.data.clone())
+                    .inspect_err(|e| warn!(error = %e, "unreadable dial result"))
+                    .unwrap_or_default();
                 let verbs = self.on_dial_action(&result).await;
                 wire::ack(msgid, Some(verbs))
             }
@@ -476,7 +481,9 @@ impl Session {
     }
 
     async fn on_call_status(&mut self, env: &Envelope) {
-        let info: CallInfo = serde_json::from_value(env.data.clone()).unwrap_or_default();
+        let info: CallInfo = serde_json::from_value(env.data.clone())
+            .inspect_err(|e| warn!(error = %e, "unreadable call:status"))
+            .unwrap_or_default();
         let Some(call) = self.call.clone() else {
             return;
         };
