@@ -214,7 +214,7 @@ impl Session {
 
     async fn on_session(&mut self, msgid: &str, env: &Envelope, reconnect: bool) -> String {
         let data: SessionData = serde_json::from_value(env.data.clone())
-            .inspect_err(|e| warn!(error = %e, "unreadable session data"))
+            .inspect_err(|e| warn!(category = ?e.classify(), "unreadable session data"))
             .unwrap_or_default();
         let Some(call_sid) = data.call_sid.clone().or_else(|| env.call_sid.clone()) else {
             warn!("session without a call_sid");
@@ -382,7 +382,7 @@ impl Session {
                 // Unreadable means unanswered: the caller then gets the next target or a
                 // callback, never silence.
                 let result: DialResult = serde_json::from_value(env.data.clone())
-                    .inspect_err(|e| warn!(error = %e, "unreadable dial result"))
+                    .inspect_err(|e| warn!(category = ?e.classify(), "unreadable dial result"))
                     .unwrap_or_default();
                 let verbs = self.on_dial_action(&result).await;
                 wire::ack(msgid, Some(verbs))
@@ -482,7 +482,7 @@ impl Session {
 
     async fn on_call_status(&mut self, env: &Envelope) {
         let info: CallInfo = serde_json::from_value(env.data.clone())
-            .inspect_err(|e| warn!(error = %e, "unreadable call:status"))
+            .inspect_err(|e| warn!(category = ?e.classify(), "unreadable call:status"))
             .unwrap_or_default();
         let Some(call) = self.call.clone() else {
             return;
