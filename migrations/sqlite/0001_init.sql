@@ -1,5 +1,8 @@
 -- lifeline schema, SQLite (same tables as migrations/postgres; UUIDs are 16-byte blobs as sqlx
 -- encodes them, JSON and timestamps are text, updated_at is set by the application).
+-- Indexes: only those lifeline's own queries use. The original system's dashboard indexes exist
+-- on PostgreSQL, where those dashboards run; here every index is pages rewritten on each commit
+-- (with them, a collect_info commit dirtied about 20 pages).
 -- tool_call_logs and callback_requests keep every column, type and status value of the original
 -- system so existing SQL dashboards keep working; lifeline's columns are added after them.
 
@@ -75,13 +78,6 @@ CREATE TABLE tool_call_logs (
   -- a repeated invocation finds this row instead of running again
   CONSTRAINT tool_call_logs_invocation UNIQUE (platform, call_ref, invocation_key)
 );
-CREATE INDEX idx_tool_call_logs_status ON tool_call_logs (status);
-CREATE INDEX idx_tool_call_logs_created_at ON tool_call_logs (created_at DESC);
-CREATE INDEX idx_tool_call_logs_ultravox_call_id ON tool_call_logs (ultravox_call_id);
-CREATE INDEX idx_tool_call_logs_twilio_call_sid ON tool_call_logs (twilio_call_sid);
-CREATE INDEX idx_tool_call_logs_tool_name ON tool_call_logs (tool_name);
-CREATE INDEX idx_tool_call_logs_callback_number ON tool_call_logs (callback_number)
-  WHERE callback_number IS NOT NULL;
 -- sliding-window rate limits count a call's recent invocations
 CREATE INDEX tool_call_logs_call_window ON tool_call_logs (platform, call_ref, created_at);
 
@@ -142,11 +138,6 @@ CREATE TABLE callback_requests (
   age                    TEXT,
   urgency_reason         TEXT
 );
-CREATE INDEX idx_callback_requests_status ON callback_requests (status);
-CREATE INDEX idx_callback_requests_created_at ON callback_requests (created_at DESC);
-CREATE INDEX idx_callback_requests_urgency ON callback_requests (urgency_level);
-CREATE INDEX idx_callback_requests_callback_number ON callback_requests (callback_number);
-CREATE INDEX idx_callback_requests_next_retry ON callback_requests (next_retry_at) WHERE status = 'failed';
 CREATE INDEX callback_requests_queue ON callback_requests (urgency_rank, created_at)
   WHERE status IN ('pending', 'failed');
 CREATE INDEX callback_requests_call ON callback_requests (call_id);
