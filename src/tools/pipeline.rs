@@ -142,7 +142,8 @@ impl Pipeline {
             urgency_level: fields.urgency_level,
             ultravox_call_id: ctx.call.and_then(|c| c.ultravox_call_id.clone()),
             twilio_call_sid: None,
-            tool_data: serde_json::json!({ "platform": inv.platform.as_str() }),
+            // The original kept request headers here; lifeline keeps nothing it has elsewhere.
+            tool_data: serde_json::json!({}),
         };
         let windows = CountWindows {
             call_since: now - self.limits.call_window,

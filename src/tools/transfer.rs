@@ -129,7 +129,7 @@ pub async fn run(
             });
         }
     }
-    let plan = plan_for(tenant, &attempt_row(&attempt), ANNOUNCE_PRIMARY);
+    let plan = plan_for(tenant, attempt.id, &attempt.target_number, ANNOUNCE_PRIMARY);
     info!(
         attempt = %attempt.id,
         target = %mask(&plan.target),
@@ -227,7 +227,8 @@ pub async fn on_agent_failure(
             warn!(attempt = %attempt.id, why, "agent stopped mid-call; ringing the on-call team");
             AgentFailure::Ring(plan_for(
                 tenant,
-                &attempt_row(&attempt),
+                attempt.id,
+                &attempt.target_number,
                 ANNOUNCE_AGENT_FAILED,
             ))
         }
@@ -336,8 +337,12 @@ pub async fn on_dial_result(
     Ok(match next {
         Some(next) => {
             warn!(attempt = %attempt.id, %failure, "trying the secondary on-call number");
-            let row = attempt_row(&next);
-            DialNext::Ring(plan_for(tenant, &row, ANNOUNCE_SECONDARY))
+            DialNext::Ring(plan_for(
+                tenant,
+                next.id,
+                &next.target_number,
+                ANNOUNCE_SECONDARY,
+            ))
         }
         None => {
             error!(attempt = %attempt.id, %failure, "transfer failed; critical callback request recorded");
@@ -348,11 +353,16 @@ pub async fn on_dial_result(
     })
 }
 
-/// The dial for an attempt, with the tenant's trunk, caller id and ring timeout.
-pub fn plan_for(tenant: &Tenant, attempt: &TransferAttemptRow, announcement: &str) -> TransferPlan {
+/// The dial of one attempt, with the tenant's trunk, caller id and ring timeout.
+pub fn plan_for(
+    tenant: &Tenant,
+    attempt_id: Uuid,
+    target: &str,
+    announcement: &str,
+) -> TransferPlan {
     TransferPlan {
-        attempt_id: attempt.id,
-        target: attempt.target_number.clone(),
+        attempt_id,
+        target: target.to_string(),
         trunk: tenant.transfer.trunk.clone(),
         caller_id: tenant.transfer.caller_id.as_ref().map(ToString::to_string),
         ring_timeout_secs: tenant.transfer.ring_timeout_secs,
@@ -433,6 +443,7 @@ fn failed_transfer_callback(
     }
 }
 
+/// The row an attempt becomes, for building its callback request without reading it back.
 fn attempt_row(a: &NewTransferAttempt) -> TransferAttemptRow {
     TransferAttemptRow {
         id: a.id,
