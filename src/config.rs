@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::phone::E164;
+use crate::tools::business_hours::BusinessHours;
 
 /// Everything that is wrong with a configuration, one line per problem.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +30,58 @@ pub struct Config {
     pub port: u16,
     pub limits: Limits,
     pub jambonz: JambonzSettings,
+    /// Where Twilio and Ultravox reach this service (`https://lifeline.example.com`, no trailing
+    /// slash): Twilio signs the URL it requested, and TwiML pushed to a live call needs absolute
+    /// `action` URLs. Required when `[twilio]` is set.
+    pub public_url: Option<String>,
+    /// The Twilio account that carries calls (`None`: Jambonz only).
+    pub twilio: Option<TwilioSettings>,
+    /// Ultravox REST API and the ways Ultravox authenticates to lifeline.
+    pub ultravox: UltravoxGlobal,
     pub tenants: Vec<Arc<Tenant>>,
+}
+
+/// The Twilio account lifeline answers webhooks for and updates live calls on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwilioSettings {
+    /// `AC…`
+    pub account_sid: String,
+    /// Signs webhooks (`X-Twilio-Signature`) and authenticates REST calls.
+    pub auth_token: String,
+    /// `https://api.twilio.com` (a fake on loopback in tests).
+    pub api_base: String,
+    /// How long a live-call update may take, retries included. Must leave room within the tool
+    /// timeout to record a failed transfer and its callback request.
+    pub update_deadline: Duration,
+}
+
+/// Settings shared by every tenant's Ultravox use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UltravoxGlobal {
+    /// `https://api.ultravox.ai` (a fake on loopback in tests).
+    pub api_base: String,
+    /// Secrets Ultravox signs data-connection upgrades with (`X-Ultravox-Signature`); several
+    /// allow rotation. Inline-prompt calls are created with them; an agent's call template must
+    /// carry one of them in its `sharedSecrets`.
+    pub data_connection_secrets: Vec<String>,
+    /// API keys Ultravox HTTP tools present in `X-API-Key` (any tenant's calls).
+    pub tool_api_keys: Vec<String>,
+    /// How long call setup may wait for Ultravox before the caller gets the fallback.
+    pub setup_timeout: Duration,
+    /// How long an agent's prompt variables are cached.
+    pub agent_cache_ttl: Duration,
+}
+
+impl Default for UltravoxGlobal {
+    fn default() -> Self {
+        Self {
+            api_base: "https://api.ultravox.ai".into(),
+            data_connection_secrets: Vec::new(),
+            tool_api_keys: Vec::new(),
+            setup_timeout: Duration::from_millis(5000),
+            agent_cache_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Pipeline limits. Windows slide: a count covers the last `window` seconds, whenever asked.
@@ -80,6 +132,40 @@ pub struct Tenant {
     pub jambonz: Option<JambonzTenant>,
     pub transfer: TransferTargets,
     pub ultravox: UltravoxSettings,
+    /// Opening hours, for the prompt's `{{clinic_open}}` and friends (`None`: always closed,
+    /// i.e. the after-hours path).
+    pub business_hours: Option<BusinessHours>,
+    /// Facts about the clinic offered to the prompt.
+    pub profile: TenantProfile,
+    /// What a Twilio caller gets when the AI agent cannot be reached at call setup.
+    pub fallback: Fallback,
+    /// An API key that authenticates this tenant's Ultravox HTTP tools, and identifies the
+    /// tenant when a tool sends no call id (the original `collectNameNumberConcernPetName`).
+    pub tool_api_key: Option<String>,
+}
+
+/// Facts about a clinic for the prompt's template variables (the original `clients` row).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantProfile {
+    pub office_phone: Option<E164>,
+    pub office_website: Option<String>,
+    /// Opening hours as a sentence for the agent to read.
+    pub office_hours: Option<String>,
+    /// The agent's name (`{{agent_name}}`; the original defaulted to "Jessica").
+    pub agent_name: Option<String>,
+    pub voicemail_enabled: bool,
+}
+
+/// What a Twilio caller gets when the AI agent cannot be reached at call setup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Ring the on-call number (then the secondary); nobody answering leaves a critical
+    /// callback request, as any failed transfer does.
+    #[default]
+    Dial,
+    /// Record a message, which becomes a callback request.
+    Record,
 }
 
 /// How Jambonz reaches a tenant.
@@ -163,6 +249,22 @@ impl Config {
             problems.push("jambonz.ping_interval_secs must be at least 1".into());
         }
 
+        let public_url = non_empty(raw.server.public_url).map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            problems.push(format!("server.public_url must start with https:// (got {u:?})"));
+        }
+        let twilio = raw.twilio.map(|t| t.validate(&mut problems));
+        if twilio.is_some() && public_url.is_none() {
+            problems.push(
+                "server.public_url is required with [twilio]: Twilio signs the URL it requested, \
+                 and transfers need absolute callback URLs"
+                    .into(),
+            );
+        }
+        let ultravox = raw.ultravox.validate(&mut problems);
+
         let mut tenants = Vec::new();
         let mut ids = HashSet::new();
         let mut numbers: HashMap<String, String> = HashMap::new();
@@ -194,11 +296,25 @@ impl Config {
                 port: process.port,
                 limits,
                 jambonz,
+                public_url,
+                twilio,
+                ultravox,
                 tenants,
             })
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// The tenant that answers `number` (any spelling `E164::parse` accepts).
+    pub fn tenant_by_number(&self, number: &str) -> Option<&Arc<Tenant>> {
+        let number = E164::parse(number).ok()?;
+        self.tenants.iter().find(|t| t.numbers.contains(&number))
+    }
+
+    /// The tenant with this id.
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.iter().find(|t| t.id == id)
     }
 
     /// Reads the file named by `LIFELINE_CONFIG` (if any) and builds the configuration.
@@ -316,7 +432,101 @@ struct RawFile {
     #[serde(default)]
     jambonz: RawJambonz,
     #[serde(default)]
+    server: RawServer,
+    twilio: Option<RawTwilio>,
+    #[serde(default)]
+    ultravox: RawUltravoxGlobal,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    public_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwilio {
+    #[serde(default)]
+    account_sid: String,
+    #[serde(default)]
+    auth_token: String,
+    api_base: Option<String>,
+    update_deadline_ms: Option<u64>,
+}
+
+impl RawTwilio {
+    fn validate(self, problems: &mut Vec<String>) -> TwilioSettings {
+        if !(self.account_sid.starts_with("AC") && self.account_sid.len() == 34) {
+            problems.push("twilio.account_sid must be an account SID (AC followed by 32 characters)".into());
+        }
+        if self.auth_token.trim().is_empty() {
+            problems.push("twilio.auth_token is required".into());
+        }
+        let deadline = Duration::from_millis(self.update_deadline_ms.unwrap_or(1500));
+        if !(200..=30_000).contains(&deadline.as_millis()) {
+            problems.push("twilio.update_deadline_ms must be between 200 and 30000".into());
+        }
+        TwilioSettings {
+            account_sid: self.account_sid,
+            auth_token: self.auth_token,
+            api_base: base_url("twilio.api_base", self.api_base, "https://api.twilio.com", problems),
+            update_deadline: deadline,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUltravoxGlobal {
+    api_base: Option<String>,
+    #[serde(default)]
+    data_connection_secrets: Vec<String>,
+    #[serde(default)]
+    tool_api_keys: Vec<String>,
+    setup_timeout_ms: Option<u64>,
+    agent_cache_secs: Option<u64>,
+}
+
+impl RawUltravoxGlobal {
+    fn validate(self, problems: &mut Vec<String>) -> UltravoxGlobal {
+        let d = UltravoxGlobal::default();
+        for s in &self.data_connection_secrets {
+            if !(16..=127).contains(&s.chars().count()) {
+                problems.push(
+                    "ultravox.data_connection_secrets: each secret must be 16 to 127 characters (Ultravox's limits)".into(),
+                );
+            }
+        }
+        for k in &self.tool_api_keys {
+            if k.chars().count() < 16 {
+                problems.push("ultravox.tool_api_keys: each key must be at least 16 characters".into());
+            }
+        }
+        let setup = self.setup_timeout_ms.map(Duration::from_millis).unwrap_or(d.setup_timeout);
+        if !(500..=12_000).contains(&setup.as_millis()) {
+            problems.push(
+                "ultravox.setup_timeout_ms must be between 500 and 12000 (Twilio gives up on a webhook after 15 s)".into(),
+            );
+        }
+        UltravoxGlobal {
+            api_base: base_url("ultravox.api_base", self.api_base, &d.api_base, problems),
+            data_connection_secrets: self.data_connection_secrets,
+            tool_api_keys: self.tool_api_keys,
+            setup_timeout: setup,
+            agent_cache_ttl: self.agent_cache_secs.map(Duration::from_secs).unwrap_or(d.agent_cache_ttl),
+        }
+    }
+}
+
+fn base_url(field: &str, given: Option<String>, default: &str, problems: &mut Vec<String>) -> String {
+    let url = non_empty(given).unwrap_or_else(|| default.to_string());
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        problems.push(format!("{field} must be an http(s) URL (got {url:?})"));
+    }
+    url.trim_end_matches('/').to_string()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -400,6 +610,22 @@ struct RawTenant {
     jambonz: Option<RawJambonzTenant>,
     transfer: Option<RawTransfer>,
     ultravox: Option<RawUltravox>,
+    business_hours: Option<BusinessHours>,
+    profile: Option<RawProfile>,
+    #[serde(default)]
+    fallback: Fallback,
+    tool_api_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    office_phone: Option<String>,
+    office_website: Option<String>,
+    office_hours: Option<String>,
+    agent_name: Option<String>,
+    #[serde(default)]
+    voicemail_enabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,10 +808,40 @@ impl RawTenant {
             }
         };
 
+        if let Some(hours) = &self.business_hours
+            && let Err(errors) = hours.validate()
+        {
+            for e in errors {
+                problems.push(format!("{label}: business_hours: {e}"));
+            }
+        }
+        let raw_profile = self.profile.unwrap_or_default();
+        let profile = TenantProfile {
+            office_phone: raw_profile
+                .office_phone
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .and_then(|s| phone(label, "profile.office_phone", s, problems)),
+            office_website: non_empty(raw_profile.office_website),
+            office_hours: non_empty(raw_profile.office_hours),
+            agent_name: non_empty(raw_profile.agent_name),
+            voicemail_enabled: raw_profile.voicemail_enabled,
+        };
+        let tool_api_key = non_empty(self.tool_api_key);
+        if let Some(k) = &tool_api_key
+            && k.chars().count() < 16
+        {
+            problems.push(format!("{label}: tool_api_key must be at least 16 characters"));
+        }
+
         if problems.len() > before {
             return None;
         }
         Some(Tenant {
+            business_hours: self.business_hours,
+            profile,
+            fallback: self.fallback,
+            tool_api_key,
             id: self.id,
             name: self.name,
             numbers,
