@@ -10,6 +10,7 @@ pub mod config;
 pub mod ingress;
 pub mod ops;
 pub mod phone;
+pub mod prompt_context;
 pub mod protocol;
 pub mod store;
 pub mod telemetry;

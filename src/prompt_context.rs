@@ -1,0 +1,1 @@
+//! Template variables for Ultravox prompts (to be written).

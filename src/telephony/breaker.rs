@@ -1,0 +1,1 @@
+//! Circuit breakers for outbound APIs (to be written).

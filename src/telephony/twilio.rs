@@ -1,0 +1,1 @@
+//! Twilio REST client and call control (to be written).

@@ -1,0 +1,1 @@
+//! Ultravox REST client (to be written).
