@@ -249,11 +249,14 @@ impl Config {
             problems.push("jambonz.ping_interval_secs must be at least 1".into());
         }
 
-        let public_url = non_empty(raw.server.public_url).map(|u| u.trim_end_matches('/').to_string());
+        let public_url =
+            non_empty(raw.server.public_url).map(|u| u.trim_end_matches('/').to_string());
         if let Some(u) = &public_url
             && !(u.starts_with("https://") || u.starts_with("http://"))
         {
-            problems.push(format!("server.public_url must start with https:// (got {u:?})"));
+            problems.push(format!(
+                "server.public_url must start with https:// (got {u:?})"
+            ));
         }
         let twilio = raw.twilio.map(|t| t.validate(&mut problems));
         if twilio.is_some() && public_url.is_none() {
@@ -286,6 +289,24 @@ impl Config {
                     }
                 }
                 tenants.push(Arc::new(tenant));
+            }
+        }
+
+        if let Some(t) = &twilio
+            && t.update_deadline + Duration::from_millis(300) > limits.tool_timeout
+        {
+            problems.push(format!(
+                "twilio.update_deadline_ms ({}) must be at least 300 below limits.tool_timeout_ms ({}): a failed transfer must still be recorded, with its callback request, before the AI's tool deadline",
+                t.update_deadline.as_millis(),
+                limits.tool_timeout.as_millis()
+            ));
+        }
+        if twilio.is_some() && ultravox.data_connection_secrets.is_empty() {
+            for t in tenants.iter().filter(|t| t.ultravox.agent_id.is_none()) {
+                problems.push(format!(
+                    "tenant {:?}: an inline system_prompt on Twilio needs ultravox.data_connection_secrets (its tools reach lifeline over the signed data connection)",
+                    t.id
+                ));
             }
         }
 
@@ -460,7 +481,9 @@ struct RawTwilio {
 impl RawTwilio {
     fn validate(self, problems: &mut Vec<String>) -> TwilioSettings {
         if !(self.account_sid.starts_with("AC") && self.account_sid.len() == 34) {
-            problems.push("twilio.account_sid must be an account SID (AC followed by 32 characters)".into());
+            problems.push(
+                "twilio.account_sid must be an account SID (AC followed by 32 characters)".into(),
+            );
         }
         if self.auth_token.trim().is_empty() {
             problems.push("twilio.auth_token is required".into());
@@ -472,7 +495,12 @@ impl RawTwilio {
         TwilioSettings {
             account_sid: self.account_sid,
             auth_token: self.auth_token,
-            api_base: base_url("twilio.api_base", self.api_base, "https://api.twilio.com", problems),
+            api_base: base_url(
+                "twilio.api_base",
+                self.api_base,
+                "https://api.twilio.com",
+                problems,
+            ),
             update_deadline: deadline,
         }
     }
@@ -502,10 +530,14 @@ impl RawUltravoxGlobal {
         }
         for k in &self.tool_api_keys {
             if k.chars().count() < 16 {
-                problems.push("ultravox.tool_api_keys: each key must be at least 16 characters".into());
+                problems
+                    .push("ultravox.tool_api_keys: each key must be at least 16 characters".into());
             }
         }
-        let setup = self.setup_timeout_ms.map(Duration::from_millis).unwrap_or(d.setup_timeout);
+        let setup = self
+            .setup_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.setup_timeout);
         if !(500..=12_000).contains(&setup.as_millis()) {
             problems.push(
                 "ultravox.setup_timeout_ms must be between 500 and 12000 (Twilio gives up on a webhook after 15 s)".into(),
@@ -516,12 +548,20 @@ impl RawUltravoxGlobal {
             data_connection_secrets: self.data_connection_secrets,
             tool_api_keys: self.tool_api_keys,
             setup_timeout: setup,
-            agent_cache_ttl: self.agent_cache_secs.map(Duration::from_secs).unwrap_or(d.agent_cache_ttl),
+            agent_cache_ttl: self
+                .agent_cache_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.agent_cache_ttl),
         }
     }
 }
 
-fn base_url(field: &str, given: Option<String>, default: &str, problems: &mut Vec<String>) -> String {
+fn base_url(
+    field: &str,
+    given: Option<String>,
+    default: &str,
+    problems: &mut Vec<String>,
+) -> String {
     let url = non_empty(given).unwrap_or_else(|| default.to_string());
     if !(url.starts_with("https://") || url.starts_with("http://")) {
         problems.push(format!("{field} must be an http(s) URL (got {url:?})"));
@@ -831,7 +871,9 @@ impl RawTenant {
         if let Some(k) = &tool_api_key
             && k.chars().count() < 16
         {
-            problems.push(format!("{label}: tool_api_key must be at least 16 characters"));
+            problems.push(format!(
+                "{label}: tool_api_key must be at least 16 characters"
+            ));
         }
 
         if problems.len() > before {
@@ -938,6 +980,47 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
         assert!(err.0.len() >= 11, "{text}");
+    }
+
+    #[test]
+    fn twilio_needs_a_public_url_valid_secrets_and_a_deadline_inside_the_tool_timeout() {
+        let text = format!(
+            "{GOOD}\n[twilio]\naccount_sid = \"ACx\"\nauth_token = \"\"\nupdate_deadline_ms = 1900\n\
+             [ultravox]\ndata_connection_secrets = [\"short\"]\ntool_api_keys = [\"k\"]\n"
+        );
+        let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
+        let err = Config::build(&process(), Some((&text, Path::new("t.toml"))), &env).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "server.public_url is required",
+            "twilio.account_sid",
+            "twilio.auth_token",
+            "update_deadline_ms (1900)",
+            "data_connection_secrets: each secret must be 16 to 127",
+            "tool_api_keys: each key must be at least 16",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+
+        let good = format!(
+            "[server]\npublic_url = \"https://lifeline.example.com/\"\n\
+             [twilio]\naccount_sid = \"AC00000000000000000000000000000000\"\nauth_token = \"t\"\n\
+             [ultravox]\ndata_connection_secrets = [\"0123456789abcdef\"]\n{GOOD}"
+        );
+        let cfg = Config::build(&process(), Some((&good, Path::new("t.toml"))), &env).unwrap();
+        assert_eq!(
+            cfg.public_url.as_deref(),
+            Some("https://lifeline.example.com")
+        );
+        assert_eq!(
+            cfg.twilio.as_ref().unwrap().update_deadline,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            cfg.tenant_by_number("(508) 372-8299").unwrap().id,
+            "riverside"
+        );
+        assert!(cfg.tenant_by_number("+15550000000").is_none());
     }
 
     #[test]

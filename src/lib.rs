@@ -39,6 +39,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub pipeline: Arc<Pipeline>,
+    /// The Twilio REST client, when a Twilio account is configured.
+    pub twilio: Option<Arc<telephony::twilio::TwilioClient>>,
+    /// The Ultravox REST client (call creation, agent prompt variables).
+    pub ultravox_api: Arc<telephony::ultravox::UltravoxApi>,
     /// Flips to true when the process is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -47,6 +51,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/jambonz", get(ingress::jambonz::upgrade))
+        .merge(ingress::twilio::routes())
+        .merge(ingress::ultravox::routes())
         .route("/healthz", get(ops::health::healthz))
         .route("/readyz", get(ops::health::readyz))
         .layer(RequestBodyLimitLayer::new(256 * 1024))
@@ -76,10 +82,29 @@ impl Server {
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pipeline = Arc::new(Pipeline::new(store.clone(), config.limits.clone()));
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .user_agent(concat!("lifeline/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let twilio = config.twilio.as_ref().map(|settings| {
+            Arc::new(telephony::twilio::TwilioClient::new(
+                settings,
+                http.clone(),
+                Arc::new(telephony::breaker::CircuitBreaker::new("twilio")),
+            ))
+        });
+        let ultravox_api = Arc::new(telephony::ultravox::UltravoxApi::new(
+            config.ultravox.api_base.clone(),
+            http,
+            Arc::new(telephony::breaker::CircuitBreaker::new("ultravox")),
+            config.ultravox.agent_cache_ttl,
+        ));
         let state = AppState {
             config: Arc::new(config),
             store,
             pipeline,
+            twilio,
+            ultravox_api,
             shutdown: shutdown_rx.clone(),
         };
         let app = router(state.clone());

@@ -42,6 +42,7 @@ on_both_engines!(
     final_call_status_closes_the_call_and_late_statuses_do_not_reopen_it,
     repeated_call_setup_keeps_the_first_values,
     finish_invocation_records_the_outcome_of_a_pending_row_once,
+    status_events_apply_in_sequence_order_and_calls_are_found_by_ultravox_id,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -1611,6 +1612,7 @@ fn status(name: &str, at: DateTime<Utc>, ended: bool, duration: Option<i32>) -> 
         at,
         ended,
         duration_seconds: duration,
+        sequence: None,
         detail: json!({ "call_status": name }),
     }
 }
@@ -1793,4 +1795,69 @@ async fn finish_invocation_records_the_outcome_of_a_pending_row_once(engine: Eng
         .await
         .unwrap();
     assert_eq!(all.len(), 1);
+}
+
+async fn status_events_apply_in_sequence_order_and_calls_are_found_by_ultravox_id(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let call = store.upsert_call(&new_call("CA-seq")).await.unwrap();
+    assert!(
+        store
+            .find_call_by_ultravox_id("uv-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.set_ultravox_call_id(call.id, "uv-1").await.unwrap();
+    let found = store
+        .find_call_by_ultravox_id("uv-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, call.id);
+
+    let with_seq = |name: &str, at, seq: i64| CallStatusUpdate {
+        sequence: Some(seq),
+        ..status(name, at, false, None)
+    };
+    store
+        .record_call_status(call.id, &with_seq("in-progress", t0() + secs(2), 2))
+        .await
+        .unwrap();
+    // Sequence 1 arrives late: kept on the timeline, but the call stays in progress.
+    store
+        .record_call_status(call.id, &with_seq("ringing", t0() + secs(3), 1))
+        .await
+        .unwrap();
+    let row = store
+        .find_call(Platform::Jambonz, "CA-seq")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, "in-progress");
+    assert_eq!(store.call_events(call.id).await.unwrap().len(), 2);
+
+    let attempt = NewTransferAttempt {
+        id: Uuid::now_v7(),
+        call_id: call.id,
+        tenant_id: TENANT.into(),
+        tool_call_log_id: None,
+        target_role: "primary",
+        target_number: "+15557654321".into(),
+        callback_number: "+15083084809".into(),
+        caller_name: Some("Ada".into()),
+        reason: "hit by a car".into(),
+        pet_name: None,
+        started_at: t0(),
+    };
+    store.start_transfer(&attempt).await.unwrap();
+    let row = store.transfer_attempt(attempt.id).await.unwrap().unwrap();
+    assert_eq!(row.caller_name.as_deref(), Some("Ada"));
+    assert!(
+        store
+            .transfer_attempt(Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -3,3 +3,5 @@
 
 pub mod auth;
 pub mod jambonz;
+pub mod twilio;
+pub mod ultravox;

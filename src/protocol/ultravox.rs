@@ -68,18 +68,28 @@ fn definition(tool: ToolName) -> (&'static str, Vec<Value>) {
 /// `selectedTools` entries declaring every lifeline tool as an Ultravox *client* tool, so that
 /// invocations reach lifeline through the platform that carries the call (Jambonz `toolHook`).
 pub fn client_tools() -> Vec<Value> {
+    tools_with_implementation("client")
+}
+
+/// `selectedTools` entries declaring every lifeline tool as a *data connection* tool: Ultravox
+/// sends the invocations over its own WebSocket to lifeline (`GET /ultravox`), which is how a
+/// Twilio-carried call reaches lifeline's tools.
+pub fn data_connection_tools() -> Vec<Value> {
+    tools_with_implementation("dataConnection")
+}
+
+fn tools_with_implementation(implementation: &str) -> Vec<Value> {
     ToolName::ALL
         .iter()
         .map(|&tool| {
             let (description, params) = definition(tool);
-            json!({
-                "temporaryTool": {
-                    "modelToolName": tool.as_str(),
-                    "description": description,
-                    "dynamicParameters": params,
-                    "client": {},
-                }
-            })
+            let mut definition = json!({
+                "modelToolName": tool.as_str(),
+                "description": description,
+                "dynamicParameters": params,
+            });
+            definition[implementation] = json!({});
+            json!({ "temporaryTool": definition })
         })
         .collect()
 }

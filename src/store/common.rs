@@ -330,6 +330,20 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn find_call_by_ultravox_id(
+                &self,
+                ultravox_call_id: &str,
+            ) -> Result<Option<CallRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    call_columns!(),
+                    " FROM calls WHERE ultravox_call_id = $1"
+                ))
+                .bind(ultravox_call_id)
+                .fetch_optional(self.reader())
+                .await?)
+            }
+
             async fn mark_app_started(
                 &self,
                 call_id: Uuid,
@@ -352,18 +366,23 @@ macro_rules! impl_store {
                 u: &CallStatusUpdate,
             ) -> Result<(), StoreError> {
                 let mut tx = self.writer().begin().await?;
-                // A call that ended stays ended, whatever arrives late.
+                // A call that ended stays ended, whatever arrives late; and an event older
+                // (by the platform's sequence number) than the one applied changes nothing:
+                // Twilio's status callbacks can arrive out of order.
                 sqlx::query(
                     "UPDATE calls SET status = $2, updated_at = $3, \
                      ended_at = CASE WHEN $4 THEN $3 ELSE ended_at END, \
-                     duration_seconds = COALESCE($5, duration_seconds) \
-                     WHERE id = $1 AND ended_at IS NULL",
+                     duration_seconds = COALESCE($5, duration_seconds), \
+                     status_sequence = COALESCE($6, status_sequence) \
+                     WHERE id = $1 AND ended_at IS NULL \
+                     AND ($6 IS NULL OR status_sequence IS NULL OR status_sequence < $6)",
                 )
                 .bind(call_id)
                 .bind(&u.status)
                 .bind(u.at)
                 .bind(u.ended)
                 .bind(u.duration_seconds)
+                .bind(u.sequence)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
@@ -572,6 +591,29 @@ macro_rules! impl_store {
                 .bind(call_id)
                 .fetch_optional(self.writer())
                 .await?)
+            }
+
+            async fn transfer_attempt(
+                &self,
+                id: Uuid,
+            ) -> Result<Option<TransferAttemptRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    attempt_columns!(),
+                    " FROM transfer_attempts WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await?)
+            }
+
+            async fn insert_callback_request(
+                &self,
+                request: &NewCallbackRequest,
+            ) -> Result<(), StoreError> {
+                let mut conn = self.writer().acquire().await?;
+                insert_callback(&mut conn, request).await?;
+                Ok(())
             }
 
             async fn transfer_attempts(

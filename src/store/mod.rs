@@ -53,6 +53,13 @@ pub trait Store: Send + Sync + 'static {
         call_ref: &str,
     ) -> Result<Option<CallRow>, StoreError>;
 
+    /// The call Ultravox knows by `ultravox_call_id` (the `X-Ultravox-Call-Id` of HTTP tools and
+    /// data connections).
+    async fn find_call_by_ultravox_id(
+        &self,
+        ultravox_call_id: &str,
+    ) -> Result<Option<CallRow>, StoreError>;
+
     /// Records that the call was handed its application (verbs, TwiML).
     async fn mark_app_started(&self, call_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
 
@@ -120,6 +127,9 @@ pub trait Store: Send + Sync + 'static {
         call_id: Uuid,
     ) -> Result<Option<TransferAttemptRow>, StoreError>;
 
+    /// One transfer attempt.
+    async fn transfer_attempt(&self, id: Uuid) -> Result<Option<TransferAttemptRow>, StoreError>;
+
     /// Every transfer attempt of a call, oldest first.
     async fn transfer_attempts(&self, call_id: Uuid)
     -> Result<Vec<TransferAttemptRow>, StoreError>;
@@ -128,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
     /// request that replaces it. Returns false (and writes nothing) when the attempt had already
     /// ended, so a repeated hook cannot create a second callback request.
     async fn finish_transfer(&self, finish: &TransferFinish) -> Result<bool, StoreError>;
+
+    /// Records a callback request that is not tied to a tool call (a recorded message).
+    async fn insert_callback_request(&self, request: &NewCallbackRequest)
+    -> Result<(), StoreError>;
 
     /// Callback requests, most urgent first, then oldest.
     async fn callback_requests(

@@ -53,6 +53,8 @@ pub struct CallStatusUpdate {
     /// Set when the status is final.
     pub ended: bool,
     pub duration_seconds: Option<i32>,
+    /// The platform's ordering of the call's events (Twilio `SequenceNumber`), when it has one.
+    pub sequence: Option<i64>,
     pub detail: Value,
 }
 

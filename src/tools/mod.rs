@@ -33,6 +33,16 @@ impl Platform {
             Platform::Ultravox => "ultravox",
         }
     }
+
+    /// The platform stored under `name` (the inverse of [`Platform::as_str`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "jambonz" => Some(Platform::Jambonz),
+            "twilio" => Some(Platform::Twilio),
+            "ultravox" => Some(Platform::Ultravox),
+            _ => None,
+        }
+    }
 }
 
 /// The tools lifeline runs.

@@ -510,6 +510,7 @@ impl Session {
             at: Utc::now(),
             ended,
             duration_seconds: info.duration.and_then(|d| i32::try_from(d).ok()),
+            sequence: None,
             detail: json!({ "call_status": status, "sip_status": info.sip_status }),
         };
         if let Err(e) = self.state.store.record_call_status(call.id, &update).await {

@@ -1,0 +1,154 @@
+//! The two webhooks of a transfer's `<Dial>`: the whisper the on-call person hears when they
+//! pick up (`/twilio/whisper`), and the outcome (`/twilio/dial-action`), which either ends the
+//! call, rings the next target, or records a critical callback request and tells the caller.
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tracing::{Instrument, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::{SORRY, ring, say_and_hang_up, twiml, verify};
+use crate::AppState;
+use crate::protocol::twilio::{self as wire, DialAction, Say, Verb};
+use crate::tools::Platform;
+use crate::tools::transfer::{self, DialNext};
+
+/// The attempt a dial's webhooks belong to (we put it in the URLs we give Twilio).
+#[derive(Debug, Deserialize)]
+pub struct AttemptQuery {
+    attempt: Option<Uuid>,
+}
+
+/// `POST /twilio/dial-action`.
+pub async fn dial_action(
+    State(state): State<AppState>,
+    Query(query): Query<AttemptQuery>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let signed = match verify(&state, &uri, &headers, body) {
+        Ok(s) => s,
+        Err(refused) => return refused.into_response(),
+    };
+    let action: DialAction = match wire::parse_webhook(&signed.body) {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "unreadable dial-action webhook");
+            return say_and_hang_up(SORRY);
+        }
+    };
+    let span = info_span!("twilio_dial_action", call = %action.call_sid);
+    on_dial_action(&state, query.attempt, &action)
+        .instrument(span)
+        .await
+}
+
+async fn on_dial_action(state: &AppState, attempt: Option<Uuid>, action: &DialAction) -> Response {
+    let succeeded = action.transfer_succeeded();
+    let status = action.dial_call_status.as_str().to_string();
+    info!(dial_status = %status, bridged = ?action.dial_bridged, "dial ended");
+    if attempt == Some(Uuid::nil()) {
+        // The end of a dial made while nothing could be recorded: do not ring again and again.
+        return after_unrecorded_dial(succeeded);
+    }
+    let call = match state
+        .store
+        .find_call(Platform::Twilio, &action.call_sid)
+        .await
+    {
+        Ok(Some(call)) => call,
+        Ok(None) => {
+            warn!("dial outcome for a call lifeline does not know");
+            return after_unrecorded_dial(succeeded);
+        }
+        Err(e) => {
+            error!(error = %e, "could not read the call for its dial outcome");
+            return after_unrecorded_dial(succeeded);
+        }
+    };
+    let Some(tenant) = state.config.tenant(&call.tenant_id).cloned() else {
+        error!(tenant = %call.tenant_id, "the call's tenant is no longer configured");
+        return after_unrecorded_dial(succeeded);
+    };
+    // A late or repeated webhook of an earlier attempt must not end the one ringing now.
+    if let Some(attempt) = attempt {
+        match state.store.dialing_transfer(call.id).await {
+            Ok(Some(ringing)) if ringing.id != attempt => {
+                warn!(%attempt, ringing = %ringing.id, "dial outcome of an attempt that is not ringing; ignored");
+                return after_unrecorded_dial(succeeded);
+            }
+            _ => {}
+        }
+    }
+    let next = transfer::on_dial_result(
+        state.store.as_ref(),
+        &tenant,
+        &call,
+        succeeded,
+        Some(&status),
+        None,
+    )
+    .await;
+    match next {
+        Ok(DialNext::Connected) => twiml(wire::Response::new().verb(Verb::Hangup)),
+        Ok(DialNext::Ring(plan)) => ring(state, &plan),
+        Ok(DialNext::CallbackPromised { last4 }) => {
+            say_and_hang_up(&transfer::callback_promise(&last4))
+        }
+        Ok(DialNext::NoTransfer) => after_unrecorded_dial(succeeded),
+        Err(e) => {
+            // The outcome could not be recorded, so no callback request exists: keep the caller
+            // with a human rather than promise a call back nobody will see.
+            error!(error = %e, "could not record the dial outcome; ringing the on-call number again");
+            if succeeded {
+                twiml(wire::Response::new().verb(Verb::Hangup))
+            } else {
+                ring(state, &transfer::plan_without_record(&tenant))
+            }
+        }
+    }
+}
+
+/// After a dial nothing was recorded for: end a connected call; apologise otherwise.
+fn after_unrecorded_dial(succeeded: bool) -> Response {
+    if succeeded {
+        twiml(wire::Response::new().verb(Verb::Hangup))
+    } else {
+        say_and_hang_up(SORRY)
+    }
+}
+
+/// `POST /twilio/whisper`: played to the on-call person before the caller is connected.
+pub async fn whisper(
+    State(state): State<AppState>,
+    Query(query): Query<AttemptQuery>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = verify(&state, &uri, &headers, body) {
+        return refused.into_response();
+    }
+    let attempt = match query.attempt {
+        Some(id) => state.store.transfer_attempt(id).await,
+        None => Ok(None),
+    };
+    let text = match attempt {
+        Ok(Some(attempt)) => state
+            .config
+            .tenant(&attempt.tenant_id)
+            .map(|tenant| transfer::whisper(tenant, &attempt)),
+        Ok(None) => None,
+        Err(e) => {
+            error!(error = %e, "could not read the transfer attempt for its whisper");
+            None
+        }
+    };
+    // With nothing to say, the on-call person is simply connected.
+    let text = text.unwrap_or_else(|| "Transferred call from the after-hours line.".to_string());
+    twiml(wire::Response::new().verb(Say::new(text)))
+}

@@ -1,0 +1,317 @@
+//! `POST /twilio/incoming`: a call reaches one of our numbers. Find the clinic by the number
+//! dialled, record the call, create its Ultravox call and connect the caller to it; if anything
+//! fails, the caller still reaches a human (or leaves a message) — never an application error.
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use tracing::{Instrument, error, info, info_span, warn};
+use uuid::Uuid;
+
+use super::{SORRY, public, ring, say_and_hang_up, twiml, verify};
+use crate::AppState;
+use crate::config::{Config, Fallback, Tenant};
+use crate::phone::mask;
+use crate::prompt_context::{self, CallFacts};
+use crate::protocol::twilio::{self as wire, IncomingCall, Record, Say, Stream, Verb};
+use crate::protocol::ultravox::data_connection_tools;
+use crate::store::{CallRow, NewCall, NewCallEvent};
+use crate::telephony::ultravox::CreatedCall;
+use crate::tools::Platform;
+use crate::tools::transfer::{self, AgentFailure, MESSAGE_ALREADY_TAKEN};
+
+/// What a caller hears when the number they dialled belongs to no clinic here.
+const NOT_IN_SERVICE: &str = "We're sorry, this number is not in service. Goodbye.";
+
+/// The handler.
+pub async fn incoming(
+    State(state): State<AppState>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let signed = match verify(&state, &uri, &headers, body) {
+        Ok(s) => s,
+        Err(refused) => return refused.into_response(),
+    };
+    let call: IncomingCall = match wire::parse_webhook(&signed.body) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "unreadable incoming-call webhook");
+            return say_and_hang_up(SORRY);
+        }
+    };
+    let Some(tenant) = call
+        .to
+        .as_deref()
+        .and_then(|to| state.config.tenant_by_number(to))
+        .cloned()
+    else {
+        warn!(
+            to = %call.to.as_deref().map(mask).unwrap_or_default(),
+            "incoming call to a number no tenant answers"
+        );
+        return say_and_hang_up(NOT_IN_SERVICE);
+    };
+    let span = info_span!("twilio_call", tenant = %tenant.id, call = %call.call_sid);
+    set_up(&state, &tenant, &call).instrument(span).await
+}
+
+async fn set_up(state: &AppState, tenant: &Tenant, incoming: &IncomingCall) -> Response {
+    let now = Utc::now();
+    let new = NewCall {
+        id: Uuid::now_v7(),
+        tenant_id: tenant.id.clone(),
+        platform: Platform::Twilio,
+        call_ref: incoming.call_sid.clone(),
+        from_number: incoming.from.clone(),
+        to_number: incoming.to.clone(),
+        direction: "inbound".into(),
+        status: incoming.call_status.as_str().to_string(),
+        account_sid: Some(incoming.account_sid.clone()),
+        application_sid: None,
+        started_at: now,
+    };
+    let call = match state.store.upsert_call(&new).await {
+        Ok(call) => call,
+        Err(e) => {
+            error!(error = %e, "could not record the incoming call; using the fallback");
+            return fallback(state, tenant, None, "the database is unavailable").await;
+        }
+    };
+    metrics::counter!("lifeline_calls_total", "platform" => "twilio").increment(1);
+    info!(from = %incoming.from.as_deref().map(mask).unwrap_or_default(), "incoming call");
+
+    let created = tokio::time::timeout(
+        state.config.ultravox.setup_timeout,
+        create_ultravox_call(state, tenant, &call),
+    )
+    .await;
+    let created = match created {
+        Ok(Ok(created)) => created,
+        Ok(Err(why)) => {
+            error!(error = %why, "could not create the Ultravox call; using the fallback");
+            return fallback(state, tenant, Some(&call), &why).await;
+        }
+        Err(_) => {
+            error!("Ultravox call setup timed out; using the fallback");
+            return fallback(
+                state,
+                tenant,
+                Some(&call),
+                "Ultravox did not answer in time",
+            )
+            .await;
+        }
+    };
+    // The mapping must be durable before the caller is connected: tools find the call by it.
+    if let Err(e) = state
+        .store
+        .set_ultravox_call_id(call.id, &created.call_id)
+        .await
+    {
+        error!(error = %e, "could not record the Ultravox call id; using the fallback");
+        return fallback(state, tenant, Some(&call), "the call could not be recorded").await;
+    }
+    let event = NewCallEvent {
+        id: Uuid::now_v7(),
+        call_id: call.id,
+        at: Utc::now(),
+        kind: "ultravox_call_created".into(),
+        detail: json!({ "ultravox_call_id": created.call_id }),
+    };
+    if let Err(e) = state.store.append_call_event(&event).await {
+        warn!(error = %e, "could not record the call event");
+    }
+    if let Err(e) = state.store.mark_app_started(call.id, Utc::now()).await {
+        warn!(error = %e, "could not mark the call started");
+    }
+    info!(ultravox_call = %created.call_id, "connecting the caller to the AI agent");
+    twiml(wire::Response::new().verb(Verb::Connect(Stream::new(created.join_url))))
+}
+
+async fn create_ultravox_call(
+    state: &AppState,
+    tenant: &Tenant,
+    call: &CallRow,
+) -> Result<CreatedCall, String> {
+    let settings = &tenant.ultravox;
+    let facts = CallFacts {
+        call_sid: &call.call_ref,
+        from: call.from_number.as_deref(),
+        to: call.to_number.as_deref(),
+    };
+    let context = prompt_context::template_context(tenant, &facts, Utc::now());
+    match &settings.agent_id {
+        Some(agent_id) => {
+            // Only the variables the agent's prompt uses are sent, as the original did; the
+            // list is cached, so this is not a request per call.
+            let wanted = match state
+                .ultravox_api
+                .agent_prompt_variables(&settings.api_key, agent_id)
+                .await
+            {
+                Ok(vars) => Some(vars),
+                Err(e) => {
+                    warn!(error = %e, "could not read the agent's prompt variables; sending all");
+                    None
+                }
+            };
+            let variables = prompt_context::select(&context, wanted.as_deref());
+            let body = setup_body(
+                &state.config,
+                tenant,
+                call.id,
+                SetupPrompt::Agent(variables),
+            );
+            state
+                .ultravox_api
+                .create_agent_call(&settings.api_key, agent_id, &body)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let prompt = prompt_context::render(
+                settings.system_prompt.as_deref().unwrap_or_default(),
+                &context,
+            );
+            let body = setup_body(&state.config, tenant, call.id, SetupPrompt::Inline(prompt));
+            state
+                .ultravox_api
+                .create_call(&settings.api_key, &body)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The prompt part of a call-creation request.
+pub enum SetupPrompt {
+    /// An Ultravox agent's template, filled with these variables (all strings).
+    Agent(Map<String, Value>),
+    /// A prompt of our own, already filled.
+    Inline(String),
+}
+
+/// The body of the Ultravox call-creation request for a Twilio call: the Twilio medium, the
+/// agent speaks first, and — when data-connection secrets are configured — a data connection to
+/// lifeline's `/ultravox` socket so tool calls arrive there, signed.
+pub fn setup_body(config: &Config, tenant: &Tenant, call_id: Uuid, prompt: SetupPrompt) -> Value {
+    let mut body = json!({
+        "medium": { "twilio": {} },
+        "firstSpeakerSettings": { "agent": {} },
+        // Values must be strings; keys must not start with "ultravox.".
+        "metadata": {
+            "lifeline_call_id": call_id.to_string(),
+            "lifeline_tenant": tenant.id,
+        },
+    });
+    let data_connection = !config.ultravox.data_connection_secrets.is_empty();
+    if data_connection && let Some(url) = data_connection_url(config) {
+        body["dataConnection"] = json!({ "websocketUrl": url });
+    }
+    match prompt {
+        SetupPrompt::Agent(variables) => {
+            // An agent call accepts no tools and no secrets: they live on the agent's template.
+            body["templateContext"] = Value::Object(variables);
+        }
+        SetupPrompt::Inline(prompt) => {
+            let u = &tenant.ultravox;
+            body["systemPrompt"] = Value::from(prompt);
+            body["model"] = Value::from(u.model.clone());
+            if let Some(voice) = &u.voice {
+                body["voice"] = Value::from(voice.clone());
+            }
+            if let Some(t) = u.temperature {
+                body["temperature"] = Value::from(t);
+            }
+            if data_connection {
+                body["selectedTools"] = Value::from(data_connection_tools());
+                body["sharedSecrets"] =
+                    Value::from(config.ultravox.data_connection_secrets.clone());
+            }
+        }
+    }
+    body
+}
+
+/// `wss://…/ultravox` (or `ws://` behind a plain-HTTP public URL).
+fn data_connection_url(config: &Config) -> Option<String> {
+    let public = config.public_url.as_deref()?;
+    let ws = if let Some(rest) = public.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = public.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        return None;
+    };
+    Some(format!("{ws}/ultravox"))
+}
+
+/// What the caller gets when the AI agent cannot be reached: the on-call team rings (a failed
+/// dial then leaves a critical callback request like any failed transfer), or a recorded
+/// message becomes a callback request.
+async fn fallback(
+    state: &AppState,
+    tenant: &Tenant,
+    call: Option<&CallRow>,
+    why: &str,
+) -> Response {
+    metrics::counter!("lifeline_call_setup_fallbacks_total", "kind" => match tenant.fallback {
+        Fallback::Dial => "dial",
+        Fallback::Record => "record",
+    })
+    .increment(1);
+    match tenant.fallback {
+        Fallback::Record => twiml(
+            wire::Response::new()
+                .verb(Say::new(format!(
+                    "Thank you for calling {}. We can't take your call right now. After the \
+                     tone, please leave your name, your phone number, your pet's name and what \
+                     is happening, and a team member will call you back.",
+                    tenant.name
+                )))
+                .verb(Record {
+                    action: public(state, "/twilio/recording"),
+                    max_length: 180,
+                    play_beep: true,
+                    transcribe: None,
+                    recording_status_callback: None,
+                })
+                .verb(Say::new("We did not receive a message. Goodbye."))
+                .verb(Verb::Hangup),
+        ),
+        Fallback::Dial => {
+            let Some(call) = call else {
+                // Nothing can be recorded: still put the caller through to a human.
+                return ring(state, &transfer::plan_without_record(tenant));
+            };
+            match transfer::on_agent_failure(state.store.as_ref(), tenant, call, why).await {
+                Ok(AgentFailure::Ring(plan)) => ring(state, &plan),
+                Ok(AgentFailure::MessageTaken) => say_and_hang_up(MESSAGE_ALREADY_TAKEN),
+                Ok(AgentFailure::AlreadyTransferring) => {
+                    // Twilio repeated the webhook: ring the attempt that is already recorded.
+                    match state.store.dialing_transfer(call.id).await {
+                        Ok(Some(row)) => ring(
+                            state,
+                            &transfer::plan_for(
+                                tenant,
+                                row.id,
+                                &row.target_number,
+                                transfer::ANNOUNCE_AGENT_FAILED,
+                            ),
+                        ),
+                        _ => ring(state, &transfer::plan_without_record(tenant)),
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "could not record the fallback transfer; dialling anyway");
+                    ring(state, &transfer::plan_without_record(tenant))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! `GET /ultravox`: the data connection Ultravox opens for a call created with
+//! `dataConnection.websocketUrl`. The upgrade is accepted only with a valid
+//! `X-Ultravox-Signature` for the `X-Ultravox-Call-ID` it names (fresh within a minute), and the
+//! socket then belongs to that call: each `data_connection_tool_invocation` runs through the
+//! pipeline and is answered with a `data_connection_tool_result`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code,
+    rejection::WebSocketUpgradeRejection,
+};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::control_for;
+use crate::AppState;
+use crate::config::Tenant;
+use crate::protocol::ultravox::{Incoming, ToolInvocationMessage, headers, verify_data_connection};
+use crate::store::CallRow;
+use crate::tools::pipeline::CallContext;
+use crate::tools::{Platform, ToolInvocation};
+
+/// How long an upgrade waits for its call to be recorded: Ultravox may connect the moment the
+/// call is created, a few milliseconds before call setup has stored the Ultravox call id.
+const CALL_RECORD_WAIT: Duration = Duration::from_secs(3);
+const CALL_RECORD_POLL: Duration = Duration::from_millis(20);
+/// Largest data message we accept (tool invocations are small; transcripts can grow).
+const MAX_INBOUND_MESSAGE: usize = 256 * 1024;
+
+/// The upgrade handler: signature, then the call, then the socket.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    request_headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let header = |name: &str| {
+        request_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let call_id = header(headers::CALL_ID);
+    if let Err(e) = verify_data_connection(
+        &state.config.ultravox.data_connection_secrets,
+        &call_id,
+        &header(headers::SIGNATURE_TIMESTAMP),
+        &header(headers::SIGNATURE),
+        Utc::now(),
+    ) {
+        metrics::counter!("lifeline_ultravox_connections_refused_total").increment(1);
+        warn!(reason = %e, "Ultravox data connection refused");
+        return (StatusCode::UNAUTHORIZED, "invalid signature\n").into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let call = match find_call(&state, &call_id).await {
+        Ok(Some(call)) => call,
+        Ok(None) => {
+            warn!(ultravox_call = %call_id, "data connection for a call lifeline does not know");
+            return (StatusCode::NOT_FOUND, "unknown call\n").into_response();
+        }
+        Err(()) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response();
+        }
+    };
+    let Some(tenant) = state.config.tenant(&call.tenant_id).cloned() else {
+        error!(tenant = %call.tenant_id, "the call's tenant is no longer configured");
+        return (StatusCode::NOT_FOUND, "unknown call\n").into_response();
+    };
+    ws.max_message_size(MAX_INBOUND_MESSAGE)
+        .max_frame_size(MAX_INBOUND_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, state, tenant, Arc::new(call)))
+}
+
+async fn find_call(state: &AppState, ultravox_call_id: &str) -> Result<Option<CallRow>, ()> {
+    let deadline = tokio::time::Instant::now() + CALL_RECORD_WAIT;
+    loop {
+        match state.store.find_call_by_ultravox_id(ultravox_call_id).await {
+            Ok(Some(call)) => return Ok(Some(call)),
+            Ok(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(CALL_RECORD_POLL).await;
+            }
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                error!(error = %e, "could not look up the data connection's call");
+                return Err(());
+            }
+        }
+    }
+}
+
+/// Serves one call's data connection until Ultravox closes it or the process shuts down.
+async fn serve(mut socket: WebSocket, state: AppState, tenant: Arc<Tenant>, call: Arc<CallRow>) {
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(32);
+    let mut shutdown = state.shutdown.clone();
+    metrics::gauge!("lifeline_ultravox_connections_open").increment(1.0);
+    let span = info_span!("ultravox_data_connection", tenant = %tenant.id, call = %call.call_ref);
+    async {
+        loop {
+            tokio::select! {
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        on_message(&state, &tenant, &call, &out_tx, text.as_str());
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        // Audio, if the call asked for it; lifeline does not.
+                    }
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Err(e)) => {
+                        debug!(error = %e, "data connection error");
+                        return;
+                    }
+                },
+                Some(frame) = out_rx.recv() => {
+                    if socket.send(Message::Text(frame.into())).await.is_err() {
+                        warn!("data connection gone before a tool result was sent");
+                        return;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let _ = socket.send(Message::Close(Some(CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "lifeline restarting".into(),
+                    }))).await;
+                    return;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    metrics::gauge!("lifeline_ultravox_connections_open").decrement(1.0);
+}
+
+fn on_message(
+    state: &AppState,
+    tenant: &Arc<Tenant>,
+    call: &Arc<CallRow>,
+    out: &mpsc::Sender<String>,
+    text: &str,
+) {
+    match Incoming::parse(text) {
+        Ok(Incoming::ToolInvocation(message)) => {
+            tokio::spawn(run_tool(
+                state.clone(),
+                tenant.clone(),
+                call.clone(),
+                out.clone(),
+                message,
+            ));
+        }
+        Ok(Incoming::CallStarted { .. }) => debug!("Ultravox call started"),
+        Ok(Incoming::Error(_)) => warn!("Ultravox reported an error on the data connection"),
+        Ok(Incoming::Other { kind }) => debug!(kind, "data message ignored"),
+        // Without a readable invocation id there is nothing to answer.
+        Err(e) => warn!(error = %e, "unreadable data message"),
+    }
+}
+
+async fn run_tool(
+    state: AppState,
+    tenant: Arc<Tenant>,
+    call: Arc<CallRow>,
+    out: mpsc::Sender<String>,
+    message: ToolInvocationMessage,
+) {
+    let invocation = ToolInvocation {
+        // Keyed by the carrying platform's call, like the call's HTTP tools, so repeats and
+        // limits hold across both ways in.
+        platform: Platform::from_name(&call.platform).unwrap_or(Platform::Ultravox),
+        call_ref: call.call_ref.clone(),
+        invocation_id: Some(message.invocation_id.clone()),
+        tool_name: message.tool_name.clone(),
+        arguments: message.parameters.clone(),
+    };
+    let control = control_for(&state, Some(&call));
+    let ctx = CallContext {
+        tenant: &tenant,
+        call: Some(&call),
+        control: control.as_ref(),
+    };
+    let result = state.pipeline.run(&invocation, &ctx).await;
+    if out.send(message.reply(&result).to_json()).await.is_err() {
+        // A transfer ends the Ultravox call: its socket may be gone, and that is fine.
+        debug!("data connection closed before the tool result");
+    }
+}

@@ -1,0 +1,1116 @@
+//! The Twilio + Ultravox path, black-box: lifeline on port 0 and a fresh database; Twilio's and
+//! Ultravox's REST APIs faked on loopback (wiremock); Twilio's webhooks signed as Twilio signs
+//! them (some are fixtures signed by the official `twilio` library); Ultravox's data connection
+//! played by a WebSocket client with Ultravox's signed headers.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Engine, TestDb};
+use futures_util::{SinkExt, StreamExt};
+use lifeline::Server;
+use lifeline::config::{Config, ProcessSettings};
+use lifeline::protocol::twilio::compute_signature;
+use lifeline::protocol::ultravox::sign_data_connection;
+use lifeline::store::{CallRow, CallbackFilter, Store};
+use lifeline::tools::Platform;
+use quick_xml::Reader;
+use quick_xml::events::Event;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+on_both_engines!(
+    incoming_call_creates_the_ultravox_call_records_the_mapping_and_connects_the_caller,
+    agent_calls_send_only_the_prompts_variables_as_strings_and_the_agent_is_fetched_once,
+    forged_or_missing_twilio_signatures_are_refused_and_nothing_happens,
+    ultravox_down_at_setup_rings_the_on_call_team_and_no_answer_leaves_a_critical_callback,
+    ultravox_down_with_the_record_fallback_takes_a_message_that_becomes_a_callback,
+    data_connection_transfer_then_no_answer_twice_ends_in_a_critical_callback_request,
+    forged_stale_or_missing_ultravox_signatures_are_refused,
+    http_tool_transfers_the_call_named_by_its_header_once_however_often_it_is_repeated,
+    http_tools_authenticate_and_never_trust_a_call_sid_in_the_body,
+    http_hang_up_ends_the_call_and_collect_without_a_call_uses_the_tenant_key,
+    call_the_platform_refuses_fails_at_once_with_a_critical_callback_request,
+    answered_transfer_ends_the_call_and_status_callbacks_close_it_in_sequence_order,
+);
+
+const PUBLIC: &str = "https://example.com";
+/// The token and account of `fixtures/twilio/webhooks.jsonl`, signed by the official library.
+const TOKEN: &str = "12345";
+const ACCOUNT: &str = "AC00000000000000000000000000000000";
+const CALL_SID: &str = "CA11111111111111111111111111111111";
+const CALLER: &str = "+14158675309";
+/// Riverside's number (the fixtures' `To`).
+const RIVERSIDE: &str = "+15005550006";
+const HILLSIDE: &str = "+15083728300";
+const LAKESIDE: &str = "+15083728301";
+const DC_SECRET: &str = "test-shared-secret-0123";
+const TOOL_KEY: &str = "global-tool-key-0123456789";
+const LAKESIDE_TOOL_KEY: &str = "lakeside-tool-key-0123456789";
+const JOIN_URL: &str = "wss://example.ultravox.ai/calls/abc/join";
+
+fn config_toml(twilio: &str, ultravox: &str) -> String {
+    format!(
+        r#"
+[server]
+public_url = "{PUBLIC}"
+
+[twilio]
+account_sid = "{ACCOUNT}"
+auth_token = "{TOKEN}"
+api_base = "{twilio}"
+update_deadline_ms = 600
+
+[ultravox]
+api_base = "{ultravox}"
+data_connection_secrets = ["{DC_SECRET}"]
+tool_api_keys = ["{TOOL_KEY}"]
+setup_timeout_ms = 1500
+
+[[tenants]]
+id = "riverside"
+name = "Riverside Emergency Vet"
+numbers = ["{RIVERSIDE}"]
+[tenants.transfer]
+primary = "+15557654321"
+secondary = "+15557654322"
+caller_id = "+15551230000"
+ring_timeout_secs = 20
+[tenants.ultravox]
+api_key = "UV_KEY"
+system_prompt = "You are the after-hours assistant of {{{{client_name}}}}. Today is {{{{day_of_week}}}}."
+voice = "Jessica"
+
+[[tenants]]
+id = "hillside"
+name = "Hillside Animal Hospital"
+numbers = ["{HILLSIDE}"]
+[tenants.transfer]
+primary = "+15557650000"
+[tenants.ultravox]
+api_key = "UV_KEY_2"
+agent_id = "agent-hillside"
+[tenants.business_hours]
+timezone = "America/Toronto"
+[tenants.business_hours.hours]
+monday = {{ open = "00:00", close = "24:00" }}
+tuesday = {{ open = "00:00", close = "24:00" }}
+wednesday = {{ open = "00:00", close = "24:00" }}
+thursday = {{ open = "00:00", close = "24:00" }}
+friday = {{ open = "00:00", close = "24:00" }}
+saturday = {{ open = "00:00", close = "24:00" }}
+sunday = {{ open = "00:00", close = "24:00" }}
+
+[[tenants]]
+id = "lakeside"
+name = "Lakeside Pet Clinic"
+numbers = ["{LAKESIDE}"]
+fallback = "record"
+tool_api_key = "{LAKESIDE_TOOL_KEY}"
+[tenants.transfer]
+primary = "+15557659999"
+[tenants.ultravox]
+api_key = "UV_KEY_3"
+agent_id = "agent-lakeside"
+"#
+    )
+}
+
+struct Harness {
+    server: Server,
+    store: Arc<dyn Store>,
+    twilio: MockServer,
+    ultravox: MockServer,
+    http: reqwest::Client,
+    _db: TestDb,
+}
+
+impl Harness {
+    async fn start(engine: Engine) -> Self {
+        let db = TestDb::new(engine).await;
+        let twilio = MockServer::start().await;
+        let ultravox = MockServer::start().await;
+        let process = ProcessSettings {
+            database_url: db.url.clone(),
+            bind: "127.0.0.1".parse().unwrap(),
+            port: 0,
+            config_path: None,
+        };
+        let toml = config_toml(&twilio.uri(), &ultravox.uri());
+        let config = Config::build(&process, Some((&toml, "twilio.toml".as_ref())), &|_| None)
+            .expect("test config");
+        let server = Server::start(config).await.expect("start server");
+        let store = server.state.store.clone();
+        Self {
+            server,
+            store,
+            twilio,
+            ultravox,
+            http: reqwest::Client::new(),
+            _db: db,
+        }
+    }
+
+    /// Posts a form webhook signed as Twilio signs a request to `PUBLIC` + `path`.
+    async fn webhook(&self, path: &str, params: &[(&str, &str)]) -> (u16, String) {
+        let owned: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let signature = compute_signature(TOKEN, &format!("{PUBLIC}{path}"), &owned);
+        self.post_form(path, params, Some(&signature)).await
+    }
+
+    async fn post_form(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let body = serde_urlencoded::to_string(params).unwrap();
+        self.post_raw(path, body, signature).await
+    }
+
+    async fn post_raw(&self, path: &str, body: String, signature: Option<&str>) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(format!("http://{}{path}", self.server.addr))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("X-Twilio-Signature", signature);
+        }
+        let response = request.send().await.expect("post");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Twilio's voice webhook for a new call from `CALLER` to `to`.
+    async fn incoming(&self, call_sid: &str, to: &str) -> String {
+        let (status, body) = self
+            .webhook(
+                "/twilio/incoming",
+                &[
+                    ("AccountSid", ACCOUNT),
+                    ("ApiVersion", "2010-04-01"),
+                    ("CallSid", call_sid),
+                    ("CallStatus", "ringing"),
+                    ("Called", to),
+                    ("Caller", CALLER),
+                    ("Direction", "inbound"),
+                    ("From", CALLER),
+                    ("To", to),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Ultravox accepts call creation, with a new call id each time.
+    async fn ultravox_creates_calls(&self, route: &str) {
+        Mock::given(method("POST"))
+            .and(path(route.to_string()))
+            .respond_with(|_: &Request| {
+                ResponseTemplate::new(201).set_body_json(json!({
+                    "callId": uuid::Uuid::new_v4().to_string(),
+                    "joinUrl": JOIN_URL,
+                    "created": "2026-11-22T00:00:00Z",
+                }))
+            })
+            .mount(&self.ultravox)
+            .await;
+    }
+
+    /// Twilio accepts live-call updates of `call_sid`; `expect` of them must arrive.
+    async fn twilio_updates(&self, call_sid: &str, expect: u64) {
+        Mock::given(method("POST"))
+            .and(path(format!(
+                "/2010-04-01/Accounts/{ACCOUNT}/Calls/{call_sid}.json"
+            )))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "sid": call_sid, "account_sid": ACCOUNT, "status": "in-progress",
+            })))
+            .expect(expect)
+            .mount(&self.twilio)
+            .await;
+    }
+
+    /// The TwiML of every live-call update Twilio received, in order.
+    async fn twiml_updates(&self) -> Vec<String> {
+        self.twilio
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&r.body).ok()?;
+                form.into_iter().find(|(k, _)| k == "Twiml").map(|(_, v)| v)
+            })
+            .collect()
+    }
+
+    async fn call(&self, call_sid: &str) -> CallRow {
+        self.store
+            .find_call(Platform::Twilio, call_sid)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no call {call_sid}"))
+    }
+
+    /// Opens the call's data connection as Ultravox does.
+    async fn data_connection(
+        &self,
+        ultravox_call_id: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let timestamp = Utc::now().to_rfc3339();
+        let signature = sign_data_connection(DC_SECRET, ultravox_call_id, &timestamp);
+        let (ws, _) = self
+            .connect_data(ultravox_call_id, &timestamp, &signature)
+            .await
+            .expect("data connection accepted");
+        ws
+    }
+
+    async fn connect_data(
+        &self,
+        call_id: &str,
+        timestamp: &str,
+        signature: &str,
+    ) -> Result<
+        (
+            tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let mut request = format!("ws://{}/ultravox", self.server.addr)
+            .into_client_request()
+            .unwrap();
+        let h = request.headers_mut();
+        for (name, value) in [
+            ("X-Ultravox-Call-ID", call_id),
+            ("X-Ultravox-Signature-Timestamp", timestamp),
+            ("X-Ultravox-Signature", signature),
+        ] {
+            if !value.is_empty() {
+                h.insert(name, HeaderValue::from_str(value).unwrap());
+            }
+        }
+        tokio_tungstenite::connect_async(request).await
+    }
+
+    /// Calls an HTTP tool as Ultravox does.
+    async fn tool(
+        &self,
+        route: &str,
+        key: Option<&str>,
+        ultravox_call_id: Option<&str>,
+        body: Value,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("http://{}{route}", self.server.addr))
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        if let Some(id) = ultravox_call_id {
+            request = request.header("X-Ultravox-Call-Id", id);
+        }
+        request.send().await.expect("tool request")
+    }
+
+    async fn callbacks(&self, tenant: &str) -> Vec<lifeline::store::CallbackRequestRow> {
+        self.store
+            .callback_requests(&CallbackFilter {
+                tenant_id: Some(tenant.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+}
+
+/// The attempt id in the URLs of a transfer's TwiML.
+fn attempt_of(twiml: &str) -> String {
+    let start = twiml.find("attempt=").expect("attempt in the TwiML") + "attempt=".len();
+    twiml[start..start + 36].to_string()
+}
+
+/// An XML document as a comparable tree: (name, sorted attributes, text, children).
+#[derive(Debug, PartialEq)]
+struct Node {
+    name: String,
+    attrs: Vec<(String, String)>,
+    text: String,
+    children: Vec<Node>,
+}
+
+fn parse_xml(xml: &str) -> Node {
+    let mut reader = Reader::from_str(xml);
+    let mut stack: Vec<Node> = vec![Node {
+        name: "#document".into(),
+        attrs: vec![],
+        text: String::new(),
+        children: vec![],
+    }];
+    let open = |e: &quick_xml::events::BytesStart| {
+        let mut attrs: Vec<(String, String)> = e
+            .attributes()
+            .map(|a| {
+                let a = a.unwrap();
+                (
+                    a.key.as_ref().to_string(),
+                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .unwrap()
+                        .into_owned(),
+                )
+            })
+            .collect();
+        attrs.sort();
+        Node {
+            name: e.name().as_ref().to_string(),
+            attrs,
+            text: String::new(),
+            children: vec![],
+        }
+    };
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            Event::Start(e) => stack.push(open(&e)),
+            Event::Empty(e) => {
+                let node = open(&e);
+                stack.last_mut().unwrap().children.push(node);
+            }
+            Event::End(_) => {
+                let node = stack.pop().unwrap();
+                stack.last_mut().unwrap().children.push(node);
+            }
+            Event::Text(t) => stack.last_mut().unwrap().text.push_str(&t.xml10_content()),
+            Event::GeneralRef(r) => {
+                let text = match r.resolve_char_ref().unwrap() {
+                    Some(c) => c.to_string(),
+                    None => quick_xml::escape::resolve_predefined_entity(&r)
+                        .expect("only predefined entities")
+                        .to_string(),
+                };
+                stack.last_mut().unwrap().text.push_str(&text);
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    stack.pop().unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/twilio")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+/// Asserts two TwiML documents are the same tree (attribute order and quoting aside).
+fn assert_same_twiml(ours: &str, official: &str) {
+    assert_eq!(
+        parse_xml(ours.trim()),
+        parse_xml(official.trim()),
+        "\nours:     {ours}\nofficial: {official}"
+    );
+}
+
+/// Our TwiML with the run's attempt id replaced by the fixtures' fixed one.
+fn with_fixture_attempt(twiml: &str) -> String {
+    twiml.replace(&attempt_of(twiml), "00000000-0000-7000-8000-000000000001")
+}
+
+async fn dial_action(h: &Harness, attempt: &str, status: &str, bridged: bool) -> String {
+    let (code, body) = h
+        .webhook(
+            &format!("/twilio/dial-action?attempt={attempt}"),
+            &[
+                ("AccountSid", ACCOUNT),
+                ("CallSid", CALL_SID),
+                ("CallStatus", "in-progress"),
+                ("DialBridged", if bridged { "true" } else { "false" }),
+                ("DialCallSid", "CA22222222222222222222222222222222"),
+                ("DialCallStatus", status),
+                ("Direction", "inbound"),
+                ("From", CALLER),
+                ("To", RIVERSIDE),
+            ],
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+// ------------------------------------------------------------------------------------------------
+
+async fn incoming_call_creates_the_ultravox_call_records_the_mapping_and_connects_the_caller(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    let twiml = h.incoming(CALL_SID, RIVERSIDE).await;
+    // The same document the official library writes for <Connect><Stream url=joinUrl/>.
+    assert_same_twiml(&twiml, &fixture("bridge.xml"));
+
+    let call = h.call(CALL_SID).await;
+    assert_eq!(call.tenant_id, "riverside");
+    assert!(
+        call.ultravox_call_id.is_some(),
+        "mapping recorded before answering"
+    );
+    assert!(call.app_started_at.is_some());
+    assert_eq!(call.from_number.as_deref(), Some(CALLER));
+
+    let requests = h.ultravox.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(requests[0].headers["x-api-key"], "UV_KEY");
+    assert_eq!(sent["medium"], json!({ "twilio": {} }));
+    assert_eq!(
+        sent["dataConnection"]["websocketUrl"],
+        "wss://example.com/ultravox"
+    );
+    assert_eq!(sent["sharedSecrets"], json!([DC_SECRET]));
+    let prompt = sent["systemPrompt"].as_str().unwrap();
+    assert!(
+        prompt
+            .starts_with("You are the after-hours assistant of Riverside Emergency Vet. Today is "),
+        "{prompt}"
+    );
+    assert!(!prompt.contains("{{"), "{prompt}");
+    let tools: Vec<&str> = sent["selectedTools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["temporaryTool"]["dataConnection"], json!({}));
+            t["temporaryTool"]["modelToolName"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(tools, ["collect_info", "transfer", "hang_up"]);
+    assert_eq!(sent["metadata"]["lifeline_call_id"], call.id.to_string());
+
+    // Twilio repeats the webhook (its own retry): still one call row.
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    assert_eq!(h.call(CALL_SID).await.id, call.id);
+}
+
+async fn agent_calls_send_only_the_prompts_variables_as_strings_and_the_agent_is_fetched_once(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    Mock::given(method("GET"))
+        .and(path("/api/agents/agent-hillside"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "agentId": "agent-hillside",
+            "callTemplate": { "systemPrompt":
+                "You answer for {{client_name}}. Open now: {{ is_the_clinic_open }}. \
+                 Caller ends in {{caller_phone_last4}}; temperature {{agent_temperature}}; \
+                 {{unknown_variable}}" },
+        })))
+        .expect(1)
+        .mount(&h.ultravox)
+        .await;
+    h.ultravox_creates_calls("/api/agents/agent-hillside/calls")
+        .await;
+    h.incoming("CA00000000000000000000000000000001", HILLSIDE)
+        .await;
+    h.incoming("CA00000000000000000000000000000002", HILLSIDE)
+        .await;
+
+    let creates: Vec<Value> = h
+        .ultravox
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/calls"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(creates.len(), 2);
+    let context = &creates[0]["templateContext"];
+    assert_eq!(
+        context,
+        &json!({
+            "client_name": "Hillside Animal Hospital",
+            // Hillside is open around the clock, computed in Toronto time.
+            "is_the_clinic_open": "yes",
+            "caller_phone_last4": "5309",
+            "agent_temperature": "0.4",
+        })
+    );
+    // An agent call takes no tools or secrets (Ultravox refuses them there).
+    assert!(creates[0].get("selectedTools").is_none());
+    assert!(creates[0].get("sharedSecrets").is_none());
+    assert_eq!(
+        creates[0]["dataConnection"]["websocketUrl"],
+        "wss://example.com/ultravox"
+    );
+}
+
+async fn forged_or_missing_twilio_signatures_are_refused_and_nothing_happens(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    let params = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", CALL_SID),
+        ("CallStatus", "ringing"),
+        ("From", CALLER),
+        ("To", RIVERSIDE),
+    ];
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let wrong_token = compute_signature(
+        "not-the-token",
+        &format!("{PUBLIC}/twilio/incoming"),
+        &owned,
+    );
+    let wrong_url = compute_signature(TOKEN, "https://attacker.example/twilio/incoming", &owned);
+    let good = compute_signature(TOKEN, &format!("{PUBLIC}/twilio/incoming"), &owned);
+    for signature in [
+        None,
+        Some(""),
+        Some(wrong_token.as_str()),
+        Some(wrong_url.as_str()),
+    ] {
+        let (status, _) = h.post_form("/twilio/incoming", &params, signature).await;
+        assert_eq!(status, 403);
+    }
+    // A signed request whose body was changed afterwards.
+    let mut tampered = params;
+    tampered[3] = ("From", "+15550000000");
+    let (status, _) = h
+        .post_form("/twilio/incoming", &tampered, Some(&good))
+        .await;
+    assert_eq!(status, 403);
+    for route in [
+        "/twilio/dial-action",
+        "/twilio/status",
+        "/twilio/whisper",
+        "/twilio/recording",
+    ] {
+        let (status, _) = h.post_form(route, &params, Some(&good)).await;
+        assert_eq!(status, 403, "{route}");
+    }
+    assert!(
+        h.store
+            .find_call(Platform::Twilio, CALL_SID)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(h.ultravox.received_requests().await.unwrap().is_empty());
+}
+
+async fn ultravox_down_at_setup_rings_the_on_call_team_and_no_answer_leaves_a_critical_callback(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    Mock::given(method("POST"))
+        .and(path("/api/calls"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&h.ultravox)
+        .await;
+    let twiml = h.incoming(CALL_SID, RIVERSIDE).await;
+    let attempt = attempt_of(&twiml);
+    assert!(twiml.contains("<Number"), "{twiml}");
+    assert!(twiml.contains("+15557654321"), "{twiml}");
+    assert!(twiml.contains("https://example.com/twilio/dial-action?attempt="));
+    let call = h.call(CALL_SID).await;
+    assert!(call.ultravox_call_id.is_none());
+
+    // The primary does not answer: the secondary rings.
+    let next = dial_action(&h, &attempt, "no-answer", false).await;
+    assert!(next.contains("+15557654322"), "{next}");
+    assert!(h.callbacks("riverside").await.is_empty());
+    // Nor does the secondary: a critical callback request for the caller's own number.
+    let last = dial_action(&h, &attempt_of(&next), "busy", false).await;
+    assert_same_twiml(
+        &last,
+        &fixture("lib-callback-promise.xml").replace("8 3 0 9", "5 3 0 9"),
+    );
+    let callbacks = h.callbacks("riverside").await;
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].urgency_level, "critical");
+    assert_eq!(callbacks[0].callback_number, CALLER);
+    assert_eq!(callbacks[0].call_id, Some(call.id));
+}
+
+async fn ultravox_down_with_the_record_fallback_takes_a_message_that_becomes_a_callback(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    Mock::given(method("GET"))
+        .and(path("/api/agents/agent-lakeside"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&h.ultravox)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/agents/agent-lakeside/calls"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad request"))
+        .mount(&h.ultravox)
+        .await;
+    let twiml = h.incoming(CALL_SID, LAKESIDE).await;
+    assert_same_twiml(&twiml, &fixture("lib-record-fallback.xml"));
+
+    let recording = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", CALL_SID),
+        ("From", CALLER),
+        ("To", LAKESIDE),
+        ("RecordingUrl", "https://api.twilio.com/recordings/RE123"),
+        ("RecordingSid", "RE123"),
+        ("RecordingDuration", "14"),
+    ];
+    for _ in 0..2 {
+        let (status, body) = h.webhook("/twilio/recording", &recording).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("Your message has been recorded"), "{body}");
+    }
+    let callbacks = h.callbacks("lakeside").await;
+    assert_eq!(
+        callbacks.len(),
+        1,
+        "one request per recording, however often Twilio posts it"
+    );
+    assert_eq!(callbacks[0].callback_number, CALLER);
+    assert!(
+        callbacks[0]
+            .concern_description
+            .as_deref()
+            .unwrap()
+            .contains("https://api.twilio.com/recordings/RE123")
+    );
+}
+
+async fn data_connection_transfer_then_no_answer_twice_ends_in_a_critical_callback_request(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.twilio_updates(CALL_SID, 1).await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let call = h.call(CALL_SID).await;
+    let mut ws = h
+        .data_connection(call.ultravox_call_id.as_deref().unwrap())
+        .await;
+    let invocation = json!({
+        "type": "data_connection_tool_invocation",
+        "toolName": "transfer",
+        "invocationId": "inv-42",
+        "parameters": {
+            "urgency_reason": "CRITICAL EMERGENCY: dog was hit by a car",
+            "first_name": "Jeremy", "last_name": "Greven",
+            "callback_number": "4168189171", "pet_name": "Max",
+        },
+    });
+    ws.send(Message::Text(invocation.to_string().into()))
+        .await
+        .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["type"], "data_connection_tool_result");
+    assert_eq!(reply["invocationId"], "inv-42");
+    assert!(
+        reply["result"].as_str().unwrap().contains("Transferring"),
+        "{reply}"
+    );
+
+    let updates = h.twiml_updates().await;
+    assert_eq!(updates.len(), 1);
+    let transfer = &updates[0];
+    // The transfer TwiML is the document the official library writes for the same verbs.
+    assert_same_twiml(
+        &with_fixture_attempt(transfer),
+        &fixture("lib-transfer-route.xml"),
+    );
+    let whisper_path = format!("/twilio/whisper?attempt={}", attempt_of(transfer));
+    let (status, whisper) = h
+        .webhook(
+            &whisper_path,
+            &[("CallSid", "CA2"), ("AccountSid", ACCOUNT)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(whisper.contains("Jeremy Greven"), "{whisper}");
+    assert!(whisper.contains("hit by a car"), "{whisper}");
+
+    let next = dial_action(&h, &attempt_of(transfer), "no-answer", false).await;
+    assert!(next.contains("+15557654322"), "secondary rings: {next}");
+    let last = dial_action(&h, &attempt_of(&next), "no-answer", false).await;
+    assert!(last.contains("9 1 7 1"), "{last}");
+    assert!(last.contains("<Hangup"), "{last}");
+
+    let callbacks = h.callbacks("riverside").await;
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].urgency_level, "critical");
+    assert_eq!(callbacks[0].callback_number, "+14168189171");
+    assert_eq!(callbacks[0].reason, "failed_transfer");
+    let logs = h
+        .store
+        .tool_call_logs_for_call(Platform::Twilio, CALL_SID)
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(
+        logs[0].status, "failed",
+        "the transfer's log shows it failed"
+    );
+
+    // A repeat of the invocation (Ultravox re-invokes) transfers nothing new.
+    ws.send(Message::Text(invocation.to_string().into()))
+        .await
+        .unwrap();
+    let again = next_json(&mut ws).await;
+    assert_eq!(again["invocationId"], "inv-42");
+    assert_eq!(h.twiml_updates().await.len(), 1);
+}
+
+async fn next_json(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("socket open")
+            .expect("no socket error");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+async fn forged_stale_or_missing_ultravox_signatures_are_refused(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let id = h.call(CALL_SID).await.ultravox_call_id.unwrap();
+    let now = Utc::now().to_rfc3339();
+    let stale = (Utc::now() - chrono::TimeDelta::seconds(120)).to_rfc3339();
+    let cases = [
+        (
+            now.clone(),
+            sign_data_connection("another-secret-0123456", &id, &now),
+        ),
+        (stale.clone(), sign_data_connection(DC_SECRET, &id, &stale)),
+        (now.clone(), String::new()),
+        (String::new(), sign_data_connection(DC_SECRET, &id, &now)),
+        // Signed for another call.
+        (
+            now.clone(),
+            sign_data_connection(DC_SECRET, "other-call", &now),
+        ),
+    ];
+    for (timestamp, signature) in cases {
+        match h.connect_data(&id, &timestamp, &signature).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401)
+            }
+            other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+        }
+    }
+    // Any of several comma-separated signatures may match (secret rotation).
+    let good = sign_data_connection(DC_SECRET, &id, &now);
+    let (ws, _) = h
+        .connect_data(&id, &now, &format!("deadbeef,{good}"))
+        .await
+        .expect("accepted");
+    drop(ws);
+}
+
+async fn http_tool_transfers_the_call_named_by_its_header_once_however_often_it_is_repeated(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.twilio_updates(CALL_SID, 1).await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let id = h.call(CALL_SID).await.ultravox_call_id.unwrap();
+    // The original tool's body, exactly as Ultravox sends it.
+    let body = json!({
+        "urgency_reason": "CRITICAL EMERGENCY: dog was hit by car",
+        "first_name": "Jeremy", "last_name": "Greven",
+        "callback_number": "4168189171", "pet_name": "Max",
+        "species": "Dog", "breed": "Labrador Retriever",
+    });
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let response = h
+            .tool(
+                "/twilio/transferToOnCall",
+                Some(TOOL_KEY),
+                Some(&id),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        answers.push(response.json::<Value>().await.unwrap());
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(h.twiml_updates().await.len(), 1, "one transfer");
+    let logs = h
+        .store
+        .tool_call_logs_for_call(Platform::Twilio, CALL_SID)
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].tool_name, "transferFromAiTriageWithMetadata");
+    assert_eq!(logs[0].canonical_tool, "transfer");
+    // The same tool by its canonical route is the same invocation.
+    let response = h
+        .tool("/ultravox/tools/transfer", Some(TOOL_KEY), Some(&id), body)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.twiml_updates().await.len(), 1);
+}
+
+async fn http_tools_authenticate_and_never_trust_a_call_sid_in_the_body(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.twilio_updates(CALL_SID, 0).await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let id = h.call(CALL_SID).await.ultravox_call_id.unwrap();
+    let body = json!({ "urgency_reason": "emergency", "call_sid": CALL_SID });
+    for key in [None, Some(""), Some("wrong-key-0123456789")] {
+        let r = h
+            .tool("/twilio/transferToOnCall", key, Some(&id), body.clone())
+            .await;
+        assert_eq!(r.status(), 401);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            answer["message"],
+            "Unauthorized: Invalid or missing API key"
+        );
+    }
+    // A call_sid in the body is not a call: without the header nothing is transferred.
+    let r = h
+        .tool(
+            "/twilio/transferToOnCall",
+            Some(TOOL_KEY),
+            None,
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = h
+        .tool(
+            "/twilio/transferToOnCall",
+            Some(TOOL_KEY),
+            Some("9f0c3a52-0000-4000-8000-000000000000"),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    // Lakeside's own key cannot act on Riverside's call.
+    let r = h
+        .tool(
+            "/twilio/transferToOnCall",
+            Some(LAKESIDE_TOOL_KEY),
+            Some(&id),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    // Bad input gets a precise error in the tool protocol's shape.
+    let r = h
+        .http
+        .post(format!("http://{}/twilio/collectCallerInfo", h.server.addr))
+        .header("X-API-Key", TOOL_KEY)
+        .header("X-Ultravox-Call-Id", &id)
+        .body("[1,2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = h
+        .tool(
+            "/twilio/collectCallerInfo",
+            Some(TOOL_KEY),
+            Some(&id),
+            json!({ "callback_number": "12", "concern_description": "limping" }),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["error"], "validation");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("callback_number"),
+        "{answer}"
+    );
+}
+
+async fn http_hang_up_ends_the_call_and_collect_without_a_call_uses_the_tenant_key(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let id = h.call(CALL_SID).await.ultravox_call_id.unwrap();
+    let r = h
+        .tool("/twilio/hangUp", Some(TOOL_KEY), Some(&id), json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ultravox-response-type"], "hang-up");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "strict": true }));
+
+    // The original collect tool sends no call id; Lakeside's own key names the clinic.
+    let body = json!({
+        "callback_number": "+14168189171", "first_name": "Jeremy", "last_name": "Greven",
+        "pet_name": "Tommie", "concern_description": "needs a refill of Apoquel",
+    });
+    for _ in 0..2 {
+        let r = h
+            .tool(
+                "/twilio/collectCallerInfo",
+                Some(LAKESIDE_TOOL_KEY),
+                None,
+                body.clone(),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["success"], true);
+    }
+    let callbacks = h.callbacks("lakeside").await;
+    assert_eq!(callbacks.len(), 1, "a repeated message is recorded once");
+    assert_eq!(callbacks[0].callback_number, "+14168189171");
+    assert_eq!(callbacks[0].pet_name.as_deref(), Some("Tommie"));
+}
+
+async fn call_the_platform_refuses_fails_at_once_with_a_critical_callback_request(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{ACCOUNT}/Calls/{CALL_SID}.json"
+        )))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 21220, "message": "Call is not in-progress. Cannot redirect.",
+            "more_info": "https://www.twilio.com/docs/errors/21220", "status": 400,
+        })))
+        .expect(1)
+        .mount(&h.twilio)
+        .await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let id = h.call(CALL_SID).await.ultravox_call_id.unwrap();
+    let r = h
+        .tool(
+            "/ultravox/tools/transfer",
+            Some(TOOL_KEY),
+            Some(&id),
+            json!({ "urgency_reason": "bleeding heavily", "callback_number": "(416) 818-9171" }),
+        )
+        .await;
+    assert_eq!(r.status(), 502);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["error"], "external");
+    assert!(
+        answer["message"].as_str().unwrap().contains("9171"),
+        "{answer}"
+    );
+    let callbacks = h.callbacks("riverside").await;
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].urgency_level, "critical");
+    assert_eq!(callbacks[0].callback_number, "+14168189171");
+}
+
+async fn answered_transfer_ends_the_call_and_status_callbacks_close_it_in_sequence_order(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.twilio_updates(CALL_SID, 1).await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let call = h.call(CALL_SID).await;
+    let id = call.ultravox_call_id.clone().unwrap();
+    let r = h
+        .tool(
+            "/ultravox/tools/transfer",
+            Some(TOOL_KEY),
+            Some(&id),
+            json!({ "urgency_reason": "seizure" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // Twilio's own requests, signed by the official library (fixtures/twilio/webhooks.jsonl).
+    let hooks: Vec<Value> = fixture("webhooks.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hook = |name: &str| hooks.iter().find(|h| h["name"] == name).unwrap().clone();
+    let completed = hook("dial-action-completed");
+    let path = completed["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches(PUBLIC);
+    let (status, body) = h
+        .post_raw(
+            path,
+            completed["body"].as_str().unwrap().to_string(),
+            completed["signature"].as_str(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_same_twiml(
+        &body,
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup /></Response>"#,
+    );
+    let attempts = h.store.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, "succeeded");
+    assert!(h.callbacks("riverside").await.is_empty());
+
+    let status_hook = hook("status-completed");
+    let path = status_hook["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches(PUBLIC);
+    let progress = |status: &'static str, sequence: &'static str| {
+        [
+            ("AccountSid", ACCOUNT),
+            ("CallSid", CALL_SID),
+            ("CallStatus", status),
+            ("SequenceNumber", sequence),
+        ]
+    };
+    assert_eq!(h.webhook(path, &progress("in-progress", "2")).await.0, 200);
+    // Sequence 1 arrives after 2: on the timeline, but the call stays in progress.
+    assert_eq!(h.webhook(path, &progress("ringing", "1")).await.0, 200);
+    assert_eq!(h.call(CALL_SID).await.status, "in-progress");
+    let (code, _) = h
+        .post_raw(
+            path,
+            status_hook["body"].as_str().unwrap().to_string(),
+            status_hook["signature"].as_str(),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let row = h.call(CALL_SID).await;
+    assert_eq!(row.status, "completed");
+    assert_eq!(row.duration_seconds, Some(42));
+    assert!(row.ended_at.is_some());
+}
