@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod delivery;
+pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
+
 use crate::phone::E164;
 use crate::tools::business_hours::BusinessHours;
 
@@ -38,6 +41,12 @@ pub struct Config {
     pub twilio: Option<TwilioSettings>,
     /// Ultravox REST API and the ways Ultravox authenticates to lifeline.
     pub ultravox: UltravoxGlobal,
+    /// Callback delivery to the clinics' frontends.
+    pub delivery: DeliverySettings,
+    /// The callback delivery worker.
+    pub worker: WorkerSettings,
+    /// On-call alerts (SMS, webhook).
+    pub alerts: AlertSettings,
     pub tenants: Vec<Arc<Tenant>>,
 }
 
@@ -142,6 +151,10 @@ pub struct Tenant {
     /// An API key that authenticates this tenant's Ultravox HTTP tools, and identifies the
     /// tenant when a tool sends no call id (the original `collectNameNumberConcernPetName`).
     pub tool_api_key: Option<String>,
+    /// The tenant's own frontend for callback requests (else `delivery.frontend_url`).
+    pub frontend: Option<Frontend>,
+    /// Who is alerted about critical requests and dead letters.
+    pub alerts: TenantAlerts,
 }
 
 /// Facts about a clinic for the prompt's template variables (the original `clients` row).
@@ -267,6 +280,9 @@ impl Config {
             );
         }
         let ultravox = raw.ultravox.validate(&mut problems);
+        let delivery = raw.delivery.validate(env, &mut problems);
+        let worker = raw.worker.validate(env, &mut problems);
+        let alerts = raw.alerts.validate(&mut problems);
 
         let mut tenants = Vec::new();
         let mut ids = HashSet::new();
@@ -310,8 +326,31 @@ impl Config {
             }
         }
 
+        let with_frontend = tenants
+            .iter()
+            .filter(|t| t.frontend.is_some() || delivery.frontend.is_some())
+            .count();
+        if with_frontend > 0 && with_frontend < tenants.len() {
+            for t in tenants.iter().filter(|t| t.frontend.is_none()) {
+                problems.push(format!(
+                    "tenant {:?}: no frontend for its callback requests (set [tenants.frontend] or delivery.frontend_url); they would never be delivered",
+                    t.id
+                ));
+            }
+        }
+        for t in tenants.iter().filter(|t| !t.alerts.sms.is_empty()) {
+            if twilio.is_none() || alerts.sms_from.is_none() {
+                problems.push(format!(
+                    "tenant {:?}: SMS alerts need [twilio] and alerts.sms_from",
+                    t.id
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(Self {
+                delivery,
+                worker,
+                alerts,
                 database_url: process.database_url.clone(),
                 bind: process.bind,
                 port: process.port,
@@ -457,6 +496,12 @@ struct RawFile {
     twilio: Option<RawTwilio>,
     #[serde(default)]
     ultravox: RawUltravoxGlobal,
+    #[serde(default)]
+    delivery: delivery::RawDelivery,
+    #[serde(default)]
+    worker: delivery::RawWorker,
+    #[serde(default)]
+    alerts: delivery::RawAlerts,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }
@@ -655,6 +700,8 @@ struct RawTenant {
     #[serde(default)]
     fallback: Fallback,
     tool_api_key: Option<String>,
+    frontend: Option<delivery::RawTenantFrontend>,
+    alerts: Option<delivery::RawTenantAlerts>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -876,10 +923,17 @@ impl RawTenant {
             ));
         }
 
+        let frontend = self.frontend.and_then(|f| f.validate(label, problems));
+        let alerts = self
+            .alerts
+            .map(|a| a.validate(label, problems))
+            .unwrap_or_default();
         if problems.len() > before {
             return None;
         }
         Some(Tenant {
+            frontend,
+            alerts,
             business_hours: self.business_hours,
             profile,
             fallback: self.fallback,

@@ -16,6 +16,7 @@ pub mod store;
 pub mod telemetry;
 pub mod telephony;
 pub mod tools;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Server {
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The in-process delivery worker, unless `worker.in_process` is off.
+    worker: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -99,8 +102,15 @@ impl Server {
             Arc::new(telephony::breaker::CircuitBreaker::new("ultravox")),
             config.ultravox.agent_cache_ttl,
         ));
+        let config = Arc::new(config);
+        let worker = if config.worker.in_process {
+            let worker = worker::Worker::new(config.clone(), store.clone())?;
+            Some(tokio::spawn(worker.run(shutdown_rx.clone())))
+        } else {
+            None
+        };
         let state = AppState {
-            config: Arc::new(config),
+            config,
             store,
             pipeline,
             twilio,
@@ -128,6 +138,7 @@ impl Server {
             state,
             shutdown: shutdown_tx,
             task,
+            worker,
         })
     }
 
@@ -135,13 +146,18 @@ impl Server {
     /// waits for the server to finish.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task.await??;
-        Ok(())
+        self.wait().await
     }
 
-    /// Waits until the server stops by itself.
+    /// Waits until the server (and its worker, which finishes its in-flight deliveries) stops.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await??;
+        let served = self.task.await;
+        // However the server stopped, the worker stops with it.
+        let _ = self.shutdown.send(true);
+        if let Some(worker) = self.worker {
+            worker.await?;
+        }
+        served??;
         Ok(())
     }
 

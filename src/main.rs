@@ -1,8 +1,10 @@
-//! The `lifeline` command: `serve` (the default), `migrate`.
+//! The `lifeline` command: `serve` (the default), `worker`, `migrate`, `callbacks …`.
 
 use clap::{Parser, Subcommand};
 
 use lifeline::config::{Config, ProcessSettings, redact_url};
+use lifeline::ops::callbacks_cli::{self, CallbacksCommand};
+use lifeline::worker::Worker;
 use lifeline::{Server, store, telemetry};
 
 #[derive(Parser)]
@@ -25,8 +27,15 @@ struct Cli {
 enum Command {
     /// Serve the WebSocket and HTTP endpoints (the default).
     Serve,
+    /// Deliver callback requests and send alerts (without serving), until SIGTERM.
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
+    /// Look at and act on callback requests (operators).
+    Callbacks {
+        #[command(subcommand)]
+        command: CallbacksCommand,
+    },
     /// Exit 0 if the local server answers `GET /healthz` (for container health checks).
     Healthcheck {
         /// URL to check; default `http://127.0.0.1:$PORT/healthz`.
@@ -44,9 +53,31 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", cli.process.port));
         return healthcheck(&url).await;
     }
+    if let Some(Command::Callbacks { command }) = cli.command {
+        // Operators read the output: no JSON logs on top of it.
+        let store = store::connect(&cli.process.database_url).await?;
+        store.migrate().await?;
+        let code = callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await;
+        std::process::exit(code);
+    }
     let _log_guard = telemetry::init(&cli.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck { .. } => unreachable!("handled above"),
+        Command::Healthcheck { .. } | Command::Callbacks { .. } => unreachable!("handled above"),
+        Command::Worker => {
+            let config = load_config(&cli.process);
+            let signal = shutdown_signal()?;
+            let store = store::connect(&config.database_url).await?;
+            store.migrate().await?;
+            let worker = Worker::new(std::sync::Arc::new(config), store)?;
+            tracing::info!(worker = %worker.id(), "lifeline worker running");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let running = tokio::spawn(worker.run(stopped));
+            signal.await;
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+            running.await?;
+            Ok(())
+        }
         Command::Migrate => {
             let store = store::connect(&cli.process.database_url).await?;
             store.migrate().await?;
@@ -54,13 +85,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let config = match Config::load(&cli.process) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    std::process::exit(2);
-                }
-            };
+            let config = load_config(&cli.process);
             if config.tenants.is_empty() {
                 tracing::warn!(
                     "no tenants configured: every call will be refused (set LIFELINE_CONFIG)"
@@ -80,6 +105,17 @@ async fn main() -> anyhow::Result<()> {
                 let _ = stop.send(true);
             });
             server.wait().await
+        }
+    }
+}
+
+/// The configuration, or exit 2 with every problem listed.
+fn load_config(process: &ProcessSettings) -> Config {
+    match Config::load(process) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
         }
     }
 }

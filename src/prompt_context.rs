@@ -396,6 +396,8 @@ mod tests {
                 temperature: Some(0.2),
             },
             business_hours: Some(toronto_hours()),
+            frontend: None,
+            alerts: Default::default(),
             profile: TenantProfile {
                 office_phone: Some(n("+14167431331")),
                 office_website: Some("https://humbervet.example".into()),

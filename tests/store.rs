@@ -1588,6 +1588,7 @@ async fn callback_queue_filters_by_tenant_status_and_call(engine: Engine) {
             status: Some("pending".into()),
             call_id: Some(call_2.id),
             limit: None,
+            urgency: None,
         })
         .await,
         vec![r3]

@@ -32,9 +32,12 @@ macro_rules! attempt_columns {
 
 macro_rules! callback_columns {
     () => {
-        "id, created_at, tenant_id, call_id, call_sid, tool_call_log_id, transfer_attempt_id, \
-         reason, status, callback_number, caller_name, first_name, last_name, pet_name, species, \
-         breed, age, concern_description, urgency_level, urgency_reason, metadata"
+        "id, created_at, updated_at, tenant_id, call_id, call_sid, tool_call_log_id, \
+         transfer_attempt_id, reason, status, callback_number, caller_name, first_name, last_name, \
+         pet_name, species, breed, age, concern_description, urgency_level, urgency_reason, \
+         metadata, retry_count, max_retries, next_retry_at, posted_to_frontend_at, error_message, \
+         delivery_attempt, lease_owner, lease_expires_at, last_status_code, dead_letter_reason, \
+         dead_lettered_at, cancelled_at, resolved_at, resolved_by, resolution_note"
     };
 }
 
@@ -495,6 +498,9 @@ macro_rules! impl_store {
                     return self.repeat_of(log).await;
                 }
                 tx.commit().await?;
+                if callback.is_some() {
+                    self.bump_queue();
+                }
                 Ok(match outcome {
                     None => Begun::Running,
                     Some(o) => Begun::Recorded(o),
@@ -613,6 +619,7 @@ macro_rules! impl_store {
             ) -> Result<(), StoreError> {
                 let mut conn = self.writer().acquire().await?;
                 insert_callback(&mut conn, request).await?;
+                self.bump_queue();
                 Ok(())
             }
 
@@ -687,6 +694,9 @@ macro_rules! impl_store {
                     .await?;
                 }
                 tx.commit().await?;
+                if f.callback.is_some() {
+                    self.bump_queue();
+                }
                 Ok(true)
             }
 
@@ -699,13 +709,14 @@ macro_rules! impl_store {
                     callback_columns!(),
                     " FROM callback_requests \
                      WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2) \
-                     AND ($3 IS NULL OR call_id = $3) \
+                     AND ($3 IS NULL OR call_id = $3) AND ($5 IS NULL OR urgency_level = $5) \
                      ORDER BY urgency_rank, created_at, id LIMIT $4"
                 ))
                 .bind(&filter.tenant_id)
                 .bind(&filter.status)
                 .bind(filter.call_id)
                 .bind(filter.limit.unwrap_or(1000))
+                .bind(&filter.urgency)
                 .fetch_all(self.reader())
                 .await?)
             }

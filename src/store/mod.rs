@@ -7,6 +7,7 @@
 mod common;
 pub mod models;
 pub mod postgres;
+pub mod queue;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use models::*;
+pub use queue::*;
 
 use crate::tools::{Platform, ToolError};
 
@@ -34,9 +36,9 @@ pub enum StoreError {
 /// the error to record when it is.
 pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send + Sync);
 
-/// The durable state of lifeline.
+/// The durable state of lifeline (the delivery queue included).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DeliveryQueue + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

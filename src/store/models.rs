@@ -286,6 +286,27 @@ pub struct CallbackRequestRow {
     pub urgency_level: String,
     pub urgency_reason: Option<String>,
     pub metadata: Option<Json<Value>>,
+    pub updated_at: DateTime<Utc>,
+    /// Failed delivery attempts so far (the original's column).
+    pub retry_count: i32,
+    pub max_retries: i32,
+    /// When a failed delivery is tried again.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub posted_to_frontend_at: Option<DateTime<Utc>>,
+    pub error_message: Option<String>,
+    /// How many times the request was claimed; the current claim's number.
+    pub delivery_attempt: i32,
+    /// The worker holding the request, while one does.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub dead_letter_reason: Option<String>,
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// Set when staff called the caller back.
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub resolution_note: Option<String>,
 }
 
 /// Which callback requests to list.
@@ -293,6 +314,8 @@ pub struct CallbackRequestRow {
 pub struct CallbackFilter {
     pub tenant_id: Option<String>,
     pub status: Option<String>,
+    /// `critical`, `urgent` or `normal`.
+    pub urgency: Option<String>,
     pub call_id: Option<Uuid>,
     pub limit: Option<i64>,
 }

@@ -1,13 +1,21 @@
 //! PostgreSQL, the production engine: several lifeline instances may share one database.
 
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+
+use crate::store::queue::QueueSignal;
+
+/// The channel the queue triggers `NOTIFY` (see `migrations/postgres/0003_delivery.sql`).
+const QUEUE_CHANNEL: &str = "lifeline_queue";
 
 /// The store on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    signal: QueueSignal,
+    listening: Arc<Once>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -29,7 +37,25 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            signal: QueueSignal::default(),
+            listening: Arc::new(Once::new()),
+        })
+    }
+
+    fn bump_queue(&self) {
+        self.signal.bump();
+    }
+
+    /// Subscribes to the queue signal; the first subscriber starts the `LISTEN` task that
+    /// forwards other processes' notifications into it.
+    fn subscribe_queue(&self) -> tokio::sync::watch::Receiver<u64> {
+        let receiver = self.signal.subscribe();
+        self.listening.call_once(|| {
+            tokio::spawn(listen_for_work(self.pool.clone(), self.signal.clone()));
+        });
+        receiver
     }
 
     /// The pool, for tests and tools that need raw access.
@@ -70,3 +96,45 @@ impl PgStore {
 }
 
 crate::store::common::impl_store!(PgStore, sqlx::Postgres, sqlx::PgConnection);
+crate::store::queue::impl_delivery_queue!(PgStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
+
+/// Forwards `NOTIFY lifeline_queue` to `signal` for as long as the process runs, reconnecting
+/// after errors. A (re)connection bumps the signal too: notifications sent while the listener
+/// was away are lost, so workers look for work themselves.
+async fn listen_for_work(pool: PgPool, signal: QueueSignal) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(QUEUE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match listener {
+            Ok(mut listener) => {
+                delay = Duration::from_millis(200);
+                signal.bump();
+                loop {
+                    // `try_recv` yields None when the connection was lost (and re-LISTENs on
+                    // the next call): bump, since a notification may have been missed.
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => signal.bump(),
+                        Ok(None) => {
+                            tracing::warn!("queue listener reconnected");
+                            signal.bump();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "queue listener lost its connection");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "queue listener cannot connect; polling covers it");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::store::queue::QueueSignal;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -12,6 +13,7 @@ use sqlx::sqlite::{
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    signal: QueueSignal,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -39,7 +41,20 @@ impl SqliteStore {
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(base.read_only(true).create_if_missing(false));
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            signal: QueueSignal::default(),
+        })
+    }
+
+    /// Wakes this process's workers (SQLite has no other processes to wake).
+    fn bump_queue(&self) {
+        self.signal.bump();
+    }
+
+    fn subscribe_queue(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signal.subscribe()
     }
 
     fn writer(&self) -> &SqlitePool {
@@ -66,3 +81,4 @@ impl SqliteStore {
 }
 
 crate::store::common::impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
+crate::store::queue::impl_delivery_queue!(SqliteStore, sqlx::Sqlite, "");

@@ -1,0 +1,838 @@
+//! The callback delivery queue and the on-call alert queue, on both engines.
+//!
+//! A worker *claims* due requests: it writes its id and a lease expiry on them and bumps their
+//! `delivery_attempt`, in one statement (PostgreSQL skips rows another worker has locked; SQLite
+//! has one writer). Completion is *fenced*: it only applies while the same worker still holds the
+//! same attempt, so a request whose lease expired and was delivered by another worker is never
+//! finished twice. Expired leases are returned by [`DeliveryQueue::rescue_expired`].
+//!
+//! Alerts are queued by triggers (see `migrations/*/0003_delivery.sql`) in the transaction that
+//! makes them necessary: a `critical` request when it is inserted, a dead letter when it becomes
+//! one.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{CallbackRequestRow, StoreError};
+
+/// Wakes workers in this process when work was queued (a commit that inserted or re-queued a
+/// callback request or an alert). PostgreSQL's `LISTEN/NOTIFY` feeds the same signal, so
+/// workers of other processes wake too.
+#[derive(Debug, Clone)]
+pub struct QueueSignal(watch::Sender<u64>);
+
+impl Default for QueueSignal {
+    fn default() -> Self {
+        Self(watch::channel(0).0)
+    }
+}
+
+impl QueueSignal {
+    /// Tells every subscriber that the queue may have new work.
+    pub fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver whose `changed()` resolves after the next bump.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    /// The frontend answered 2xx.
+    Delivered,
+    /// A transient failure; try again at `at`.
+    Retry { at: DateTime<Utc> },
+    /// Given up: the frontend refused the request (`rejected`, e.g. a 400) or the last attempt
+    /// of the schedule failed. The request becomes a dead letter and is never retried by itself.
+    DeadLetter { reason: String, rejected: bool },
+    /// Not attempted (the frontend's circuit is open): handed back, due again at `at`, with no
+    /// attempt counted.
+    Deferred { at: DateTime<Utc> },
+}
+
+impl DeliveryOutcome {
+    /// The `delivery_attempts.outcome` value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retry { .. } => "retry",
+            Self::DeadLetter { rejected: true, .. } => "rejected",
+            Self::DeadLetter {
+                rejected: false, ..
+            } => "dead_letter",
+            Self::Deferred { .. } => "deferred",
+        }
+    }
+}
+
+/// The result of one POST to the frontend, to record on the claimed request.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub request_id: Uuid,
+    /// The claim's `delivery_attempt` (the fence).
+    pub attempt: i32,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub latency_ms: f64,
+    pub status_code: Option<i32>,
+    /// What went wrong (network error, status line), for the row and the attempt.
+    pub error: Option<String>,
+    /// The start of the response body, for operators.
+    pub response_excerpt: Option<String>,
+    /// The response body when it was JSON (the original's `frontend_response`).
+    pub frontend_response: Option<Value>,
+    pub outcome: DeliveryOutcome,
+}
+
+/// One row of `delivery_attempts`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryAttemptRow {
+    pub id: Uuid,
+    pub callback_request_id: Uuid,
+    pub attempt: i32,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub latency_ms: f64,
+    pub status_code: Option<i32>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// A row of `alerts`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AlertRow {
+    pub callback_request_id: Uuid,
+    /// `critical_request` or `dead_letter`.
+    pub kind: String,
+    pub tenant_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// `pending`, `sent`, `failed` (gave up) or `skipped` (no channel configured).
+    pub status: String,
+    pub attempt: i32,
+    pub failures: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// A row of `alert_sends`: one message on one channel.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AlertSendRow {
+    pub id: Uuid,
+    pub callback_request_id: Uuid,
+    pub kind: String,
+    pub channel: String,
+    pub target: String,
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// An alert claimed for sending, with what it is about and what was already sent.
+#[derive(Debug, Clone)]
+pub struct ClaimedAlert {
+    pub alert: AlertRow,
+    pub request: CallbackRequestRow,
+    /// `(channel, target)` pairs that already succeeded: never sent again.
+    pub sent: Vec<(String, String)>,
+}
+
+/// A message sent (or tried) for an alert.
+#[derive(Debug, Clone)]
+pub struct AlertSend {
+    pub channel: &'static str,
+    pub target: String,
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// Where an alert stands after a round of sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertOutcome {
+    /// Every channel has it.
+    Sent,
+    /// Some channel failed; try the missing ones at `at`.
+    Retry { at: DateTime<Utc>, error: String },
+    /// Gave up after the last attempt (shown to operators).
+    Failed { error: String },
+    /// The tenant has no alert channel configured.
+    Skipped,
+}
+
+/// The result of an alert round, to record on the claimed alert.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    pub callback_request_id: Uuid,
+    pub kind: String,
+    /// The claim's `attempt` (the fence).
+    pub attempt: i32,
+    pub worker_id: String,
+    pub at: DateTime<Utc>,
+    pub sends: Vec<AlertSend>,
+    pub outcome: AlertOutcome,
+}
+
+/// A staff action on a callback request.
+#[derive(Debug, Clone)]
+pub enum StaffAction {
+    /// Queue it for delivery again, now, with a fresh retry schedule.
+    Retry,
+    /// Stop delivering it.
+    Cancel { note: Option<String> },
+    /// The caller was called back.
+    Resolve { note: Option<String> },
+}
+
+impl StaffAction {
+    /// The `audit_log.action` value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Cancel { .. } => "cancel",
+            Self::Resolve { .. } => "resolve",
+        }
+    }
+}
+
+/// Why a staff action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no callback request {0}")]
+    NotFound(Uuid),
+    #[error("callback request {id} is {status}: cannot {action} it")]
+    Conflict {
+        id: Uuid,
+        status: String,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A row of `audit_log`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub callback_request_id: Option<Uuid>,
+    pub detail: sqlx::types::Json<Value>,
+}
+
+/// The delivery and alert queues.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Wakes this process's workers when work is queued (and, on PostgreSQL, when another
+    /// process queued work).
+    fn queue_signal(&self) -> watch::Receiver<u64>;
+
+    /// Claims up to `limit` due, unleased callback requests for `worker` until `lease_until`:
+    /// `critical`, then `urgent`, then `normal`, oldest first within each.
+    async fn claim_callbacks(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<CallbackRequestRow>, StoreError>;
+
+    /// Records a delivery attempt and, if the worker still holds that attempt's lease, applies
+    /// its outcome to the request. Returns whether the outcome was applied.
+    async fn record_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError>;
+
+    /// Gives a claimed request back untouched (shutdown before its POST finished).
+    async fn release_callback(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Returns every lease (callback requests and alerts) that expired before `now`; returns how
+    /// many.
+    async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` due alerts, oldest first.
+    async fn claim_alerts(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedAlert>, StoreError>;
+
+    /// Records an alert round (its sends, then its outcome if the worker still holds it).
+    async fn record_alert(&self, record: &AlertRecord) -> Result<bool, StoreError>;
+
+    /// Gives a claimed alert back untouched.
+    async fn release_alert(
+        &self,
+        callback_request_id: Uuid,
+        kind: &str,
+        attempt: i32,
+        worker: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// One callback request.
+    async fn callback_request(&self, id: Uuid) -> Result<Option<CallbackRequestRow>, StoreError>;
+
+    /// The delivery attempts of a request, oldest first.
+    async fn delivery_attempts(
+        &self,
+        callback_request_id: Uuid,
+    ) -> Result<Vec<DeliveryAttemptRow>, StoreError>;
+
+    /// The alerts of a request and every message sent for them.
+    async fn alerts_for(
+        &self,
+        callback_request_id: Uuid,
+    ) -> Result<(Vec<AlertRow>, Vec<AlertSendRow>), StoreError>;
+
+    /// Applies a staff action, with its audit row, in one transaction; returns the updated row.
+    async fn staff_action(
+        &self,
+        id: Uuid,
+        action: &StaffAction,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CallbackRequestRow, ActionError>;
+
+    /// The audit trail of a request, oldest first.
+    async fn audit_trail(&self, callback_request_id: Uuid) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+macro_rules! alert_columns {
+    () => {
+        "callback_request_id, kind, tenant_id, created_at, updated_at, status, attempt, failures, \
+         next_attempt_at, lease_owner, sent_at, last_error"
+    };
+}
+pub(crate) use alert_columns;
+
+/// Implements [`DeliveryQueue`] for an engine; `$lock` is what the claim's inner `SELECT` adds to
+/// lock the rows it picks (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one
+/// writer makes the statement atomic).
+macro_rules! impl_delivery_queue {
+    ($store:ty, $db:ty, $lock:literal) => {
+        mod delivery_queue_impl {
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use sqlx::types::Json;
+            use tokio::sync::watch;
+            use uuid::Uuid;
+
+            use super::*;
+            use crate::store::common::callback_columns;
+            use crate::store::queue::{
+                ActionError, AlertOutcome, AlertRecord, AlertRow, AlertSendRow, AuditRow,
+                ClaimedAlert, DeliveryAttemptRow, DeliveryOutcome, DeliveryQueue, DeliveryRecord,
+                StaffAction, alert_columns,
+            };
+            use crate::store::{CallbackRequestRow, StoreError};
+
+            #[async_trait]
+            impl DeliveryQueue for $store {
+                fn queue_signal(&self) -> watch::Receiver<u64> {
+                    self.subscribe_queue()
+                }
+
+                async fn claim_callbacks(
+                    &self,
+                    worker: &str,
+                    now: DateTime<Utc>,
+                    lease_until: DateTime<Utc>,
+                    limit: i64,
+                ) -> Result<Vec<CallbackRequestRow>, StoreError> {
+                    let mut rows: Vec<CallbackRequestRow> = sqlx::query_as(concat!(
+                        "UPDATE callback_requests SET lease_owner = $1, lease_expires_at = $2, \
+                         delivery_attempt = delivery_attempt + 1, updated_at = $3 \
+                         WHERE id IN (SELECT id FROM callback_requests \
+                           WHERE status IN ('pending', 'failed') AND lease_owner IS NULL \
+                           AND (next_retry_at IS NULL OR next_retry_at <= $3) \
+                           ORDER BY urgency_rank, created_at, id LIMIT $4 ",
+                        $lock,
+                        ") RETURNING ",
+                        callback_columns!()
+                    ))
+                    .bind(worker)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(self.writer())
+                    .await?;
+                    // RETURNING keeps no order.
+                    rows.sort_by(|a, b| {
+                        (rank(&a.urgency_level), a.created_at, a.id).cmp(&(
+                            rank(&b.urgency_level),
+                            b.created_at,
+                            b.id,
+                        ))
+                    });
+                    Ok(rows)
+                }
+
+                async fn record_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+                    if let DeliveryOutcome::Deferred { at } = &r.outcome {
+                        let applied = sqlx::query(
+                            "UPDATE callback_requests SET lease_owner = NULL, \
+                             lease_expires_at = NULL, next_retry_at = $4, error_message = $5, \
+                             updated_at = $6 \
+                             WHERE id = $1 AND delivery_attempt = $2 AND lease_owner = $3",
+                        )
+                        .bind(r.request_id)
+                        .bind(r.attempt)
+                        .bind(&r.worker_id)
+                        .bind(at)
+                        .bind(&r.error)
+                        .bind(r.finished_at)
+                        .execute(self.writer())
+                        .await?
+                        .rows_affected();
+                        return Ok(applied == 1);
+                    }
+                    let mut tx = self.writer().begin().await?;
+                    sqlx::query(
+                        "INSERT INTO delivery_attempts (id, callback_request_id, attempt, \
+                         worker_id, started_at, finished_at, latency_ms, status_code, outcome, \
+                         error, response_excerpt) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(r.request_id)
+                    .bind(r.attempt)
+                    .bind(&r.worker_id)
+                    .bind(r.started_at)
+                    .bind(r.finished_at)
+                    .bind(r.latency_ms)
+                    .bind(r.status_code)
+                    .bind(r.outcome.as_str())
+                    .bind(&r.error)
+                    .bind(&r.response_excerpt)
+                    .execute(&mut *tx)
+                    .await?;
+                    let (status, failed, next_retry_at, dead_reason) = match &r.outcome {
+                        DeliveryOutcome::Delivered => ("posted", 0, None, None),
+                        DeliveryOutcome::Retry { at } => ("failed", 1, Some(*at), None),
+                        DeliveryOutcome::DeadLetter { reason, .. } => {
+                            ("dead_letter", 1, None, Some(reason.as_str()))
+                        }
+                        DeliveryOutcome::Deferred { .. } => unreachable!("handled above"),
+                    };
+                    let applied = sqlx::query(
+                        "UPDATE callback_requests SET status = $4, lease_owner = NULL, \
+                         lease_expires_at = NULL, updated_at = $5, \
+                         posted_to_frontend_at = CASE WHEN $6 = 0 THEN $5 \
+                           ELSE posted_to_frontend_at END, \
+                         frontend_response = COALESCE($7, frontend_response), \
+                         error_message = $8, retry_count = retry_count + $6, \
+                         next_retry_at = $9, last_status_code = $10, dead_letter_reason = $11, \
+                         dead_lettered_at = CASE WHEN $11 IS NULL THEN NULL ELSE $5 END \
+                         WHERE id = $1 AND delivery_attempt = $2 AND lease_owner = $3 \
+                         AND status IN ('pending', 'failed')",
+                    )
+                    .bind(r.request_id)
+                    .bind(r.attempt)
+                    .bind(&r.worker_id)
+                    .bind(status)
+                    .bind(r.finished_at)
+                    .bind(failed)
+                    .bind(r.frontend_response.as_ref().map(Json))
+                    .bind(&r.error)
+                    .bind(next_retry_at)
+                    .bind(r.status_code)
+                    .bind(dead_reason)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    tx.commit().await?;
+                    if applied && dead_reason.is_some() {
+                        // The dead letter queued an alert.
+                        self.bump_queue();
+                    }
+                    Ok(applied)
+                }
+
+                async fn release_callback(
+                    &self,
+                    id: Uuid,
+                    attempt: i32,
+                    worker: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<bool, StoreError> {
+                    let released = sqlx::query(
+                        "UPDATE callback_requests SET lease_owner = NULL, \
+                         lease_expires_at = NULL, updated_at = $4 \
+                         WHERE id = $1 AND delivery_attempt = $2 AND lease_owner = $3",
+                    )
+                    .bind(id)
+                    .bind(attempt)
+                    .bind(worker)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                    Ok(released == 1)
+                }
+
+                async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+                    let requests = sqlx::query(
+                        "UPDATE callback_requests SET lease_owner = NULL, \
+                         lease_expires_at = NULL, updated_at = $1 \
+                         WHERE lease_owner IS NOT NULL AND lease_expires_at < $1",
+                    )
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                    let alerts = sqlx::query(
+                        "UPDATE alerts SET lease_owner = NULL, lease_expires_at = NULL, \
+                         updated_at = $1 WHERE lease_owner IS NOT NULL AND lease_expires_at < $1",
+                    )
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                    Ok(requests + alerts)
+                }
+
+                async fn claim_alerts(
+                    &self,
+                    worker: &str,
+                    now: DateTime<Utc>,
+                    lease_until: DateTime<Utc>,
+                    limit: i64,
+                ) -> Result<Vec<ClaimedAlert>, StoreError> {
+                    let alerts: Vec<AlertRow> = sqlx::query_as(concat!(
+                        "UPDATE alerts SET lease_owner = $1, lease_expires_at = $2, \
+                         attempt = attempt + 1, updated_at = $3 \
+                         WHERE (callback_request_id, kind) IN (SELECT callback_request_id, kind \
+                           FROM alerts WHERE status = 'pending' AND lease_owner IS NULL \
+                           AND (next_attempt_at IS NULL OR next_attempt_at <= $3) \
+                           ORDER BY created_at LIMIT $4 ",
+                        $lock,
+                        ") RETURNING ",
+                        alert_columns!()
+                    ))
+                    .bind(worker)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(self.writer())
+                    .await?;
+                    let mut claimed = Vec::with_capacity(alerts.len());
+                    for alert in alerts {
+                        let request = self
+                            .callback_request(alert.callback_request_id)
+                            .await?
+                            .ok_or_else(|| {
+                                StoreError::NotFound(format!(
+                                    "callback request {} of an alert",
+                                    alert.callback_request_id
+                                ))
+                            })?;
+                        let sent: Vec<(String, String)> = sqlx::query_as(
+                            "SELECT channel, target FROM alert_sends \
+                             WHERE callback_request_id = $1 AND kind = $2 AND ok",
+                        )
+                        .bind(alert.callback_request_id)
+                        .bind(&alert.kind)
+                        .fetch_all(self.writer())
+                        .await?;
+                        claimed.push(ClaimedAlert {
+                            alert,
+                            request,
+                            sent,
+                        });
+                    }
+                    claimed.sort_by_key(|c| c.alert.created_at);
+                    Ok(claimed)
+                }
+
+                async fn record_alert(&self, r: &AlertRecord) -> Result<bool, StoreError> {
+                    let mut tx = self.writer().begin().await?;
+                    for s in &r.sends {
+                        sqlx::query(
+                            "INSERT INTO alert_sends (id, callback_request_id, kind, channel, \
+                             target, attempt, at, ok, status_code, error) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        )
+                        .bind(Uuid::now_v7())
+                        .bind(r.callback_request_id)
+                        .bind(&r.kind)
+                        .bind(s.channel)
+                        .bind(&s.target)
+                        .bind(r.attempt)
+                        .bind(s.at)
+                        .bind(s.ok)
+                        .bind(s.status_code)
+                        .bind(&s.error)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    let (status, failed, next, error, sent_at) = match &r.outcome {
+                        AlertOutcome::Sent => ("sent", 0, None, None, Some(r.at)),
+                        AlertOutcome::Skipped => (
+                            "skipped",
+                            0,
+                            None,
+                            Some("no alert channel configured"),
+                            None,
+                        ),
+                        AlertOutcome::Retry { at, error } => {
+                            ("pending", 1, Some(*at), Some(error.as_str()), None)
+                        }
+                        AlertOutcome::Failed { error } => {
+                            ("failed", 1, None, Some(error.as_str()), None)
+                        }
+                    };
+                    let applied = sqlx::query(
+                        "UPDATE alerts SET status = $5, failures = failures + $6, \
+                         next_attempt_at = $7, last_error = $8, sent_at = COALESCE($9, sent_at), \
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = $10 \
+                         WHERE callback_request_id = $1 AND kind = $2 AND attempt = $3 \
+                         AND lease_owner = $4 AND status = 'pending'",
+                    )
+                    .bind(r.callback_request_id)
+                    .bind(&r.kind)
+                    .bind(r.attempt)
+                    .bind(&r.worker_id)
+                    .bind(status)
+                    .bind(failed)
+                    .bind(next)
+                    .bind(error)
+                    .bind(sent_at)
+                    .bind(r.at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    tx.commit().await?;
+                    Ok(applied)
+                }
+
+                async fn release_alert(
+                    &self,
+                    callback_request_id: Uuid,
+                    kind: &str,
+                    attempt: i32,
+                    worker: &str,
+                ) -> Result<bool, StoreError> {
+                    let released = sqlx::query(
+                        "UPDATE alerts SET lease_owner = NULL, lease_expires_at = NULL \
+                         WHERE callback_request_id = $1 AND kind = $2 AND attempt = $3 \
+                         AND lease_owner = $4",
+                    )
+                    .bind(callback_request_id)
+                    .bind(kind)
+                    .bind(attempt)
+                    .bind(worker)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                    Ok(released == 1)
+                }
+
+                async fn callback_request(
+                    &self,
+                    id: Uuid,
+                ) -> Result<Option<CallbackRequestRow>, StoreError> {
+                    Ok(sqlx::query_as(concat!(
+                        "SELECT ",
+                        callback_columns!(),
+                        " FROM callback_requests WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(self.writer())
+                    .await?)
+                }
+
+                async fn delivery_attempts(
+                    &self,
+                    callback_request_id: Uuid,
+                ) -> Result<Vec<DeliveryAttemptRow>, StoreError> {
+                    Ok(sqlx::query_as(
+                        "SELECT id, callback_request_id, attempt, worker_id, started_at, \
+                         finished_at, latency_ms, status_code, outcome, error, response_excerpt \
+                         FROM delivery_attempts WHERE callback_request_id = $1 \
+                         ORDER BY started_at, id",
+                    )
+                    .bind(callback_request_id)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn alerts_for(
+                    &self,
+                    callback_request_id: Uuid,
+                ) -> Result<(Vec<AlertRow>, Vec<AlertSendRow>), StoreError> {
+                    let alerts = sqlx::query_as(concat!(
+                        "SELECT ",
+                        alert_columns!(),
+                        " FROM alerts WHERE callback_request_id = $1 ORDER BY created_at, kind"
+                    ))
+                    .bind(callback_request_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    let sends = sqlx::query_as(
+                        "SELECT id, callback_request_id, kind, channel, target, attempt, at, ok, \
+                         status_code, error FROM alert_sends WHERE callback_request_id = $1 \
+                         ORDER BY at, id",
+                    )
+                    .bind(callback_request_id)
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok((alerts, sends))
+                }
+
+                async fn staff_action(
+                    &self,
+                    id: Uuid,
+                    action: &StaffAction,
+                    actor: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<CallbackRequestRow, ActionError> {
+                    let mut tx = self.writer().begin().await.map_err(StoreError::from)?;
+                    let current: Option<(String, Option<String>)> = sqlx::query_as(
+                        "SELECT status, lease_owner FROM callback_requests WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                    let Some((status, lease_owner)) = current else {
+                        return Err(ActionError::NotFound(id));
+                    };
+                    let conflict = |status: &str| ActionError::Conflict {
+                        id,
+                        status: status.to_string(),
+                        action: action.name(),
+                    };
+                    let note = match action {
+                        StaffAction::Retry => {
+                            // A delivered request is not posted twice; one being posted right
+                            // now finishes first.
+                            if status == "posted" {
+                                return Err(conflict("already delivered"));
+                            }
+                            if lease_owner.is_some() {
+                                return Err(conflict("being delivered right now"));
+                            }
+                            sqlx::query(
+                                "UPDATE callback_requests SET status = 'pending', \
+                                 next_retry_at = NULL, retry_count = 0, dead_letter_reason = NULL, \
+                                 dead_lettered_at = NULL, cancelled_at = NULL, updated_at = $2 \
+                                 WHERE id = $1",
+                            )
+                            .bind(id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                            None
+                        }
+                        StaffAction::Cancel { note } => {
+                            if status == "posted" || status == "cancelled" {
+                                return Err(conflict(&status));
+                            }
+                            // Clearing the lease fences out a worker posting it right now.
+                            sqlx::query(
+                                "UPDATE callback_requests SET status = 'cancelled', \
+                                 cancelled_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
+                                 next_retry_at = NULL, updated_at = $2 WHERE id = $1",
+                            )
+                            .bind(id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                            note.as_deref()
+                        }
+                        StaffAction::Resolve { note } => {
+                            sqlx::query(
+                                "UPDATE callback_requests SET resolved_at = $2, resolved_by = $3, \
+                                 resolution_note = $4, updated_at = $2 WHERE id = $1",
+                            )
+                            .bind(id)
+                            .bind(now)
+                            .bind(actor)
+                            .bind(note.as_deref())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                            note.as_deref()
+                        }
+                    };
+                    sqlx::query(
+                        "INSERT INTO audit_log (id, at, actor, action, callback_request_id, \
+                         detail) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(now)
+                    .bind(actor)
+                    .bind(action.name())
+                    .bind(id)
+                    .bind(Json(serde_json::json!({ "previous_status": status, "note": note })))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                    let row: CallbackRequestRow = sqlx::query_as(concat!(
+                        "SELECT ",
+                        callback_columns!(),
+                        " FROM callback_requests WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                    tx.commit().await.map_err(StoreError::from)?;
+                    if matches!(action, StaffAction::Retry) {
+                        self.bump_queue();
+                    }
+                    Ok(row)
+                }
+
+                async fn audit_trail(
+                    &self,
+                    callback_request_id: Uuid,
+                ) -> Result<Vec<AuditRow>, StoreError> {
+                    Ok(sqlx::query_as(
+                        "SELECT id, at, actor, action, callback_request_id, detail \
+                         FROM audit_log WHERE callback_request_id = $1 ORDER BY at, id",
+                    )
+                    .bind(callback_request_id)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+            }
+
+            /// Queue order of an urgency level (0 first).
+            fn rank(level: &str) -> u8 {
+                match level {
+                    "critical" => 0,
+                    "urgent" => 1,
+                    _ => 2,
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_delivery_queue;

@@ -1,0 +1,609 @@
+//! The callback delivery worker: claims due callback requests (most urgent first), POSTs them to
+//! the tenant's frontend, records every attempt, retries on a schedule, turns what cannot be
+//! delivered into a dead letter, and alerts on-call staff about dead letters and critical
+//! requests.
+//!
+//! Any number of workers may share a database (in `lifeline serve`, or as `lifeline worker`
+//! processes): claims are leases, completions are fenced on the claim's attempt number, and an
+//! expired lease (a worker that died mid-delivery) is returned by any worker's rescuer. Workers
+//! wake on the store's queue signal (`LISTEN/NOTIFY` on PostgreSQL), and poll only as a fallback.
+
+pub mod alerts;
+pub mod clock;
+pub mod delivery;
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::config::{Config, Frontend};
+use crate::store::{
+    AlertRecord, CallbackRequestRow, ClaimedAlert, DeliveryOutcome, DeliveryRecord, Store,
+    StoreError,
+};
+use crate::telephony::breaker::CircuitBreaker;
+
+use clock::{SystemWallClock, WallClock};
+use delivery::Verdict;
+
+/// Alerts claimed per query (they are few, and each may send several messages).
+const ALERT_BATCH: i64 = 10;
+
+/// One delivery worker.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: String,
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    http: reqwest::Client,
+    clock: Arc<dyn WallClock>,
+    /// One breaker per frontend URL: a frontend that is down is left alone for a while
+    /// instead of being sent every due request.
+    breakers: HashMap<String, Arc<CircuitBreaker>>,
+    /// Whether any frontend is configured; without one, requests wait for staff (and the
+    /// dashboard) and only alerts are sent.
+    delivers: bool,
+}
+
+/// What one pass of [`Worker::run_once`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    pub rescued: u64,
+    pub delivered: u32,
+    pub retried: u32,
+    pub dead_lettered: u32,
+    /// Put back without an attempt because the frontend's circuit was open.
+    pub deferred: u32,
+    /// Completed after the lease was lost (another worker owns the request now).
+    pub fenced_out: u32,
+    pub alerts: u32,
+}
+
+impl PassReport {
+    fn add(&mut self, other: PassReport) {
+        self.rescued += other.rescued;
+        self.delivered += other.delivered;
+        self.retried += other.retried;
+        self.dead_lettered += other.dead_lettered;
+        self.deferred += other.deferred;
+        self.fenced_out += other.fenced_out;
+        self.alerts += other.alerts;
+    }
+
+    /// Requests and alerts handled.
+    pub fn handled(&self) -> u32 {
+        self.delivered + self.retried + self.dead_lettered + self.deferred + self.alerts
+    }
+}
+
+/// A claimed unit of work.
+enum Job {
+    Callback(Box<CallbackRequestRow>),
+    Alert(Box<ClaimedAlert>),
+}
+
+/// What a job holds, so that its lease can be given back if it is cut short.
+#[derive(Debug, Clone)]
+enum JobKey {
+    Callback {
+        id: Uuid,
+        attempt: i32,
+    },
+    Alert {
+        id: Uuid,
+        kind: String,
+        attempt: i32,
+    },
+}
+
+impl Job {
+    fn key(&self) -> JobKey {
+        match self {
+            Job::Callback(r) => JobKey::Callback {
+                id: r.id,
+                attempt: r.delivery_attempt,
+            },
+            Job::Alert(a) => JobKey::Alert {
+                id: a.alert.callback_request_id,
+                kind: a.alert.kind.clone(),
+                attempt: a.alert.attempt,
+            },
+        }
+    }
+}
+
+impl Worker {
+    /// A worker on `store` with the delivery, worker and alert settings of `config`.
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(config.worker.concurrency)
+            .user_agent(concat!("lifeline/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut breakers = HashMap::new();
+        if let Some(f) = &config.delivery.frontend {
+            breakers.insert(f.url.clone(), Arc::new(CircuitBreaker::new("frontend")));
+        }
+        for t in &config.tenants {
+            if let Some(f) = &t.frontend {
+                breakers.entry(f.url.clone()).or_insert_with(|| {
+                    // Metric labels are &'static; tenants are few and fixed at start-up.
+                    let name: &'static str = Box::leak(format!("frontend:{}", t.id).into());
+                    Arc::new(CircuitBreaker::new(name))
+                });
+            }
+        }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "lifeline".into());
+        let id = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                delivers: !breakers.is_empty(),
+                config,
+                store,
+                http,
+                clock: Arc::new(SystemWallClock),
+                breakers,
+            }),
+        })
+    }
+
+    /// The same worker reading time from `clock` (tests move it instead of waiting).
+    pub fn with_clock(self, clock: Arc<dyn WallClock>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("with_clock must be called before the worker is cloned or started")
+        });
+        Self {
+            inner: Arc::new(Inner { clock, ..inner }),
+        }
+    }
+
+    /// This worker's id, as written in leases and attempt records.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// One pass: returns expired leases, claims one batch, handles every claimed request and
+    /// alert, and reports. The loop of [`Worker::run`] does the same continuously.
+    pub async fn run_once(&self) -> Result<PassReport, StoreError> {
+        let mut report = PassReport {
+            rescued: self.inner.rescue().await?,
+            ..PassReport::default()
+        };
+        let batch = i64::from(self.inner.config.worker.batch_size);
+        let (jobs, _) = self.inner.claim(batch).await?;
+        let mut set = JoinSet::new();
+        for job in jobs {
+            set.spawn(self.inner.clone().handle(job));
+        }
+        while let Some(done) = set.join_next().await {
+            report.add(done.map_err(|e| StoreError::NotFound(format!("worker task: {e}")))?);
+        }
+        Ok(report)
+    }
+
+    /// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
+    /// within `worker.shutdown_grace`, and gives back the leases of those that did not.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let inner = self.inner;
+        let settings = inner.config.worker.clone();
+        let mut signal = inner.store.queue_signal();
+        tracing::info!(
+            worker = %inner.id,
+            delivers = inner.delivers,
+            batch_size = settings.batch_size,
+            concurrency = settings.concurrency,
+            "delivery worker started"
+        );
+        if !inner.delivers {
+            tracing::warn!(
+                "no frontend configured (delivery.frontend_url or [tenants.frontend]): callback \
+                 requests stay pending for staff; only alerts are sent"
+            );
+        }
+        match inner.rescue().await {
+            Ok(n) if n > 0 => tracing::info!(rescued = n, "returned expired leases at start-up"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not return expired leases"),
+        }
+
+        let mut inflight: JoinSet<PassReport> = JoinSet::new();
+        let mut keys: HashMap<tokio::task::Id, JobKey> = HashMap::new();
+        let mut more = true;
+        let mut poll = tokio::time::interval(settings.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescue = tokio::time::interval(settings.rescue_interval);
+        rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescue.reset();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if more && inflight.len() < settings.concurrency {
+                // Seen before claiming: work queued from here on wakes us again.
+                signal.borrow_and_update();
+                let free = settings.concurrency - inflight.len();
+                let want = i64::try_from(free)
+                    .unwrap_or(i64::MAX)
+                    .min(i64::from(settings.batch_size));
+                match inner.claim(want).await {
+                    Ok((jobs, full)) => {
+                        more = full;
+                        for job in jobs {
+                            let key = job.key();
+                            let handle = inflight.spawn(inner.clone().handle(job));
+                            keys.insert(handle.id(), key);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming work failed; trying again at the next poll");
+                        more = false;
+                    }
+                }
+                if more && inflight.len() < settings.concurrency {
+                    // A full batch: there is probably more, fetch again at once.
+                    continue;
+                }
+            }
+            tokio::select! {
+                Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                    match done {
+                        Ok((id, _)) => { keys.remove(&id); }
+                        Err(e) => {
+                            // The lease stays until it expires; then the request is rescued.
+                            keys.remove(&e.id());
+                            tracing::error!(error = %e, "a delivery task failed");
+                        }
+                    }
+                }
+                changed = signal.changed() => {
+                    if changed.is_err() {
+                        // The store is gone; polling is all that is left.
+                        signal = inner.store.queue_signal();
+                    }
+                    more = true;
+                }
+                _ = poll.tick() => more = true,
+                _ = rescue.tick() => {
+                    match inner.rescue().await {
+                        Ok(n) if n > 0 => {
+                            tracing::warn!(rescued = n, "returned expired leases (a worker stopped mid-delivery)");
+                            more = true;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "could not return expired leases"),
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+
+        tracing::info!(
+            worker = %inner.id,
+            in_flight = inflight.len(),
+            "delivery worker stopping: no more claims"
+        );
+        let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+        while !inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, inflight.join_next_with_id()).await {
+                Ok(Some(Ok((id, _)))) => {
+                    keys.remove(&id);
+                }
+                Ok(Some(Err(e))) => {
+                    keys.remove(&e.id());
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        inflight.abort_all();
+        while inflight.join_next().await.is_some() {}
+        for key in keys.into_values() {
+            let released = match &key {
+                JobKey::Callback { id, attempt } => {
+                    inner
+                        .store
+                        .release_callback(*id, *attempt, &inner.id, inner.clock.now())
+                        .await
+                }
+                JobKey::Alert { id, kind, attempt } => {
+                    inner
+                        .store
+                        .release_alert(*id, kind, *attempt, &inner.id)
+                        .await
+                }
+            };
+            if let Err(e) = released {
+                tracing::error!(error = %e, ?key, "could not release a lease; it expires by itself");
+            }
+        }
+        tracing::info!(worker = %inner.id, "delivery worker stopped");
+    }
+}
+
+impl Inner {
+    async fn rescue(&self) -> Result<u64, StoreError> {
+        let n = self.store.rescue_expired(self.clock.now()).await?;
+        if n > 0 {
+            metrics::counter!("lifeline_leases_rescued_total").increment(n);
+        }
+        Ok(n)
+    }
+
+    /// Claims up to `limit` jobs (alerts first: they are few and tell people to act); says
+    /// whether a claim came back full, i.e. there is probably more.
+    async fn claim(&self, limit: i64) -> Result<(Vec<Job>, bool), StoreError> {
+        let now = self.clock.now();
+        let lease_until = now
+            + chrono::Duration::from_std(self.config.worker.lease)
+                .unwrap_or(chrono::Duration::seconds(60));
+        let want_alerts = limit.min(ALERT_BATCH);
+        let alerts = self
+            .store
+            .claim_alerts(&self.id, now, lease_until, want_alerts)
+            .await?;
+        let mut full = i64::try_from(alerts.len()).unwrap_or(0) == want_alerts;
+        let mut jobs: Vec<Job> = alerts
+            .into_iter()
+            .map(|a| Job::Alert(Box::new(a)))
+            .collect();
+        let want = limit - i64::try_from(jobs.len()).unwrap_or(0);
+        if self.delivers && want > 0 {
+            let requests = self
+                .store
+                .claim_callbacks(&self.id, now, lease_until, want)
+                .await?;
+            full |= i64::try_from(requests.len()).unwrap_or(0) == want;
+            jobs.extend(requests.into_iter().map(|r| Job::Callback(Box::new(r))));
+        }
+        Ok((jobs, full))
+    }
+
+    async fn handle(self: Arc<Self>, job: Job) -> PassReport {
+        match job {
+            Job::Callback(request) => self.deliver(&request).await,
+            Job::Alert(alert) => self.alert(&alert).await,
+        }
+    }
+
+    fn frontend_for(&self, tenant_id: &str) -> Option<&Frontend> {
+        self.config
+            .tenant(tenant_id)
+            .and_then(|t| t.frontend.as_ref())
+            .or(self.config.delivery.frontend.as_ref())
+    }
+
+    /// Delivers one claimed request and records the attempt.
+    async fn deliver(&self, request: &CallbackRequestRow) -> PassReport {
+        let mut report = PassReport::default();
+        let settings = &self.config.delivery;
+        let started_at = self.clock.now();
+        let Some(frontend) = self.frontend_for(&request.tenant_id) else {
+            let record = self.record(
+                request,
+                started_at,
+                None,
+                DeliveryOutcome::DeadLetter {
+                    reason: format!("no frontend configured for tenant {:?}", request.tenant_id),
+                    rejected: false,
+                },
+            );
+            self.save(&record, &mut report).await;
+            return report;
+        };
+        let breaker = self.breakers.get(&frontend.url);
+        let permit = match breaker.map(|b| b.acquire()).transpose() {
+            Ok(p) => p,
+            Err(open) => {
+                let at = started_at
+                    + chrono::Duration::from_std(open.retry_in.max(Duration::from_secs(1)))
+                        .unwrap_or(chrono::Duration::seconds(30));
+                let mut record =
+                    self.record(request, started_at, None, DeliveryOutcome::Deferred { at });
+                record.error = Some(open.to_string());
+                self.save(&record, &mut report).await;
+                return report;
+            }
+        };
+        let answer = delivery::post(
+            &self.http,
+            frontend,
+            request,
+            request.delivery_attempt,
+            settings.timeout,
+            started_at,
+        )
+        .await;
+        if let Some(p) = permit {
+            // A refusal means the frontend is up: only no answer, 408, 429 and 5xx count
+            // against it.
+            p.record(!matches!(answer.verdict, Verdict::Retry { .. }));
+        }
+        let finished = self.clock.now();
+        let outcome = match &answer.verdict {
+            Verdict::Delivered => DeliveryOutcome::Delivered,
+            Verdict::Rejected => DeliveryOutcome::DeadLetter {
+                reason: format!(
+                    "frontend refused the request: {}",
+                    answer.error.as_deref().unwrap_or("rejected")
+                ),
+                rejected: true,
+            },
+            Verdict::Retry { retry_after } => {
+                let failures = u32::try_from(request.retry_count).unwrap_or(0) + 1;
+                match schedule::next_wait(
+                    &settings.retry_schedule,
+                    failures,
+                    settings.jitter,
+                    *retry_after,
+                    settings.max_retry_after,
+                ) {
+                    Some(wait) => DeliveryOutcome::Retry {
+                        at: finished
+                            + chrono::Duration::from_std(wait)
+                                .unwrap_or(chrono::Duration::hours(1)),
+                    },
+                    None => DeliveryOutcome::DeadLetter {
+                        reason: format!(
+                            "gave up after {failures} failed attempts; last: {}",
+                            answer.error.as_deref().unwrap_or("failed")
+                        ),
+                        rejected: false,
+                    },
+                }
+            }
+        };
+        let mut record = self.record(request, started_at, answer.status, outcome);
+        record.finished_at = finished;
+        record.latency_ms = answer.latency.as_secs_f64() * 1000.0;
+        record.error = answer.error;
+        record.response_excerpt = answer.excerpt;
+        record.frontend_response = answer.json;
+        metrics::histogram!("lifeline_delivery_latency_seconds")
+            .record(answer.latency.as_secs_f64());
+        self.save(&record, &mut report).await;
+        report
+    }
+
+    fn record(
+        &self,
+        request: &CallbackRequestRow,
+        at: chrono::DateTime<chrono::Utc>,
+        status: Option<reqwest::StatusCode>,
+        outcome: DeliveryOutcome,
+    ) -> DeliveryRecord {
+        DeliveryRecord {
+            request_id: request.id,
+            attempt: request.delivery_attempt,
+            worker_id: self.id.clone(),
+            started_at: at,
+            finished_at: at,
+            latency_ms: 0.0,
+            status_code: status.map(|s| i32::from(s.as_u16())),
+            error: None,
+            response_excerpt: None,
+            frontend_response: None,
+            outcome,
+        }
+    }
+
+    /// Writes the attempt's outcome, retrying briefly if the database hiccups: the POST
+    /// happened, and forgetting that would post it again (harmless thanks to the
+    /// `Idempotency-Key`, but noisy).
+    async fn save(&self, record: &DeliveryRecord, report: &mut PassReport) {
+        let saved = (|| async { self.store.record_delivery(record).await })
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_times(4),
+            )
+            .await;
+        let outcome = record.outcome.as_str();
+        match saved {
+            Ok(true) => {
+                match &record.outcome {
+                    DeliveryOutcome::Delivered => report.delivered += 1,
+                    DeliveryOutcome::Retry { .. } => report.retried += 1,
+                    DeliveryOutcome::DeadLetter { .. } => report.dead_lettered += 1,
+                    DeliveryOutcome::Deferred { .. } => report.deferred += 1,
+                }
+                metrics::counter!("lifeline_deliveries_total", "outcome" => outcome).increment(1);
+                if let DeliveryOutcome::DeadLetter { reason, .. } = &record.outcome {
+                    metrics::counter!("lifeline_dead_letters_total").increment(1);
+                    tracing::error!(
+                        callback_request = %record.request_id,
+                        attempt = record.attempt,
+                        status = record.status_code,
+                        %reason,
+                        "callback request is a dead letter; on-call staff are alerted"
+                    );
+                } else {
+                    tracing::info!(
+                        callback_request = %record.request_id,
+                        attempt = record.attempt,
+                        status = record.status_code,
+                        outcome,
+                        latency_ms = record.latency_ms,
+                        error = record.error.as_deref(),
+                        "delivery attempt"
+                    );
+                }
+            }
+            Ok(false) => {
+                report.fenced_out += 1;
+                tracing::warn!(
+                    callback_request = %record.request_id,
+                    attempt = record.attempt,
+                    outcome,
+                    "lease lost before the attempt was recorded: another worker or staff owns the request now"
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    callback_request = %record.request_id,
+                    attempt = record.attempt,
+                    outcome,
+                    error = %e,
+                    "could not record a delivery attempt; the lease will expire and the request be retried"
+                );
+            }
+        }
+    }
+
+    /// Sends what is missing of one alert and records the round.
+    async fn alert(&self, claimed: &ClaimedAlert) -> PassReport {
+        let now = self.clock.now();
+        let (sends, outcome) = alerts::send_round(&self.http, &self.config, claimed, now).await;
+        for s in &sends {
+            metrics::counter!(
+                "lifeline_alerts_total",
+                "channel" => s.channel,
+                "outcome" => if s.ok { "sent" } else { "failed" }
+            )
+            .increment(1);
+        }
+        let record = AlertRecord {
+            callback_request_id: claimed.alert.callback_request_id,
+            kind: claimed.alert.kind.clone(),
+            attempt: claimed.alert.attempt,
+            worker_id: self.id.clone(),
+            at: now,
+            sends,
+            outcome,
+        };
+        match self.store.record_alert(&record).await {
+            Ok(applied) => {
+                tracing::info!(
+                    callback_request = %record.callback_request_id,
+                    kind = %record.kind,
+                    outcome = ?record.outcome,
+                    applied,
+                    "alert round"
+                );
+            }
+            Err(e) => tracing::error!(
+                callback_request = %record.callback_request_id,
+                error = %e,
+                "could not record an alert round; it will be retried when its lease expires"
+            ),
+        }
+        PassReport {
+            alerts: 1,
+            ..PassReport::default()
+        }
+    }
+}
