@@ -29,6 +29,8 @@ pub struct ConfigError(pub Vec<String>);
 pub struct Config {
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// PostgreSQL pool size of this process.
+    pub database_max_connections: u32,
     pub bind: IpAddr,
     pub port: u16,
     pub limits: Limits,
@@ -283,6 +285,12 @@ impl Config {
         let delivery = raw.delivery.validate(env, &mut problems);
         let worker = raw.worker.validate(env, &mut problems);
         let alerts = raw.alerts.validate(&mut problems);
+        if worker.lease < delivery.timeout.max(alerts.timeout) + Duration::from_secs(5) {
+            problems.push(format!(
+                "worker.lease_secs ({}) must exceed delivery.timeout_ms and alerts.timeout_ms by at least 5 s: a lease that expires mid-POST lets a second worker post the same request",
+                worker.lease.as_secs()
+            ));
+        }
 
         let mut tenants = Vec::new();
         let mut ids = HashSet::new();
@@ -352,6 +360,7 @@ impl Config {
                 worker,
                 alerts,
                 database_url: process.database_url.clone(),
+                database_max_connections: process.database_max_connections,
                 bind: process.bind,
                 port: process.port,
                 limits,
@@ -411,6 +420,11 @@ pub struct ProcessSettings {
     /// TOML file with tenants and limits.
     #[arg(long = "config", env = "LIFELINE_CONFIG")]
     pub config_path: Option<PathBuf>,
+    /// Largest PostgreSQL connection pool of this process (mind the server's
+    /// `max_connections` across instances).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=512))]
+    pub database_max_connections: u32,
 }
 
 /// Hides the password of a connection URL.
@@ -958,6 +972,7 @@ mod tests {
             bind: "127.0.0.1".parse().unwrap(),
             port: 0,
             config_path: None,
+            database_max_connections: 16,
         }
     }
 

@@ -74,7 +74,8 @@ pub struct Server {
 impl Server {
     /// Connects the store, migrates, binds (port 0 picks a free port) and serves.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let store = store::connect(&config.database_url).await?;
+        let store =
+            store::connect_with_pool(&config.database_url, config.database_max_connections).await?;
         store.migrate().await?;
         Self::start_with_store(config, store).await
     }

@@ -66,7 +66,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => {
             let config = load_config(&cli.process);
             let signal = shutdown_signal()?;
-            let store = store::connect(&config.database_url).await?;
+            let store =
+                store::connect_with_pool(&config.database_url, config.database_max_connections)
+                    .await?;
             store.migrate().await?;
             let worker = Worker::new(std::sync::Arc::new(config), store)?;
             tracing::info!(worker = %worker.id(), "lifeline worker running");

@@ -143,6 +143,7 @@ impl Harness {
             bind: "127.0.0.1".parse().unwrap(),
             port: 0,
             config_path: None,
+            database_max_connections: 16,
         };
         let toml = config_toml(&twilio.uri(), &ultravox.uri());
         let config = Config::build(&process, Some((&toml, "twilio.toml".as_ref())), &|_| None)

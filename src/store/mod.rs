@@ -168,11 +168,21 @@ pub(crate) fn call_lock_key(platform: &str, call_ref: &str) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// Opens the store a `DATABASE_URL` names.
+/// Opens the store a `DATABASE_URL` names (PostgreSQL with a pool of up to 16 connections).
 pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with_pool(database_url, 16).await
+}
+
+/// Opens the store a `DATABASE_URL` names; a PostgreSQL pool holds up to `max_connections`.
+pub async fn connect_with_pool(
+    database_url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(database_url).await?))
     } else {
-        Ok(Arc::new(postgres::PgStore::connect(database_url).await?))
+        Ok(Arc::new(
+            postgres::PgStore::connect_with_pool(database_url, max_connections).await?,
+        ))
     }
 }

@@ -28,12 +28,17 @@ impl PgStore {
     /// Connects with `synchronous_commit=on`, whatever the server default: a logged tool call
     /// must survive a crash of the database server.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(url, 16).await
+    }
+
+    /// Connects with a pool of at most `max_connections`.
+    pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse::<PgConnectOptions>()?
             .application_name("lifeline")
             .options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;

@@ -190,6 +190,12 @@ impl TestApp {
         Self::start_with_limits(engine, "").await
     }
 
+    /// Starts with extra TOML sections (e.g. `[delivery]`, `[worker]`) besides the two clinics.
+    pub async fn start_with_sections(engine: Engine, sections: &str) -> Self {
+        // The limits text goes right after `[limits]`; a section header there ends that table.
+        Self::start_with_limits(engine, sections).await
+    }
+
     pub async fn start_with_limits(engine: Engine, limits: &str) -> Self {
         let db = TestDb::new(engine).await;
         let process = ProcessSettings {
@@ -197,6 +203,7 @@ impl TestApp {
             bind: "127.0.0.1".parse().unwrap(),
             port: 0,
             config_path: None,
+            database_max_connections: 16,
         };
         let toml = config_toml(limits);
         let config = Config::build(&process, Some((&toml, "test.toml".as_ref())), &|_| None)
