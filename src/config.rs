@@ -1007,6 +1007,115 @@ mod tests {
     }
 
     #[test]
+    fn delivery_defaults_and_the_original_workers_environment_variables() {
+        let env = |n: &str| match n {
+            "PASS" => Some("a-long-password".to_string()),
+            "FRONTEND_CALLBACK_API_URL" => Some("https://clinic.example.org/api/callbacks".into()),
+            "FRONTEND_API_KEY" => Some("frontend-key".into()),
+            "CALLBACK_POLL_INTERVAL_MS" => Some("30000".into()),
+            "CALLBACK_BATCH_SIZE" => Some("10".into()),
+            "LIFELINE_IN_PROCESS_WORKER" => Some("false".into()),
+            _ => None,
+        };
+        let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
+        let frontend = cfg.delivery.frontend.as_ref().unwrap();
+        assert_eq!(frontend.url, "https://clinic.example.org/api/callbacks");
+        assert_eq!(frontend.api_key.as_deref(), Some("frontend-key"));
+        assert_eq!(frontend.signing_secret, None);
+        assert_eq!(cfg.worker.poll_interval, Duration::from_secs(30));
+        assert_eq!(cfg.worker.batch_size, 10);
+        assert!(!cfg.worker.in_process);
+        // 5, 15 and 60 minutes, then a dead letter.
+        assert_eq!(
+            cfg.delivery.retry_schedule,
+            [300, 900, 3600].map(Duration::from_secs)
+        );
+        assert_eq!(cfg.delivery.jitter, 0.1);
+        assert_eq!(cfg.worker.lease, Duration::from_secs(60));
+        assert!(cfg.tenants[0].alerts.sms.is_empty());
+
+        // Without anything: no frontend (requests wait for staff), the worker runs in-process.
+        let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
+        let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
+        assert!(cfg.delivery.frontend.is_none());
+        assert!(cfg.worker.in_process);
+        assert_eq!(cfg.worker.batch_size, 50);
+    }
+
+    const HILLSIDE: &str = r#"
+        [[tenants]]
+        id = "hillside"
+        name = "Hillside"
+        [tenants.transfer]
+        primary = "+15557650000"
+        [tenants.ultravox]
+        api_key = "k"
+        agent_id = "a"
+    "#;
+
+    #[test]
+    fn delivery_and_alert_problems_are_listed() {
+        let text = format!(
+            r#"{GOOD}{HILLSIDE}
+        [tenants.frontend]
+        url = "ftp://hillside"
+        signing_secret = "short"
+        [tenants.alerts]
+        sms = ["12", "+15557770001"]
+        [delivery]
+        retry_schedule_secs = []
+        jitter_percent = 80
+        [worker]
+        lease_secs = 8
+        batch_size = 0
+        "#
+        );
+        let env = |n: &str| match n {
+            "PASS" => Some("a-long-password".to_string()),
+            "CALLBACK_POLL_INTERVAL_MS" => Some("soon".into()),
+            _ => None,
+        };
+        let err = Config::build(&process(), Some((&text, Path::new("t.toml"))), &env).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            r#"tenant "hillside": frontend.url must be an http(s) URL"#,
+            "frontend.signing_secret must be at least 16",
+            r#"alerts.sms "12""#,
+            "delivery.retry_schedule_secs must list 1 to 20 waits",
+            "delivery.jitter_percent must be at most 50",
+            "worker.batch_size must be between 1 and 1000",
+            "CALLBACK_POLL_INTERVAL_MS must be a whole number",
+            "worker.lease_secs (8) must exceed delivery.timeout_ms",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_tenant_needs_a_frontend_once_one_has_one_and_sms_needs_twilio() {
+        let text = format!(
+            r#"{GOOD}{HILLSIDE}
+        [tenants.frontend]
+        url = "https://hillside.example.org/cb"
+        [tenants.alerts]
+        sms = ["+15557770001"]
+        "#
+        );
+        let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
+        let err = Config::build(&process(), Some((&text, Path::new("t.toml"))), &env).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(r#"tenant "riverside": no frontend for its callback requests"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tenant "hillside": SMS alerts need [twilio] and alerts.sms_from"#),
+            "{text}"
+        );
+        assert_eq!(err.0.len(), 2, "{text}");
+    }
+
+    #[test]
     fn lists_every_problem_at_once() {
         let bad = r#"
             [limits]

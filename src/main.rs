@@ -70,6 +70,12 @@ async fn main() -> anyhow::Result<()> {
                 store::connect_with_pool(&config.database_url, config.database_max_connections)
                     .await?;
             store.migrate().await?;
+            if config.database_url.starts_with("sqlite:") {
+                tracing::warn!(
+                    "a separate worker on SQLite learns of new requests only by polling \
+                     (worker.poll_interval_ms); the worker inside `lifeline serve` is woken at once"
+                );
+            }
             let worker = Worker::new(std::sync::Arc::new(config), store)?;
             tracing::info!(worker = %worker.id(), "lifeline worker running");
             let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -789,6 +789,17 @@ async fn any_2xx_is_delivered_with_lifelines_headers_and_a_400_is_not_retried(en
     }
     let refused = row(&store, reqs[3].id).await;
     assert_eq!(refused.status, "dead_letter");
+    assert_eq!(
+        refused.error_message.as_deref(),
+        Some("frontend answered 400 Bad Request")
+    );
+    assert_eq!(
+        refused.frontend_response.unwrap().0,
+        json!({ "received": reqs[3].id.to_string() }),
+        "the dead letter keeps the frontend's last answer"
+    );
+    let text = row(&store, reqs[1].id).await.frontend_response.unwrap().0;
+    assert_eq!(text, json!("OK thanks"));
     assert_eq!(refused.retry_count, 1);
     assert_eq!(refused.last_status_code, Some(400));
     assert!(

@@ -313,6 +313,7 @@ fn detail_json(r: &CallbackRequestRow) -> Value {
         "postedAt": r.posted_to_frontend_at,
         "lastStatusCode": r.last_status_code,
         "lastError": r.error_message,
+        "lastResponse": r.frontend_response.as_ref().map(|j| &j.0),
         "leaseOwner": r.lease_owner,
         "deadLetterReason": r.dead_letter_reason,
         "deadLetteredAt": r.dead_lettered_at,

@@ -37,7 +37,8 @@ macro_rules! callback_columns {
          pet_name, species, breed, age, concern_description, urgency_level, urgency_reason, \
          metadata, retry_count, max_retries, next_retry_at, posted_to_frontend_at, error_message, \
          delivery_attempt, lease_owner, lease_expires_at, last_status_code, dead_letter_reason, \
-         dead_lettered_at, cancelled_at, resolved_at, resolved_by, resolution_note"
+         dead_lettered_at, cancelled_at, resolved_at, resolved_by, resolution_note, \
+         frontend_response"
     };
 }
 

@@ -307,6 +307,8 @@ pub struct CallbackRequestRow {
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<String>,
     pub resolution_note: Option<String>,
+    /// What the frontend last answered (its JSON, or its text as a JSON string).
+    pub frontend_response: Option<Json<Value>>,
 }
 
 /// Which callback requests to list.

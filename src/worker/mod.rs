@@ -192,7 +192,12 @@ impl Worker {
             set.spawn(self.inner.clone().handle(job));
         }
         while let Some(done) = set.join_next().await {
-            report.add(done.map_err(|e| StoreError::NotFound(format!("worker task: {e}")))?);
+            match done {
+                Ok(r) => report.add(r),
+                // A bug in a job: let the caller see it as it was.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => tracing::error!(error = %e, "a delivery task was cancelled"),
+            }
         }
         Ok(report)
     }
@@ -222,6 +227,13 @@ impl Worker {
             Err(e) => tracing::error!(error = %e, "could not return expired leases"),
         }
 
+        // Claims are refilled in batches, not one row per finished delivery: a claim is a
+        // round trip and a commit, and claiming single rows caps throughput at one claim
+        // latency per delivery.
+        let batch = usize::try_from(settings.batch_size).unwrap_or(1);
+        let refill_at = settings
+            .concurrency
+            .saturating_sub(batch.min(settings.concurrency / 2).max(1));
         let mut inflight: JoinSet<PassReport> = JoinSet::new();
         let mut keys: HashMap<tokio::task::Id, JobKey> = HashMap::new();
         let mut more = true;
@@ -234,7 +246,7 @@ impl Worker {
             if *shutdown.borrow() {
                 break;
             }
-            if more && inflight.len() < settings.concurrency {
+            if more && inflight.len() <= refill_at {
                 // Seen before claiming: work queued from here on wakes us again.
                 signal.borrow_and_update();
                 let free = settings.concurrency - inflight.len();
@@ -255,7 +267,7 @@ impl Worker {
                         more = false;
                     }
                 }
-                if more && inflight.len() < settings.concurrency {
+                if more && inflight.len() <= refill_at {
                     // A full batch: there is probably more, fetch again at once.
                     continue;
                 }
@@ -471,8 +483,12 @@ impl Inner {
         record.finished_at = finished;
         record.latency_ms = answer.latency.as_secs_f64() * 1000.0;
         record.error = answer.error;
+        // The original column holds the frontend's JSON answer; a text answer is kept as a
+        // JSON string, so a dead letter shows what the frontend last said either way.
+        record.frontend_response = answer
+            .json
+            .or_else(|| answer.excerpt.clone().map(serde_json::Value::String));
         record.response_excerpt = answer.excerpt;
-        record.frontend_response = answer.json;
         metrics::histogram!("lifeline_delivery_latency_seconds")
             .record(answer.latency.as_secs_f64());
         self.save(&record, &mut report).await;
