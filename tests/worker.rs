@@ -400,23 +400,48 @@ async fn four_worker_tasks_on_postgres_deliver_a_thousand_requests_exactly_once_
     let kinds = thousand_requests(&store).await;
 
     // Four workers, each with its own connection pool, as four instances would have.
-    let (stop, stopped) = watch::channel(false);
-    let mut running = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..4 {
-        let own_store = lifeline::store::connect_with_pool(&db.url, 6)
-            .await
-            .unwrap();
-        let worker = Worker::new(simple_config(&db, &frontend), own_store).unwrap();
-        running.push(tokio::spawn(worker.run(stopped.clone())));
+        stores.push(
+            lifeline::store::connect_with_pool(&db.url, 6)
+                .await
+                .unwrap(),
+        );
     }
+    let running = RunningWorkers::start(simple_config(&db, &frontend), stores);
     let per_worker = assert_delivered_once(&store, &frontend, &kinds, Some(4 * 16)).await;
     assert!(
         per_worker.len() >= 2,
         "the work is shared between workers: {per_worker:?}"
     );
-    stop.send(true).unwrap();
-    for r in running {
-        tokio::time::timeout(HANG_GUARD, r).await.unwrap().unwrap();
+    running.stop().await;
+}
+
+/// Worker tasks running until stopped.
+struct RunningWorkers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningWorkers {
+    /// One worker per store.
+    fn start(config: Arc<Config>, stores: Vec<Arc<dyn Store>>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let tasks = stores
+            .into_iter()
+            .map(|store| {
+                let worker = Worker::new(config.clone(), store).unwrap();
+                tokio::spawn(worker.run(stopped.clone()))
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for t in self.tasks {
+            tokio::time::timeout(HANG_GUARD, t).await.unwrap().unwrap();
+        }
     }
 }
 
@@ -426,18 +451,13 @@ async fn two_worker_tasks_on_sqlite_deliver_every_request_exactly_once_critical_
     let store = db.store().await;
     let frontend = Frontend::healthy().await;
     let kinds = thousand_requests(&store).await;
-    let (stop, stopped) = watch::channel(false);
-    let mut running = Vec::new();
-    for _ in 0..2 {
-        // One database file, one store: SQLite's single writer makes each claim atomic.
-        let worker = Worker::new(simple_config(&db, &frontend), store.clone()).unwrap();
-        running.push(tokio::spawn(worker.run(stopped.clone())));
-    }
+    // One database file, one store: SQLite's single writer makes each claim atomic.
+    let running = RunningWorkers::start(
+        simple_config(&db, &frontend),
+        vec![store.clone(), store.clone()],
+    );
     assert_delivered_once(&store, &frontend, &kinds, Some(2 * 16)).await;
-    stop.send(true).unwrap();
-    for r in running {
-        tokio::time::timeout(HANG_GUARD, r).await.unwrap().unwrap();
-    }
+    running.stop().await;
 }
 
 /// `lifeline worker` with a config file, output captured.
