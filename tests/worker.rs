@@ -39,6 +39,7 @@ on_both_engines!(
     alerts_reach_each_contact_once_per_request_and_reason,
     a_collected_message_reaches_the_frontend_through_the_in_process_worker,
     shutdown_finishes_in_flight_deliveries_and_releases_what_cannot_finish,
+    a_late_answer_after_the_lease_was_rescued_changes_nothing,
     an_open_circuit_defers_requests_without_counting_attempts,
     operators_list_show_retry_cancel_and_resolve_from_the_cli,
 );
@@ -66,8 +67,8 @@ enum Reply {
     Text(u16, &'static str),
     /// Never answers (a frontend stuck mid-request).
     Hang,
-    /// Answers 200 after a while.
-    Slow(Duration),
+    /// Answers with this status after a while.
+    Slow(Duration, u16),
 }
 
 type Script = Box<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
@@ -167,9 +168,9 @@ async fn receive(
             std::future::pending::<()>().await;
             unreachable!()
         }
-        Reply::Slow(d) => {
+        Reply::Slow(d, code) => {
             tokio::time::sleep(d).await;
-            StatusCode::OK.into_response()
+            StatusCode::from_u16(code).unwrap().into_response()
         }
     }
 }
@@ -658,6 +659,54 @@ async fn wait_for_attempts(
     .expect("attempts recorded")
 }
 
+async fn a_late_answer_after_the_lease_was_rescued_changes_nothing(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    // The first POST is answered late, with a failure; the second at once.
+    let frontend = Frontend::scripted(|_, seen| {
+        if seen == 0 {
+            Reply::Slow(Duration::from_millis(1500), 503)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let t0 = at("2026-12-01T23:00:00Z");
+    let clock = Arc::new(ManualWallClock::new(t0));
+    let config = simple_config(&db, &frontend);
+    let slow = Worker::new(config.clone(), store.clone())
+        .unwrap()
+        .with_clock(clock.clone());
+    let rescuer = Worker::new(config, store.clone())
+        .unwrap()
+        .with_clock(clock.clone());
+    let r = request(5, Urgency::Critical, t0);
+    enqueue(&store, &r).await;
+
+    let first = tokio::spawn(async move { slow.run_once().await.unwrap() });
+    frontend.wait_for(1).await;
+    // The lease (30 s) runs out while the first worker waits for its answer.
+    clock.advance(TimeDelta::seconds(31));
+    let report = rescuer.run_once().await.unwrap();
+    assert_eq!((report.rescued, report.delivered), (1, 1));
+    let report = first.await.unwrap();
+    assert_eq!(report.fenced_out, 1, "the late answer finds its lease gone");
+    assert_eq!(report.retried, 0);
+
+    let done = row(&store, r.id).await;
+    assert_eq!(done.status, "posted", "the late 503 does not undo the delivery");
+    assert_eq!(done.delivery_attempt, 2);
+    assert_eq!(done.retry_count, 0);
+    assert_eq!(done.last_status_code, Some(200));
+    assert!(done.next_retry_at.is_none());
+    // Both POSTs are on record, as they happened.
+    let attempts = store.delivery_attempts(r.id).await.unwrap();
+    let mut seen: Vec<(i32, Option<i32>)> =
+        attempts.iter().map(|a| (a.attempt, a.status_code)).collect();
+    seen.sort();
+    assert_eq!(seen, [(1, Some(503)), (2, Some(200))]);
+}
+
 // --- retries and dead letters with a controllable clock -----------------------------------------
 
 async fn the_backoff_schedule_ends_in_a_dead_letter_that_is_never_retried_by_itself(
@@ -1083,7 +1132,7 @@ async fn shutdown_finishes_in_flight_deliveries_and_releases_what_cannot_finish(
     let db = TestDb::new(engine).await;
     let store = db.store().await;
     let frontend = Frontend::scripted(|r, _| match r.body["callerName"].as_str() {
-        Some("Caller 1") => Reply::Slow(Duration::from_millis(800)),
+        Some("Caller 1") => Reply::Slow(Duration::from_millis(800), 200),
         _ => Reply::Hang,
     })
     .await;
