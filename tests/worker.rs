@@ -662,12 +662,13 @@ async fn wait_for_attempts(
 async fn a_late_answer_after_the_lease_was_rescued_changes_nothing(engine: Engine) {
     let db = TestDb::new(engine).await;
     let store = db.store().await;
-    // The first POST is answered late, with a failure; the second at once.
+    // The first POST is answered late, with a failure, while the second is still in flight;
+    // the second succeeds a second later.
     let frontend = Frontend::scripted(|_, seen| {
         if seen == 0 {
             Reply::Slow(Duration::from_millis(1500), 503)
         } else {
-            Reply::Status(200)
+            Reply::Slow(Duration::from_millis(2500), 200)
         }
     })
     .await;
@@ -688,7 +689,11 @@ async fn a_late_answer_after_the_lease_was_rescued_changes_nothing(engine: Engin
     // The lease (30 s) runs out while the first worker waits for its answer.
     clock.advance(TimeDelta::seconds(31));
     let report = rescuer.run_once().await.unwrap();
-    assert_eq!((report.rescued, report.delivered), (1, 1));
+    assert_eq!(
+        (report.rescued, report.delivered, report.fenced_out),
+        (1, 1, 0),
+        "the late failure did not take the new lease away"
+    );
     let report = first.await.unwrap();
     assert_eq!(report.fenced_out, 1, "the late answer finds its lease gone");
     assert_eq!(report.retried, 0);
