@@ -69,6 +69,8 @@ enum Reply {
     Hang,
     /// Answers with this status after a while.
     Slow(Duration, u16),
+    /// Answers with this status when the test opens the gate.
+    Gated(Arc<tokio::sync::Notify>, u16),
 }
 
 type Script = Box<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
@@ -170,6 +172,10 @@ async fn receive(
         }
         Reply::Slow(d, code) => {
             tokio::time::sleep(d).await;
+            StatusCode::from_u16(code).unwrap().into_response()
+        }
+        Reply::Gated(gate, code) => {
+            gate.notified().await;
             StatusCode::from_u16(code).unwrap().into_response()
         }
     }
@@ -662,13 +668,18 @@ async fn wait_for_attempts(
 async fn a_late_answer_after_the_lease_was_rescued_changes_nothing(engine: Engine) {
     let db = TestDb::new(engine).await;
     let store = db.store().await;
-    // The first POST is answered late, with a failure, while the second is still in flight;
-    // the second succeeds a second later.
-    let frontend = Frontend::scripted(|_, seen| {
+    // The test decides when each POST is answered: the first (a failure) while the second is
+    // still in flight, then the second (a success).
+    let (first_gate, second_gate) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let gates = (first_gate.clone(), second_gate.clone());
+    let frontend = Frontend::scripted(move |_, seen| {
         if seen == 0 {
-            Reply::Slow(Duration::from_millis(1500), 503)
+            Reply::Gated(gates.0.clone(), 503)
         } else {
-            Reply::Slow(Duration::from_millis(2500), 200)
+            Reply::Gated(gates.1.clone(), 200)
         }
     })
     .await;
@@ -686,28 +697,38 @@ async fn a_late_answer_after_the_lease_was_rescued_changes_nothing(engine: Engin
 
     let first = tokio::spawn(async move { slow.run_once().await.unwrap() });
     frontend.wait_for(1).await;
-    // The lease (30 s) runs out while the first worker waits for its answer.
+    // The lease (30 s) runs out while the first worker waits for its answer; another worker
+    // takes the request over and posts it again.
     clock.advance(TimeDelta::seconds(31));
-    let report = rescuer.run_once().await.unwrap();
-    assert_eq!(
-        (report.rescued, report.delivered, report.fenced_out),
-        (1, 1, 0),
-        "the late failure did not take the new lease away"
-    );
+    let second = tokio::spawn(async move { rescuer.run_once().await.unwrap() });
+    frontend.wait_for(2).await;
+    // The first answer arrives late, while the second POST is in flight.
+    first_gate.notify_one();
     let report = first.await.unwrap();
     assert_eq!(report.fenced_out, 1, "the late answer finds its lease gone");
     assert_eq!(report.retried, 0);
+    let in_flight = row(&store, r.id).await;
+    assert_eq!(in_flight.status, "pending", "the late 503 changed nothing");
+    assert_eq!(in_flight.delivery_attempt, 2);
+    assert!(
+        in_flight.lease_owner.is_some(),
+        "the second worker still holds it"
+    );
+    second_gate.notify_one();
+    let report = second.await.unwrap();
+    assert_eq!((report.rescued, report.delivered), (1, 1));
 
     let done = row(&store, r.id).await;
-    assert_eq!(done.status, "posted", "the late 503 does not undo the delivery");
-    assert_eq!(done.delivery_attempt, 2);
+    assert_eq!(done.status, "posted");
     assert_eq!(done.retry_count, 0);
     assert_eq!(done.last_status_code, Some(200));
     assert!(done.next_retry_at.is_none());
     // Both POSTs are on record, as they happened.
     let attempts = store.delivery_attempts(r.id).await.unwrap();
-    let mut seen: Vec<(i32, Option<i32>)> =
-        attempts.iter().map(|a| (a.attempt, a.status_code)).collect();
+    let mut seen: Vec<(i32, Option<i32>)> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.status_code))
+        .collect();
     seen.sort();
     assert_eq!(seen, [(1, Some(503)), (2, Some(200))]);
 }
