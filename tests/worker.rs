@@ -19,7 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use common::{Engine, TestApp, TestDb};
 use hmac::{Hmac, KeyInit, Mac};
 use lifeline::config::{Config, ProcessSettings};
-use lifeline::store::{CallbackFilter, NewCallbackRequest, Store};
+use lifeline::store::{CallbackFilter, NewCallbackRequest, StaffAction, Store};
 use lifeline::tools::urgency::Urgency;
 use lifeline::worker::Worker;
 use lifeline::worker::clock::ManualWallClock;
@@ -37,6 +37,9 @@ on_both_engines!(
     retry_after_decides_when_a_busy_frontend_is_tried_again,
     any_2xx_is_delivered_with_lifelines_headers_and_a_400_is_not_retried,
     alerts_reach_each_contact_once_per_request_and_reason,
+    a_retried_request_that_dies_again_alerts_again,
+    a_resolved_request_is_neither_delivered_nor_alerted,
+    an_open_circuit_turns_requests_past_their_schedule_into_dead_letters,
     a_collected_message_reaches_the_frontend_through_the_in_process_worker,
     shutdown_finishes_in_flight_deliveries_and_releases_what_cannot_finish,
     a_late_answer_after_the_lease_was_rescued_changes_nothing,
@@ -859,6 +862,8 @@ async fn any_2xx_is_delivered_with_lifelines_headers_and_a_400_is_not_retried(en
         Some("Caller 1") => Reply::Status(204),
         Some("Caller 2") => Reply::Text(200, "OK thanks"),
         Some("Caller 3") => Reply::Text(202, "<html>queued</html>"),
+        // PostgreSQL refuses NUL in text and JSON: the answer must still be recordable.
+        Some("Caller 5") => Reply::Text(200, "ok\0binary"),
         _ => Reply::Status(400),
     })
     .await;
@@ -867,13 +872,13 @@ async fn any_2xx_is_delivered_with_lifelines_headers_and_a_400_is_not_retried(en
     let worker = Worker::new(simple_config(&db, &frontend), store.clone())
         .unwrap()
         .with_clock(clock.clone());
-    let reqs: Vec<NewCallbackRequest> = (1..=4).map(|n| request(n, Urgency::Normal, t0)).collect();
+    let reqs: Vec<NewCallbackRequest> = (1..=5).map(|n| request(n, Urgency::Normal, t0)).collect();
     for r in &reqs {
         enqueue(&store, r).await;
     }
     let report = worker.run_once().await.unwrap();
-    assert_eq!((report.delivered, report.dead_lettered), (3, 1));
-    for r in &reqs[..3] {
+    assert_eq!((report.delivered, report.dead_lettered), (4, 1));
+    for r in reqs[..3].iter().chain(&reqs[4..]) {
         let done = row(&store, r.id).await;
         assert_eq!(
             done.status, "posted",
@@ -906,11 +911,15 @@ async fn any_2xx_is_delivered_with_lifelines_headers_and_a_400_is_not_retried(en
     let attempts = store.delivery_attempts(reqs[3].id).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome, "rejected");
+    assert_eq!(
+        row(&store, reqs[4].id).await.frontend_response.unwrap().0,
+        json!("okbinary")
+    );
     clock.advance(TimeDelta::days(1));
     worker.run_once().await.unwrap();
     assert_eq!(
         frontend.received().len(),
-        4,
+        5,
         "a 400 is never sent again by itself"
     );
 
@@ -1105,6 +1114,154 @@ webhook_url = "{slack_url}/hook"
     }
     assert_eq!(twilio.received_requests().await.unwrap().len(), 4);
     assert_eq!(slack.received_requests().await.unwrap().len(), 3);
+}
+
+/// A webhook that records every alert text.
+async fn webhook() -> MockServer {
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    hook
+}
+
+fn with_webhook(db: &TestDb, frontend: &Frontend, hook: &MockServer) -> Arc<Config> {
+    Arc::new(config(
+        db,
+        &format!(
+            "{}{WORKER}[alerts]\nwebhook_url = \"{}/hook\"\n{}",
+            delivery_toml(&frontend.url),
+            hook.uri(),
+            tenants_toml()
+        ),
+    ))
+}
+
+async fn hook_texts(hook: &MockServer) -> Vec<String> {
+    hook.received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+async fn a_retried_request_that_dies_again_alerts_again(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let frontend = Frontend::scripted(|_, _| Reply::Status(410)).await;
+    let hook = webhook().await;
+    let worker = Worker::new(with_webhook(&db, &frontend, &hook), store.clone()).unwrap();
+    let r = request(3, Urgency::Urgent, Utc::now());
+    enqueue(&store, &r).await;
+    worker.run_once().await.unwrap();
+    worker.run_once().await.unwrap();
+    assert_eq!(hook_texts(&hook).await.len(), 1, "the dead letter alerted");
+
+    // Staff queue it again; it fails again: staff hear about it again.
+    store
+        .staff_action(r.id, &StaffAction::Retry, "night-nurse", Utc::now())
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    worker.run_once().await.unwrap();
+    let texts = hook_texts(&hook).await;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.iter().all(|t| t.contains("could NOT be delivered")));
+    let (alerts, sends) = store.alerts_for(r.id).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!((alerts[0].round, alerts[0].status.as_str()), (2, "sent"));
+    let rounds: Vec<i32> = sends.iter().map(|s| s.round).collect();
+    assert_eq!(rounds, [1, 2]);
+    // The webhook's URL is a secret: rows keep its host and a digest.
+    assert!(
+        sends.iter().all(|s| s.target.starts_with("127.0.0.1#")),
+        "{sends:?}"
+    );
+}
+
+async fn a_resolved_request_is_neither_delivered_nor_alerted(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let frontend = Frontend::healthy().await;
+    let hook = webhook().await;
+    let worker = Worker::new(with_webhook(&db, &frontend, &hook), store.clone()).unwrap();
+    let r = request(4, Urgency::Critical, Utc::now());
+    enqueue(&store, &r).await;
+    // Staff called back before the worker ran (say the frontend was down until now).
+    store
+        .staff_action(
+            r.id,
+            &StaffAction::Resolve {
+                note: Some("called back from the clinic".into()),
+            },
+            "night-nurse",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    assert!(frontend.received().is_empty(), "nothing to deliver");
+    assert!(hook_texts(&hook).await.is_empty(), "nobody to page");
+    let (alerts, _) = store.alerts_for(r.id).await.unwrap();
+    assert_eq!(alerts[0].status, "skipped");
+    assert_eq!(
+        alerts[0].last_error.as_deref(),
+        Some("staff resolved the request already")
+    );
+    let err = store
+        .staff_action(r.id, &StaffAction::Retry, "night-nurse", Utc::now())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("resolved by staff"), "{err}");
+}
+
+async fn an_open_circuit_turns_requests_past_their_schedule_into_dead_letters(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let frontend = Frontend::scripted(|_, _| Reply::Status(503)).await;
+    let hook = webhook().await;
+    let t0 = at("2026-12-01T23:00:00Z");
+    let clock = Arc::new(ManualWallClock::new(t0));
+    let worker = Worker::new(with_webhook(&db, &frontend, &hook), store.clone())
+        .unwrap()
+        .with_clock(clock.clone());
+    // Five fresh requests fail and open the circuit.
+    for n in 0..5 {
+        enqueue(&store, &request(n, Urgency::Normal, t0)).await;
+    }
+    assert_eq!(worker.run_once().await.unwrap().retried, 5);
+    // One queued 81 minutes ago (past 5 + 15 + 60) is not deferred any longer.
+    let old = request(9, Urgency::Normal, t0 - TimeDelta::minutes(81));
+    enqueue(&store, &old).await;
+    // A young one waits for the circuit.
+    let young = request(10, Urgency::Normal, t0);
+    enqueue(&store, &young).await;
+    let report = worker.run_once().await.unwrap();
+    assert_eq!((report.dead_lettered, report.deferred), (1, 1));
+    let dead = row(&store, old.id).await;
+    assert_eq!(dead.status, "dead_letter");
+    assert!(
+        dead.dead_letter_reason
+            .unwrap()
+            .contains("past its retry schedule"),
+        "staff learn why"
+    );
+    let waiting = row(&store, young.id).await;
+    assert_eq!(waiting.status, "pending");
+    assert!(waiting.next_retry_at.unwrap() >= t0 + TimeDelta::seconds(5));
+    assert_eq!(
+        frontend.received().len(),
+        5,
+        "nothing sent while the circuit is open"
+    );
+    worker.run_once().await.unwrap();
+    assert_eq!(hook_texts(&hook).await.len(), 1, "the dead letter alerted");
 }
 
 // --- the worker inside `lifeline serve` ------------------------------------------------------------

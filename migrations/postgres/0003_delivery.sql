@@ -38,10 +38,12 @@ CREATE TABLE delivery_attempts (
 );
 CREATE INDEX delivery_attempts_request ON delivery_attempts (callback_request_id, started_at);
 
--- On-call alerts: one per (request, kind), so a request alerts at most once for each reason.
+-- On-call alerts: one per (request, kind), so a request alerts once for each reason; a request
+-- that becomes a dead letter again (after a staff retry) re-arms its alert for a new round.
 CREATE TABLE alerts (
   callback_request_id UUID NOT NULL REFERENCES callback_requests (id),
   kind                TEXT NOT NULL CHECK (kind IN ('critical_request', 'dead_letter')),
+  round               INTEGER NOT NULL DEFAULT 1,
   tenant_id           TEXT NOT NULL,
   created_at          TIMESTAMPTZ NOT NULL,
   updated_at          TIMESTAMPTZ NOT NULL,
@@ -58,11 +60,13 @@ CREATE TABLE alerts (
 );
 CREATE INDEX alerts_queue ON alerts (created_at) WHERE status = 'pending' AND lease_owner IS NULL;
 
--- Each message sent for an alert; a channel that succeeded is never sent again.
+-- Each message sent for an alert, written as soon as it is sent; a channel that succeeded in a
+-- round is never sent again in that round.
 CREATE TABLE alert_sends (
   id                  UUID PRIMARY KEY,
   callback_request_id UUID NOT NULL,
   kind                TEXT NOT NULL,
+  round               INTEGER NOT NULL,
   channel             TEXT NOT NULL CHECK (channel IN ('sms', 'webhook')),
   target              TEXT NOT NULL,
   attempt             INTEGER NOT NULL,
@@ -82,10 +86,17 @@ BEGIN
     VALUES (NEW.id, 'critical_request', NEW.tenant_id, NEW.created_at, NEW.created_at)
     ON CONFLICT DO NOTHING;
   ELSIF TG_OP = 'UPDATE' AND NEW.status = 'dead_letter' AND OLD.status <> 'dead_letter' THEN
-    INSERT INTO alerts (callback_request_id, kind, tenant_id, created_at, updated_at)
-    VALUES (NEW.id, 'dead_letter', NEW.tenant_id, COALESCE(NEW.dead_lettered_at, now()),
-            COALESCE(NEW.dead_lettered_at, now()))
-    ON CONFLICT DO NOTHING;
+    UPDATE alerts SET round = round + 1, status = 'pending', failures = 0, next_attempt_at = NULL,
+           lease_owner = NULL, lease_expires_at = NULL, sent_at = NULL, last_error = NULL,
+           created_at = COALESCE(NEW.dead_lettered_at, now()),
+           updated_at = COALESCE(NEW.dead_lettered_at, now())
+     WHERE callback_request_id = NEW.id AND kind = 'dead_letter';
+    IF NOT FOUND THEN
+      INSERT INTO alerts (callback_request_id, kind, tenant_id, created_at, updated_at)
+      VALUES (NEW.id, 'dead_letter', NEW.tenant_id, COALESCE(NEW.dead_lettered_at, now()),
+              COALESCE(NEW.dead_lettered_at, now()))
+      ON CONFLICT DO NOTHING;
+    END IF;
   END IF;
   RETURN NULL;
 END;
@@ -104,8 +115,8 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER callback_requests_notify AFTER INSERT OR UPDATE OF status, next_retry_at ON callback_requests
   FOR EACH ROW WHEN (NEW.status = 'pending' AND NEW.lease_owner IS NULL AND NEW.next_retry_at IS NULL)
   EXECUTE FUNCTION lifeline_notify_queue();
-CREATE TRIGGER alerts_notify AFTER INSERT ON alerts
-  FOR EACH ROW
+CREATE TRIGGER alerts_notify AFTER INSERT OR UPDATE OF status ON alerts
+  FOR EACH ROW WHEN (NEW.status = 'pending' AND NEW.lease_owner IS NULL AND NEW.next_attempt_at IS NULL)
   EXECUTE FUNCTION lifeline_notify_queue();
 
 -- Staff actions on callback requests (CLI and dashboard), for the audit trail.

@@ -37,10 +37,12 @@ CREATE TABLE delivery_attempts (
 );
 CREATE INDEX delivery_attempts_request ON delivery_attempts (callback_request_id, started_at);
 
--- On-call alerts: one per (request, kind), so a request alerts at most once for each reason.
+-- On-call alerts: one per (request, kind), so a request alerts once for each reason; a request
+-- that becomes a dead letter again (after a staff retry) re-arms its alert for a new round.
 CREATE TABLE alerts (
   callback_request_id BLOB NOT NULL REFERENCES callback_requests (id),
   kind                TEXT NOT NULL CHECK (kind IN ('critical_request', 'dead_letter')),
+  round               INTEGER NOT NULL DEFAULT 1,
   tenant_id           TEXT NOT NULL,
   created_at          TEXT NOT NULL,
   updated_at          TEXT NOT NULL,
@@ -57,11 +59,13 @@ CREATE TABLE alerts (
 );
 CREATE INDEX alerts_queue ON alerts (created_at) WHERE status = 'pending' AND lease_owner IS NULL;
 
--- Each message sent for an alert; a channel that succeeded is never sent again.
+-- Each message sent for an alert, written as soon as it is sent; a channel that succeeded in a
+-- round is never sent again in that round.
 CREATE TABLE alert_sends (
   id                  BLOB PRIMARY KEY NOT NULL,
   callback_request_id BLOB NOT NULL,
   kind                TEXT NOT NULL,
+  round               INTEGER NOT NULL,
   channel             TEXT NOT NULL CHECK (channel IN ('sms', 'webhook')),
   target              TEXT NOT NULL,
   attempt             INTEGER NOT NULL,
@@ -83,6 +87,11 @@ END;
 CREATE TRIGGER callback_requests_alert_dead_letter AFTER UPDATE OF status ON callback_requests
   WHEN NEW.status = 'dead_letter' AND OLD.status <> 'dead_letter'
 BEGIN
+  UPDATE alerts SET round = round + 1, status = 'pending', failures = 0, next_attempt_at = NULL,
+         lease_owner = NULL, lease_expires_at = NULL, sent_at = NULL, last_error = NULL,
+         created_at = COALESCE(NEW.dead_lettered_at, NEW.updated_at),
+         updated_at = COALESCE(NEW.dead_lettered_at, NEW.updated_at)
+   WHERE callback_request_id = NEW.id AND kind = 'dead_letter';
   INSERT OR IGNORE INTO alerts (callback_request_id, kind, tenant_id, created_at, updated_at)
   VALUES (NEW.id, 'dead_letter', NEW.tenant_id,
           COALESCE(NEW.dead_lettered_at, NEW.updated_at), COALESCE(NEW.dead_lettered_at, NEW.updated_at));

@@ -126,16 +126,30 @@ pub(super) struct RawTenantAlerts {
     webhook_url: Option<String>,
 }
 
+/// A bearer token must fit in a header (visible ASCII), or every POST would go out without it.
+fn check_api_key(field: &str, key: Option<&str>, problems: &mut Vec<String>) {
+    if let Some(k) = key
+        && !k.chars().all(|c| c.is_ascii_graphic())
+    {
+        problems.push(format!(
+            "{field} may only hold visible ASCII characters (it is sent as a Bearer token)"
+        ));
+    }
+}
+
 fn http_url(field: &str, url: &str, problems: &mut Vec<String>) {
     if !(url.starts_with("https://") || url.starts_with("http://")) {
         problems.push(format!("{field} must be an http(s) URL (got {url:?})"));
     }
 }
 
+/// The longest wait anywhere in a schedule.
+const WEEK_SECS: u64 = 7 * 24 * 3600;
+
 fn schedule(field: &str, secs: Vec<u64>, problems: &mut Vec<String>) -> Vec<Duration> {
-    if secs.is_empty() || secs.len() > 20 || secs.contains(&0) {
+    if secs.is_empty() || secs.len() > 20 || secs.iter().any(|s| !(1..=WEEK_SECS).contains(s)) {
         problems.push(format!(
-            "{field} must list 1 to 20 waits of at least 1 second"
+            "{field} must list 1 to 20 waits of 1 second to 7 days"
         ));
     }
     secs.into_iter().map(Duration::from_secs).collect()
@@ -163,6 +177,9 @@ impl RawDelivery {
         {
             problems.push("delivery.signing_secret must be at least 16 characters".into());
         }
+        if let Some(f) = &frontend {
+            check_api_key("delivery.api_key", f.api_key.as_deref(), problems);
+        }
         let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(10_000));
         if !(100..=120_000).contains(&timeout.as_millis()) {
             problems.push("delivery.timeout_ms must be between 100 and 120000".into());
@@ -181,7 +198,16 @@ impl RawDelivery {
                 problems,
             ),
             jitter: f64::from(jitter) / 100.0,
-            max_retry_after: Duration::from_secs(self.max_retry_after_secs.unwrap_or(6 * 3600)),
+            max_retry_after: {
+                let secs = self.max_retry_after_secs.unwrap_or(6 * 3600);
+                if !(1..=WEEK_SECS).contains(&secs) {
+                    problems.push(
+                        "delivery.max_retry_after_secs must be between 1 and 604800 (7 days)"
+                            .into(),
+                    );
+                }
+                Duration::from_secs(secs)
+            },
         }
     }
 }
@@ -242,6 +268,9 @@ impl RawWorker {
         let lease = Duration::from_secs(self.lease_secs.unwrap_or(60));
         let rescue_interval = Duration::from_secs(self.rescue_interval_secs.unwrap_or(15));
         let shutdown_grace = Duration::from_secs(self.shutdown_grace_secs.unwrap_or(10));
+        if shutdown_grace > Duration::from_secs(300) {
+            problems.push("worker.shutdown_grace_secs must be at most 300".into());
+        }
         if lease.is_zero() || rescue_interval.is_zero() {
             problems.push(
                 "worker.lease_secs and worker.rescue_interval_secs must be at least 1".into(),
@@ -276,7 +305,13 @@ impl RawAlerts {
                     .unwrap_or_else(|| vec![30, 120, 600, 1800]),
                 problems,
             ),
-            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(10_000)),
+            timeout: {
+                let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(10_000));
+                if !(100..=120_000).contains(&timeout.as_millis()) {
+                    problems.push("alerts.timeout_ms must be between 100 and 120000".into());
+                }
+                timeout
+            },
         }
     }
 }
@@ -294,9 +329,15 @@ impl RawTenantFrontend {
                 "{label}: frontend.signing_secret must be at least 16 characters"
             ));
         }
+        let api_key = non_empty(self.api_key);
+        check_api_key(
+            &format!("{label}: frontend.api_key"),
+            api_key.as_deref(),
+            problems,
+        );
         Some(Frontend {
             url,
-            api_key: non_empty(self.api_key),
+            api_key,
             signing_secret,
         })
     }

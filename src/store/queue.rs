@@ -114,6 +114,8 @@ pub struct AlertRow {
     pub callback_request_id: Uuid,
     /// `critical_request` or `dead_letter`.
     pub kind: String,
+    /// 1, then one more each time a retried request becomes a dead letter again.
+    pub round: i32,
     pub tenant_id: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -133,6 +135,7 @@ pub struct AlertSendRow {
     pub id: Uuid,
     pub callback_request_id: Uuid,
     pub kind: String,
+    pub round: i32,
     pub channel: String,
     pub target: String,
     pub attempt: i32,
@@ -147,7 +150,7 @@ pub struct AlertSendRow {
 pub struct ClaimedAlert {
     pub alert: AlertRow,
     pub request: CallbackRequestRow,
-    /// `(channel, target)` pairs that already succeeded: never sent again.
+    /// `(channel, target)` pairs that already succeeded in this round: never sent again.
     pub sent: Vec<(String, String)>,
 }
 
@@ -155,6 +158,8 @@ pub struct ClaimedAlert {
 #[derive(Debug, Clone)]
 pub struct AlertSend {
     pub channel: &'static str,
+    /// The target as stored: a number for SMS; for a webhook, its host and a digest of its URL
+    /// (the URL itself is a secret).
     pub target: String,
     pub at: DateTime<Utc>,
     pub ok: bool,
@@ -171,11 +176,12 @@ pub enum AlertOutcome {
     Retry { at: DateTime<Utc>, error: String },
     /// Gave up after the last attempt (shown to operators).
     Failed { error: String },
-    /// The tenant has no alert channel configured.
-    Skipped,
+    /// Nothing to send: no alert channel configured, or staff resolved the request already.
+    Skipped { reason: String },
 }
 
-/// The result of an alert round, to record on the claimed alert.
+/// The result of an alert round, to record on the claimed alert (its sends are recorded one by
+/// one as they happen, with [`DeliveryQueue::record_alert_send`]).
 #[derive(Debug, Clone)]
 pub struct AlertRecord {
     pub callback_request_id: Uuid,
@@ -184,7 +190,6 @@ pub struct AlertRecord {
     pub attempt: i32,
     pub worker_id: String,
     pub at: DateTime<Utc>,
-    pub sends: Vec<AlertSend>,
     pub outcome: AlertOutcome,
 }
 
@@ -279,7 +284,12 @@ pub trait DeliveryQueue: Send + Sync {
         limit: i64,
     ) -> Result<Vec<ClaimedAlert>, StoreError>;
 
-    /// Records an alert round (its sends, then its outcome if the worker still holds it).
+    /// Records one message of an alert's current round, as soon as it was sent, so that no
+    /// later round (or another worker, after a lost lease) sends it again.
+    async fn record_alert_send(&self, alert: &AlertRow, send: &AlertSend)
+    -> Result<(), StoreError>;
+
+    /// Records the outcome of an alert round if the worker still holds the alert.
     async fn record_alert(&self, record: &AlertRecord) -> Result<bool, StoreError>;
 
     /// Gives a claimed alert back untouched.
@@ -321,8 +331,8 @@ pub trait DeliveryQueue: Send + Sync {
 
 macro_rules! alert_columns {
     () => {
-        "callback_request_id, kind, tenant_id, created_at, updated_at, status, attempt, failures, \
-         next_attempt_at, lease_owner, sent_at, last_error"
+        "callback_request_id, kind, round, tenant_id, created_at, updated_at, status, attempt, \
+         failures, next_attempt_at, lease_owner, sent_at, last_error"
     };
 }
 pub(crate) use alert_columns;
@@ -342,7 +352,7 @@ macro_rules! impl_delivery_queue {
             use super::*;
             use crate::store::common::callback_columns;
             use crate::store::queue::{
-                ActionError, AlertOutcome, AlertRecord, AlertRow, AlertSendRow, AuditRow,
+                ActionError, AlertOutcome, AlertRecord, AlertRow, AlertSend, AlertSendRow, AuditRow,
                 ClaimedAlert, DeliveryAttemptRow, DeliveryOutcome, DeliveryQueue, DeliveryRecord,
                 StaffAction, alert_columns,
             };
@@ -367,6 +377,7 @@ macro_rules! impl_delivery_queue {
                          WHERE id IN (SELECT id FROM callback_requests \
                            WHERE status IN ('pending', 'failed') AND lease_owner IS NULL \
                            AND (next_retry_at IS NULL OR next_retry_at <= $3) \
+                           AND resolved_at IS NULL \
                            ORDER BY urgency_rank, created_at, id LIMIT $4 ",
                         $lock,
                         ") RETURNING ",
@@ -551,10 +562,11 @@ macro_rules! impl_delivery_queue {
                             })?;
                         let sent: Vec<(String, String)> = sqlx::query_as(
                             "SELECT channel, target FROM alert_sends \
-                             WHERE callback_request_id = $1 AND kind = $2 AND ok",
+                             WHERE callback_request_id = $1 AND kind = $2 AND round = $3 AND ok",
                         )
                         .bind(alert.callback_request_id)
                         .bind(&alert.kind)
+                        .bind(alert.round)
                         .fetch_all(self.writer())
                         .await?;
                         claimed.push(ClaimedAlert {
@@ -567,36 +579,38 @@ macro_rules! impl_delivery_queue {
                     Ok(claimed)
                 }
 
+                async fn record_alert_send(
+                    &self,
+                    alert: &AlertRow,
+                    send: &AlertSend,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "INSERT INTO alert_sends (id, callback_request_id, kind, round, channel, \
+                         target, attempt, at, ok, status_code, error) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(alert.callback_request_id)
+                    .bind(&alert.kind)
+                    .bind(alert.round)
+                    .bind(send.channel)
+                    .bind(&send.target)
+                    .bind(alert.attempt)
+                    .bind(send.at)
+                    .bind(send.ok)
+                    .bind(send.status_code)
+                    .bind(&send.error)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
                 async fn record_alert(&self, r: &AlertRecord) -> Result<bool, StoreError> {
-                    let mut tx = self.writer().begin().await?;
-                    for s in &r.sends {
-                        sqlx::query(
-                            "INSERT INTO alert_sends (id, callback_request_id, kind, channel, \
-                             target, attempt, at, ok, status_code, error) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                        )
-                        .bind(Uuid::now_v7())
-                        .bind(r.callback_request_id)
-                        .bind(&r.kind)
-                        .bind(s.channel)
-                        .bind(&s.target)
-                        .bind(r.attempt)
-                        .bind(s.at)
-                        .bind(s.ok)
-                        .bind(s.status_code)
-                        .bind(&s.error)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
                     let (status, failed, next, error, sent_at) = match &r.outcome {
                         AlertOutcome::Sent => ("sent", 0, None, None, Some(r.at)),
-                        AlertOutcome::Skipped => (
-                            "skipped",
-                            0,
-                            None,
-                            Some("no alert channel configured"),
-                            None,
-                        ),
+                        AlertOutcome::Skipped { reason } => {
+                            ("skipped", 0, None, Some(reason.as_str()), None)
+                        }
                         AlertOutcome::Retry { at, error } => {
                             ("pending", 1, Some(*at), Some(error.as_str()), None)
                         }
@@ -621,11 +635,10 @@ macro_rules! impl_delivery_queue {
                     .bind(error)
                     .bind(sent_at)
                     .bind(r.at)
-                    .execute(&mut *tx)
+                    .execute(self.writer())
                     .await?
                     .rows_affected()
                         == 1;
-                    tx.commit().await?;
                     Ok(applied)
                 }
 
@@ -693,8 +706,8 @@ macro_rules! impl_delivery_queue {
                     .fetch_all(self.reader())
                     .await?;
                     let sends = sqlx::query_as(
-                        "SELECT id, callback_request_id, kind, channel, target, attempt, at, ok, \
-                         status_code, error FROM alert_sends WHERE callback_request_id = $1 \
+                        "SELECT id, callback_request_id, kind, round, channel, target, attempt, at, \
+                         ok, status_code, error FROM alert_sends WHERE callback_request_id = $1 \
                          ORDER BY at, id",
                     )
                     .bind(callback_request_id)
@@ -711,14 +724,16 @@ macro_rules! impl_delivery_queue {
                     now: DateTime<Utc>,
                 ) -> Result<CallbackRequestRow, ActionError> {
                     let mut tx = self.writer().begin().await.map_err(StoreError::from)?;
-                    let current: Option<(String, Option<String>)> = sqlx::query_as(
-                        "SELECT status, lease_owner FROM callback_requests WHERE id = $1",
-                    )
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-                    let Some((status, lease_owner)) = current else {
+                    let current: Option<(String, Option<String>, Option<DateTime<Utc>>)> =
+                        sqlx::query_as(
+                            "SELECT status, lease_owner, resolved_at FROM callback_requests \
+                             WHERE id = $1",
+                        )
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                    let Some((status, lease_owner, resolved_at)) = current else {
                         return Err(ActionError::NotFound(id));
                     };
                     let conflict = |status: &str| ActionError::Conflict {
@@ -736,17 +751,27 @@ macro_rules! impl_delivery_queue {
                             if lease_owner.is_some() {
                                 return Err(conflict("being delivered right now"));
                             }
-                            sqlx::query(
+                            if resolved_at.is_some() {
+                                return Err(conflict("resolved by staff"));
+                            }
+                            // Only if nothing changed since the read: on PostgreSQL a worker
+                            // may claim and post it in between.
+                            let changed = sqlx::query(
                                 "UPDATE callback_requests SET status = 'pending', \
                                  next_retry_at = NULL, retry_count = 0, dead_letter_reason = NULL, \
                                  dead_lettered_at = NULL, cancelled_at = NULL, updated_at = $2 \
-                                 WHERE id = $1",
+                                 WHERE id = $1 AND status = $3 AND lease_owner IS NULL",
                             )
                             .bind(id)
                             .bind(now)
+                            .bind(&status)
                             .execute(&mut *tx)
                             .await
-                            .map_err(StoreError::from)?;
+                            .map_err(StoreError::from)?
+                            .rows_affected();
+                            if changed == 0 {
+                                return Err(conflict("changing right now (look again)"));
+                            }
                             None
                         }
                         StaffAction::Cancel { note } => {
@@ -754,16 +779,22 @@ macro_rules! impl_delivery_queue {
                                 return Err(conflict(&status));
                             }
                             // Clearing the lease fences out a worker posting it right now.
-                            sqlx::query(
+                            let changed = sqlx::query(
                                 "UPDATE callback_requests SET status = 'cancelled', \
                                  cancelled_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
-                                 next_retry_at = NULL, updated_at = $2 WHERE id = $1",
+                                 next_retry_at = NULL, updated_at = $2 \
+                                 WHERE id = $1 AND status = $3",
                             )
                             .bind(id)
                             .bind(now)
+                            .bind(&status)
                             .execute(&mut *tx)
                             .await
-                            .map_err(StoreError::from)?;
+                            .map_err(StoreError::from)?
+                            .rows_affected();
+                            if changed == 0 {
+                                return Err(conflict("changing right now (look again)"));
+                            }
                             note.as_deref()
                         }
                         StaffAction::Resolve { note } => {

@@ -6,20 +6,48 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::config::{AlertSettings, Config, Tenant, TwilioSettings};
 use crate::phone::mask;
-use crate::store::{AlertOutcome, AlertSend, CallbackRequestRow, ClaimedAlert};
+use crate::store::{AlertOutcome, AlertSend, CallbackRequestRow, ClaimedAlert, Store};
 
+use super::clock::WallClock;
 use super::schedule::next_wait;
 
 /// One place an alert goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub channel: &'static str,
+    /// Where to send: a number, or a webhook URL (a secret).
     pub to: String,
+}
+
+impl Target {
+    /// How the target is stored and logged: an SMS number as it is (the database holds numbers
+    /// anyway; logs mask it), a webhook as its host and a digest of its URL, never the URL.
+    pub fn key(&self) -> String {
+        match self.channel {
+            "sms" => self.to.clone(),
+            _ => {
+                use sha2::{Digest, Sha256};
+                let digest = hex::encode(Sha256::digest(self.to.as_bytes()));
+                let host = reqwest::Url::parse(&self.to)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_else(|| "webhook".into());
+                format!("{host}#{}", &digest[..12])
+            }
+        }
+    }
+
+    /// The target as logs show it at info level.
+    fn masked(&self) -> String {
+        match self.channel {
+            "sms" => mask(&self.to),
+            _ => self.key(),
+        }
+    }
 }
 
 /// Every target of a tenant's alerts: its SMS numbers, its webhook, the global webhook.
@@ -88,28 +116,47 @@ pub fn text(kind: &str, tenant_name: &str, request: &CallbackRequestRow) -> Stri
     )
 }
 
-/// Sends what is missing of `claimed` and says where the alert stands.
+/// The longest wait between alert rounds (a misconfigured schedule cannot overflow time).
+const MAX_ALERT_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Sends, all at once, what is missing of `claimed`'s round; records each message as soon as
+/// it is sent; says where the alert stands.
 pub async fn send_round(
     http: &reqwest::Client,
     config: &Config,
+    store: &dyn Store,
     claimed: &ClaimedAlert,
-    now: DateTime<Utc>,
+    clock: &dyn WallClock,
 ) -> (Vec<AlertSend>, AlertOutcome) {
+    if claimed.request.resolved_at.is_some() {
+        return (
+            Vec::new(),
+            AlertOutcome::Skipped {
+                reason: "staff resolved the request already".into(),
+            },
+        );
+    }
     let tenant = config.tenant(&claimed.alert.tenant_id).map(|t| t.as_ref());
     let all = targets(config, tenant);
     if all.is_empty() {
-        return (Vec::new(), AlertOutcome::Skipped);
+        return (
+            Vec::new(),
+            AlertOutcome::Skipped {
+                reason: "no alert channel configured".into(),
+            },
+        );
     }
     let tenant_name = tenant.map_or(claimed.alert.tenant_id.as_str(), |t| t.name.as_str());
     let body = text(&claimed.alert.kind, tenant_name, &claimed.request);
     let settings = &config.alerts;
-    let mut sends = Vec::new();
-    for target in all.iter().filter(|t| {
+    let missing = all.iter().filter(|t| {
+        let key = t.key();
         !claimed
             .sent
             .iter()
-            .any(|(c, to)| c == t.channel && to == &t.to)
-    }) {
+            .any(|(c, to)| c == t.channel && *to == key)
+    });
+    let sends = futures_util::future::join_all(missing.map(|target| async {
         let result = match target.channel {
             "sms" => match (&config.twilio, &settings.sms_from) {
                 (Some(twilio), Some(from)) => {
@@ -124,27 +171,36 @@ pub async fn send_round(
         };
         let (ok, status_code, error) = match result {
             Ok(code) => (true, Some(code), None),
-            Err((code, e)) => (false, code, Some(e)),
+            // Twilio quotes the number it refused: keep it out of logs and rows.
+            Err((code, e)) => (false, code, Some(e.replace(&target.to, &mask(&target.to)))),
         };
         if let Some(e) = &error {
             tracing::warn!(
                 alert = %claimed.alert.callback_request_id,
                 kind = %claimed.alert.kind,
                 channel = target.channel,
-                to = %mask_target(target),
+                to = %target.masked(),
                 error = %e,
                 "alert not sent"
             );
         }
-        sends.push(AlertSend {
+        let send = AlertSend {
             channel: target.channel,
-            target: target.to.clone(),
-            at: now,
+            target: target.key(),
+            at: clock.now(),
             ok,
             status_code,
             error,
-        });
-    }
+        };
+        // Written now, not with the round's outcome: a round cut short (a lost lease, a crash)
+        // must not text anyone twice.
+        if let Err(e) = store.record_alert_send(&claimed.alert, &send).await {
+            tracing::error!(error = %e, "could not record an alert message");
+        }
+        send
+    }))
+    .await;
+
     let failed: Vec<&AlertSend> = sends.iter().filter(|s| !s.ok).collect();
     let outcome = if failed.is_empty() {
         AlertOutcome::Sent
@@ -152,39 +208,37 @@ pub async fn send_round(
         let error = failed
             .iter()
             .map(|s| {
+                let shown = if s.channel == "sms" {
+                    mask(&s.target)
+                } else {
+                    s.target.clone()
+                };
                 format!(
-                    "{} {}: {}",
+                    "{} {shown}: {}",
                     s.channel,
-                    mask_target(&Target {
-                        channel: s.channel,
-                        to: s.target.clone()
-                    }),
                     s.error.as_deref().unwrap_or("failed")
                 )
             })
             .collect::<Vec<_>>()
             .join("; ");
         let failures = u32::try_from(claimed.alert.failures).unwrap_or(0) + 1;
-        match next_wait(&settings.retry_schedule, failures, 0.1, None, Duration::MAX) {
+        match next_wait(
+            &settings.retry_schedule,
+            failures,
+            0.1,
+            None,
+            MAX_ALERT_WAIT,
+        ) {
             Some(wait) => AlertOutcome::Retry {
-                at: now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+                at: clock.now()
+                    + chrono::Duration::from_std(wait.min(MAX_ALERT_WAIT))
+                        .unwrap_or(chrono::Duration::hours(24)),
                 error,
             },
             None => AlertOutcome::Failed { error },
         }
     };
     (sends, outcome)
-}
-
-/// A target as logs may show it: numbers masked, webhook URLs cut to their host.
-fn mask_target(t: &Target) -> String {
-    match t.channel {
-        "sms" => mask(&t.to),
-        _ => reqwest::Url::parse(&t.to)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_else(|| "webhook".into()),
-    }
 }
 
 type SendResult = Result<i32, (Option<i32>, String)>;
@@ -208,7 +262,7 @@ async fn send_sms(
         .timeout(settings.timeout)
         .send()
         .await
-        .map_err(|e| (None, format!("Twilio Messages API: {e}")))?;
+        .map_err(|e| (None, format!("Twilio Messages API: {}", e.without_url())))?;
     let status = response.status();
     if status.is_success() {
         return Ok(i32::from(status.as_u16()));
@@ -238,7 +292,8 @@ async fn send_webhook(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| (None, format!("webhook: {e}")))?;
+        // The URL is a secret: never in an error.
+        .map_err(|e| (None, format!("webhook: {}", e.without_url())))?;
     let status = response.status();
     if status.is_success() {
         Ok(i32::from(status.as_u16()))

@@ -83,6 +83,7 @@ pub enum Verdict {
 }
 
 const EXCERPT_BYTES: usize = 1024;
+const MAX_JSON_BYTES: usize = 16 * 1024;
 
 /// POSTs `request` to `frontend` with lifeline's headers. `http` must not follow redirects: a
 /// redirected POST would arrive as a GET, so a 3xx is reported (and refused) instead.
@@ -152,10 +153,16 @@ pub async fn post(
     // even if its body never finishes.
     let bytes = response.bytes().await.unwrap_or_default();
     let latency = started.elapsed();
-    let json = serde_json::from_slice::<Value>(&bytes).ok();
+    // Kept for operators, within limits the database accepts: a small JSON answer as it is, the
+    // start of anything else as text; never a NUL character (PostgreSQL refuses it in text and
+    // JSON), so no answer can make the attempt unrecordable.
+    let json = (bytes.len() <= MAX_JSON_BYTES)
+        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+        .flatten()
+        .filter(|v| !v.to_string().contains("\\u0000"));
     let excerpt = (!bytes.is_empty()).then(|| {
         let end = bytes.len().min(EXCERPT_BYTES);
-        String::from_utf8_lossy(&bytes[..end]).into_owned()
+        String::from_utf8_lossy(&bytes[..end]).replace('\0', "")
     });
     let verdict = if status.is_success() {
         Verdict::Delivered

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use crate::config::{Config, Frontend};
 use crate::store::{
-    AlertRecord, CallbackRequestRow, ClaimedAlert, DeliveryOutcome, DeliveryRecord, Store,
-    StoreError,
+    AlertOutcome, AlertRecord, CallbackRequestRow, ClaimedAlert, DeliveryOutcome, DeliveryRecord,
+    Store, StoreError,
 };
 use crate::telephony::breaker::CircuitBreaker;
 
@@ -34,6 +34,9 @@ use delivery::Verdict;
 
 /// Alerts claimed per query (they are few, and each may send several messages).
 const ALERT_BATCH: i64 = 10;
+
+/// The shortest time a request waits for an open circuit.
+const MIN_DEFERRAL: Duration = Duration::from_secs(5);
 
 /// One delivery worker.
 #[derive(Clone)]
@@ -221,6 +224,15 @@ impl Worker {
                  requests stay pending for staff; only alerts are sent"
             );
         }
+        for t in &inner.config.tenants {
+            if alerts::targets(&inner.config, Some(t)).is_empty() {
+                tracing::warn!(
+                    tenant = %t.id,
+                    "no alert contacts ([tenants.alerts] or alerts.webhook_url): this tenant's \
+                     critical requests and dead letters alert nobody"
+                );
+            }
+        }
         match inner.rescue().await {
             Ok(n) if n > 0 => tracing::info!(rescued = n, "returned expired leases at start-up"),
             Ok(_) => {}
@@ -301,7 +313,12 @@ impl Worker {
                         Err(e) => tracing::error!(error = %e, "could not return expired leases"),
                     }
                 }
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // Whoever could tell us to stop is gone: stop now.
+                        break;
+                    }
+                }
             }
         }
 
@@ -421,11 +438,29 @@ impl Inner {
         let permit = match breaker.map(|b| b.acquire()).transpose() {
             Ok(p) => p,
             Err(open) => {
-                let at = started_at
-                    + chrono::Duration::from_std(open.retry_in.max(Duration::from_secs(1)))
-                        .unwrap_or(chrono::Duration::seconds(30));
-                let mut record =
-                    self.record(request, started_at, None, DeliveryOutcome::Deferred { at });
+                // Left alone until the circuit lets a trial through (at least a few seconds,
+                // so a half-open circuit is not spun on) ...
+                let wait = open.retry_in.max(MIN_DEFERRAL);
+                let age = started_at - request.created_at;
+                let patience = settings.retry_schedule.iter().sum::<Duration>();
+                let outcome = if age.to_std().unwrap_or_default() > patience {
+                    // ... but not past the whole retry schedule: a request that would have been
+                    // a dead letter by now becomes one, so that staff are alerted.
+                    DeliveryOutcome::DeadLetter {
+                        reason: format!(
+                            "frontend unreachable ({open}) and the request is {} minutes old, past its retry schedule",
+                            age.num_minutes()
+                        ),
+                        rejected: false,
+                    }
+                } else {
+                    DeliveryOutcome::Deferred {
+                        at: started_at
+                            + chrono::Duration::from_std(wait)
+                                .unwrap_or(chrono::Duration::seconds(30)),
+                    }
+                };
+                let mut record = self.record(request, started_at, None, outcome);
                 record.error = Some(open.to_string());
                 self.save(&record, &mut report).await;
                 return report;
@@ -545,7 +580,7 @@ impl Inner {
                         attempt = record.attempt,
                         status = record.status_code,
                         %reason,
-                        "callback request is a dead letter; on-call staff are alerted"
+                        "callback request is a dead letter; an alert to on-call staff is queued"
                     );
                 } else {
                     tracing::info!(
@@ -568,6 +603,21 @@ impl Inner {
                     "lease lost before the attempt was recorded: another worker or staff owns the request now"
                 );
             }
+            Err(e) if record.frontend_response.is_some() || record.response_excerpt.is_some() => {
+                // What the frontend said may be what the database refuses: record the outcome
+                // without it rather than post the request again and again.
+                tracing::warn!(
+                    callback_request = %record.request_id,
+                    error = %e,
+                    "could not record a delivery attempt; recording it without the frontend's answer"
+                );
+                let bare = DeliveryRecord {
+                    frontend_response: None,
+                    response_excerpt: None,
+                    ..record.clone()
+                };
+                Box::pin(self.save(&bare, report)).await;
+            }
             Err(e) => {
                 tracing::error!(
                     callback_request = %record.request_id,
@@ -582,8 +632,14 @@ impl Inner {
 
     /// Sends what is missing of one alert and records the round.
     async fn alert(&self, claimed: &ClaimedAlert) -> PassReport {
-        let now = self.clock.now();
-        let (sends, outcome) = alerts::send_round(&self.http, &self.config, claimed, now).await;
+        let (sends, outcome) = alerts::send_round(
+            &self.http,
+            &self.config,
+            self.store.as_ref(),
+            claimed,
+            self.clock.as_ref(),
+        )
+        .await;
         for s in &sends {
             metrics::counter!(
                 "lifeline_alerts_total",
@@ -592,21 +648,42 @@ impl Inner {
             )
             .increment(1);
         }
+        match &outcome {
+            AlertOutcome::Failed { .. } | AlertOutcome::Skipped { .. }
+                if claimed.alert.kind == "dead_letter" =>
+            {
+                // Nobody was told that a caller's request could not be delivered: the one
+                // place left is the log (and, with issue 5, the dashboard).
+                metrics::counter!("lifeline_unalerted_dead_letters_total").increment(1);
+                tracing::error!(
+                    callback_request = %claimed.alert.callback_request_id,
+                    outcome = outcome_name(&outcome),
+                    "a dead letter's alert reached nobody: look at `lifeline callbacks list --status dead_letter`"
+                );
+            }
+            _ => {}
+        }
         let record = AlertRecord {
             callback_request_id: claimed.alert.callback_request_id,
             kind: claimed.alert.kind.clone(),
             attempt: claimed.alert.attempt,
             worker_id: self.id.clone(),
-            at: now,
-            sends,
+            at: self.clock.now(),
             outcome,
         };
-        match self.store.record_alert(&record).await {
+        let recorded = (|| async { self.store.record_alert(&record).await })
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_times(4),
+            )
+            .await;
+        match recorded {
             Ok(applied) => {
                 tracing::info!(
                     callback_request = %record.callback_request_id,
                     kind = %record.kind,
-                    outcome = ?record.outcome,
+                    outcome = outcome_name(&record.outcome),
                     applied,
                     "alert round"
                 );
@@ -621,5 +698,15 @@ impl Inner {
             alerts: 1,
             ..PassReport::default()
         }
+    }
+}
+
+/// An alert outcome's name, for logs (its error text may quote what it was sent to).
+fn outcome_name(outcome: &AlertOutcome) -> &'static str {
+    match outcome {
+        AlertOutcome::Sent => "sent",
+        AlertOutcome::Retry { .. } => "retry",
+        AlertOutcome::Failed { .. } => "failed",
+        AlertOutcome::Skipped { .. } => "skipped",
     }
 }
