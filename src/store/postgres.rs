@@ -107,6 +107,11 @@ crate::store::queue::impl_delivery_queue!(PgStore, sqlx::Postgres, "FOR UPDATE S
 /// after errors. A (re)connection bumps the signal too: notifications sent while the listener
 /// was away are lost, so workers look for work themselves.
 async fn listen_for_work(pool: PgPool, signal: QueueSignal) {
+    // The listener holds its connection for good: give it its own, outside the pool that
+    // logs tool calls and records deliveries.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
     let mut delay = Duration::from_millis(200);
     loop {
         let listener = async {
