@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admin;
 mod delivery;
+pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
 
 use crate::phone::E164;
@@ -49,6 +51,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// On-call alerts (SMS, webhook).
     pub alerts: AlertSettings,
+    /// Staff access to the dashboard.
+    pub admin: AdminSettings,
     pub tenants: Vec<Arc<Tenant>>,
 }
 
@@ -354,8 +358,11 @@ impl Config {
                 ));
             }
         }
+        let tenant_ids: Vec<&str> = tenants.iter().map(|t| t.id.as_str()).collect();
+        let admin = raw.admin.validate(raw.staff, &tenant_ids, &mut problems);
         if problems.is_empty() {
             Ok(Self {
+                admin,
                 delivery,
                 worker,
                 alerts,
@@ -516,6 +523,10 @@ struct RawFile {
     worker: delivery::RawWorker,
     #[serde(default)]
     alerts: delivery::RawAlerts,
+    #[serde(default)]
+    admin: admin::RawAdmin,
+    #[serde(default)]
+    staff: Vec<admin::RawStaff>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }

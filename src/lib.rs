@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jambonz", get(ingress::jambonz::upgrade))
         .merge(ingress::twilio::routes())
         .merge(ingress::ultravox::routes())
+        .merge(ops::admin::routes())
         .route("/healthz", get(ops::health::healthz))
         .route("/readyz", get(ops::health::readyz))
         .layer(RequestBodyLimitLayer::new(256 * 1024))

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 use lifeline::config::{Config, ProcessSettings, redact_url};
 use lifeline::ops::callbacks_cli::{self, CallbacksCommand};
+use lifeline::ops::staff_cli::{self, StaffCommand};
 use lifeline::worker::Worker;
 use lifeline::{Server, store, telemetry};
 
@@ -36,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: CallbacksCommand,
     },
+    /// Dashboard accounts (passwords are read from standard input).
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
+    },
     /// Exit 0 if the local server answers `GET /healthz` (for container health checks).
     Healthcheck {
         /// URL to check; default `http://127.0.0.1:$PORT/healthz`.
@@ -60,9 +66,29 @@ async fn main() -> anyhow::Result<()> {
         let code = callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await;
         std::process::exit(code);
     }
+    if let Some(Command::Staff { command }) = cli.command {
+        let store = match command {
+            StaffCommand::Hash => None,
+            StaffCommand::Add { .. } => {
+                let store = store::connect(&cli.process.database_url).await?;
+                store.migrate().await?;
+                Some(store)
+            }
+        };
+        let code = staff_cli::run(
+            store.as_deref(),
+            command,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout(),
+        )
+        .await;
+        std::process::exit(code);
+    }
     let _log_guard = telemetry::init(&cli.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck { .. } | Command::Callbacks { .. } => unreachable!("handled above"),
+        Command::Healthcheck { .. } | Command::Callbacks { .. } | Command::Staff { .. } => {
+            unreachable!("handled above")
+        }
         Command::Worker => {
             let config = load_config(&cli.process);
             let signal = shutdown_signal()?;

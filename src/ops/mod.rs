@@ -1,5 +1,7 @@
-//! What operators use: health and readiness, the `callbacks` CLI (the dashboard and metrics come
-//! with later issues).
+//! What operators and on-call staff use: the dashboard, health and readiness, the `callbacks`
+//! CLI.
 
+pub mod admin;
 pub mod callbacks_cli;
 pub mod health;
+pub mod staff_cli;

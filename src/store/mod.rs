@@ -4,6 +4,7 @@
 //! a tool call's log row with its callback request, a failed transfer with its critical callback
 //! request. Adapters never see SQL; tools never see a connection.
 
+pub mod admin;
 mod common;
 pub mod models;
 pub mod postgres;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use admin::*;
 pub use models::*;
 pub use queue::*;
 
@@ -38,7 +40,7 @@ pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send
 
 /// The durable state of lifeline (the delivery queue included).
 #[async_trait]
-pub trait Store: DeliveryQueue + Send + Sync + 'static {
+pub trait Store: DeliveryQueue + AdminStore + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

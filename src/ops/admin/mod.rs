@@ -1,0 +1,234 @@
+//! The on-call dashboard at `/admin`: server-rendered pages (maud), a little JavaScript for the
+//! live feed, no build step. Staff log in (`auth`); every action is checked for its CSRF token
+//! and origin and written to the audit table.
+
+pub mod auth;
+mod pages;
+mod timeline;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::store::{ActionError, CallbackFilter, StaffAction};
+
+use auth::Staff;
+
+/// The dashboard's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(needs_callback))
+        .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
+        .route("/admin/login", get(auth::login_form).post(auth::login))
+        .route("/admin/logout", post(auth::logout))
+        .route("/admin/dead-letters", get(dead_letters))
+        .route("/admin/alerts", get(alerts))
+        .route("/admin/stats", get(stats))
+        .route("/admin/calls/{id}", get(timeline::call_timeline))
+        .route("/admin/callbacks/{id}/{action}", post(act))
+        .route("/admin/events", get(events))
+        .route("/admin/static/app.js", get(script))
+        .route("/admin/static/app.css", get(style))
+}
+
+fn db_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "dashboard: database error");
+    pages::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The database is not answering; try again in a moment.",
+    )
+}
+
+async fn needs_callback(State(state): State<AppState>, staff: Staff) -> Response {
+    let now = Utc::now();
+    match state.store.open_callbacks(staff.tenant.as_deref(), 500).await {
+        Ok(open) => pages::needs_callback(&staff, &open, now).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn dead_letters(State(state): State<AppState>, staff: Staff) -> Response {
+    let rows = state
+        .store
+        .callback_requests(&CallbackFilter {
+            tenant_id: staff.tenant.clone(),
+            status: Some("dead_letter".into()),
+            limit: Some(500),
+            ..Default::default()
+        })
+        .await;
+    match rows {
+        Ok(rows) => pages::dead_letters(&staff, &rows, Utc::now()).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn alerts(State(state): State<AppState>, staff: Staff) -> Response {
+    match state.store.recent_alerts(staff.tenant.as_deref(), 200).await {
+        Ok(rows) => pages::alerts(&staff, &rows).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn stats(State(state): State<AppState>, staff: Staff) -> Response {
+    let since = Utc::now() - chrono::Duration::days(14);
+    match state.store.daily_stats(staff.tenant.as_deref(), since).await {
+        Ok(days) => pages::stats(&staff, &days).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    csrf: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /admin/callbacks/{id}/{resolve|retry|cancel}`.
+async fn act(
+    State(state): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path((id, action)): Path<(Uuid, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Some(r) = auth::refuse_action(&staff, &form.csrf, &headers) {
+        return r;
+    }
+    let note = form
+        .note
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    let action = match action.as_str() {
+        "resolve" => StaffAction::Resolve { note },
+        "retry" => StaffAction::Retry,
+        "cancel" => StaffAction::Cancel { note },
+        _ => return pages::error_page(StatusCode::NOT_FOUND, "No such action."),
+    };
+    // Another clinic's request does not exist for this staff member.
+    match state.store.callback_request(id).await {
+        Ok(Some(r)) if staff.sees(&r.tenant_id) => {}
+        Ok(_) => return pages::error_page(StatusCode::NOT_FOUND, "No such callback request."),
+        Err(e) => return db_error(e),
+    }
+    match state
+        .store
+        .staff_action(id, &action, &staff.username, Utc::now())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(staff = %staff.username, callback_request = %id, action = action.name(), "staff action");
+            let back = headers
+                .get(header::REFERER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|r| r.find("/admin").map(|i| r[i..].to_string()))
+                .filter(|p| !p.starts_with("/admin/callbacks"))
+                .unwrap_or_else(|| "/admin".into());
+            Redirect::to(&back).into_response()
+        }
+        Err(ActionError::NotFound(_)) => {
+            pages::error_page(StatusCode::NOT_FOUND, "No such callback request.")
+        }
+        Err(e @ ActionError::Conflict { .. }) => {
+            pages::error_page(StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(ActionError::Store(e)) => db_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<DateTime<Utc>>,
+}
+
+/// `GET /admin/events`: server-sent events, one `callback` event (the card's HTML) per callback
+/// request queued after `since` (the time the page was rendered, so none falls in between).
+async fn events(
+    State(state): State<AppState>,
+    staff: Staff,
+    Query(q): Query<EventsQuery>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let since = q
+        .since
+        .unwrap_or_else(Utc::now)
+        .max(Utc::now() - chrono::Duration::hours(1));
+    let signal = state.store.queue_signal();
+    let stream = futures_util::stream::unfold(
+        (state, staff, since, signal, Vec::<Event>::new()),
+        |(state, staff, mut since, mut signal, mut queued)| async move {
+            loop {
+                if let Some(event) = queued.pop() {
+                    return Some((Ok(event), (state, staff, since, signal, queued)));
+                }
+                if *state.shutdown.borrow() {
+                    return None;
+                }
+                // Woken by new requests in this process (and, on PostgreSQL, in any); the
+                // timer covers requests queued by another process on SQLite.
+                let mut shutdown = state.shutdown.clone();
+                tokio::select! {
+                    _ = signal.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                match state
+                    .store
+                    .open_callbacks_since(staff.tenant.as_deref(), since)
+                    .await
+                {
+                    Ok(rows) => {
+                        let now = Utc::now();
+                        for r in &rows {
+                            since = since.max(r.created_at);
+                        }
+                        // Popped from the back: oldest first.
+                        queued = rows
+                            .iter()
+                            .rev()
+                            .map(|r| {
+                                Event::default()
+                                    .event("callback")
+                                    .id(r.id.to_string())
+                                    .data(pages::callback_card(r, &staff.csrf, now).into_string())
+                            })
+                            .collect();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "live feed: database error"),
+                }
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("static/app.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("static/app.css"),
+    )
+}
