@@ -464,8 +464,16 @@ mod tests {
     #[test]
     fn stats_fold_per_tenant_and_day_with_a_median() {
         let calls = vec![
-            ("a".into(), at("2026-12-01T01:00:00Z"), Some("succeeded".into())),
-            ("a".into(), at("2026-12-01T02:00:00Z"), Some("failed".into())),
+            (
+                "a".into(),
+                at("2026-12-01T01:00:00Z"),
+                Some("succeeded".into()),
+            ),
+            (
+                "a".into(),
+                at("2026-12-01T02:00:00Z"),
+                Some("failed".into()),
+            ),
             ("a".into(), at("2026-12-02T02:00:00Z"), None),
             ("b".into(), at("2026-12-01T03:00:00Z"), None),
         ];
@@ -474,14 +482,25 @@ mod tests {
             ("a".into(), at("2026-12-01T01:00:02Z")),
         ];
         let callbacks = vec![
-            ("a".into(), at("2026-12-01T01:00:00Z"), Some(at("2026-12-01T01:10:00Z"))),
-            ("a".into(), at("2026-12-01T02:00:00Z"), Some(at("2026-12-01T02:30:00Z"))),
+            (
+                "a".into(),
+                at("2026-12-01T01:00:00Z"),
+                Some(at("2026-12-01T01:10:00Z")),
+            ),
+            (
+                "a".into(),
+                at("2026-12-01T02:00:00Z"),
+                Some(at("2026-12-01T02:30:00Z")),
+            ),
             ("a".into(), at("2026-12-01T03:00:00Z"), None),
         ];
         let days = fold_stats(calls, tools, callbacks);
         assert_eq!(days.len(), 3);
         assert_eq!(days[0].day.to_string(), "2026-12-02");
-        let a1 = days.iter().find(|d| d.tenant_id == "a" && d.day.to_string() == "2026-12-01").unwrap();
+        let a1 = days
+            .iter()
+            .find(|d| d.tenant_id == "a" && d.day.to_string() == "2026-12-01")
+            .unwrap();
         assert_eq!((a1.calls, a1.tool_calls, a1.callbacks), (2, 2, 3));
         assert_eq!((a1.transfers_succeeded, a1.transfers_failed), (1, 1));
         assert_eq!(a1.median_minutes_to_callback, Some(20.0));

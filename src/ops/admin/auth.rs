@@ -5,7 +5,7 @@
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use axum::{Form, extract::Query};
 use base64::Engine as _;
 use chrono::Utc;
@@ -77,10 +77,20 @@ fn behind_tls(state: &AppState, headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-fn set_cookie(state: &AppState, headers: &HeaderMap, name: &str, value: &str, max_age: i64) -> String {
+fn set_cookie(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    value: &str,
+    max_age: i64,
+) -> String {
     format!(
         "{name}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
-        if behind_tls(state, headers) { "; Secure" } else { "" }
+        if behind_tls(state, headers) {
+            "; Secure"
+        } else {
+            ""
+        }
     )
 }
 
@@ -167,7 +177,10 @@ pub async fn login_form(
     let csrf = random_token();
     let page = pages::login_page(&csrf, q.error.as_deref());
     (
-        [(header::SET_COOKIE, set_cookie(&state, &headers, LOGIN_COOKIE, &csrf, 3600))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(&state, &headers, LOGIN_COOKIE, &csrf, 3600),
+        )],
         page,
     )
         .into_response()
@@ -190,7 +203,10 @@ pub async fn login(
         let csrf = random_token();
         (
             status,
-            [(header::SET_COOKIE, set_cookie(&state, &headers, LOGIN_COOKIE, &csrf, 3600))],
+            [(
+                header::SET_COOKIE,
+                set_cookie(&state, &headers, LOGIN_COOKIE, &csrf, 3600),
+            )],
             pages::login_page(&csrf, Some(message)),
         )
             .into_response()
@@ -219,7 +235,10 @@ pub async fn login(
         Ok(None) => {}
         Err(e) => {
             tracing::error!(error = %e, "login: database error");
-            return fail("The database is not answering; try again.", StatusCode::SERVICE_UNAVAILABLE);
+            return fail(
+                "The database is not answering; try again.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
         }
     }
     // Accounts from the configuration first, then those made with the CLI.
@@ -229,7 +248,10 @@ pub async fn login(
             Ok(a) => a.map(|a| (a.password_hash, a.tenant_id)),
             Err(e) => {
                 tracing::error!(error = %e, "login: database error");
-                return fail("The database is not answering; try again.", StatusCode::SERVICE_UNAVAILABLE);
+                return fail(
+                    "The database is not answering; try again.",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
             }
         },
     };
@@ -276,16 +298,26 @@ pub async fn login(
     .await;
     if let Err(e) = saved {
         tracing::error!(error = %e, "login: could not store the session");
-        return fail("The database is not answering; try again.", StatusCode::SERVICE_UNAVAILABLE);
+        return fail(
+            "The database is not answering; try again.",
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
     }
     metrics::counter!("lifeline_admin_logins_total", "outcome" => "ok").increment(1);
     tracing::info!(staff = %username, "dashboard login");
     let ttl = i64::try_from(settings.session_ttl.as_secs()).unwrap_or(43_200);
     (
-        [
-            (header::SET_COOKIE, set_cookie(&state, &headers, SESSION_COOKIE, &token, ttl)),
-            (header::SET_COOKIE, set_cookie(&state, &headers, LOGIN_COOKIE, "", 0)),
-        ],
+        // Appended: a second `Set-Cookie` must not replace the first.
+        AppendHeaders([
+            (
+                header::SET_COOKIE,
+                set_cookie(&state, &headers, SESSION_COOKIE, &token, ttl),
+            ),
+            (
+                header::SET_COOKIE,
+                set_cookie(&state, &headers, LOGIN_COOKIE, "", 0),
+            ),
+        ]),
         Redirect::to("/admin"),
     )
         .into_response()
@@ -338,7 +370,10 @@ pub async fn logout(
         tracing::error!(error = %e, "logout: could not delete the session");
     }
     (
-        [(header::SET_COOKIE, set_cookie(&state, &headers, SESSION_COOKIE, "", 0))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(&state, &headers, SESSION_COOKIE, "", 0),
+        )],
         Redirect::to("/admin/login"),
     )
         .into_response()

@@ -52,7 +52,11 @@ fn db_error(e: impl std::fmt::Display) -> Response {
 
 async fn needs_callback(State(state): State<AppState>, staff: Staff) -> Response {
     let now = Utc::now();
-    match state.store.open_callbacks(staff.tenant.as_deref(), 500).await {
+    match state
+        .store
+        .open_callbacks(staff.tenant.as_deref(), 500)
+        .await
+    {
         Ok(open) => pages::needs_callback(&staff, &open, now).into_response(),
         Err(e) => db_error(e),
     }
@@ -75,7 +79,11 @@ async fn dead_letters(State(state): State<AppState>, staff: Staff) -> Response {
 }
 
 async fn alerts(State(state): State<AppState>, staff: Staff) -> Response {
-    match state.store.recent_alerts(staff.tenant.as_deref(), 200).await {
+    match state
+        .store
+        .recent_alerts(staff.tenant.as_deref(), 200)
+        .await
+    {
         Ok(rows) => pages::alerts(&staff, &rows).into_response(),
         Err(e) => db_error(e),
     }
@@ -83,7 +91,11 @@ async fn alerts(State(state): State<AppState>, staff: Staff) -> Response {
 
 async fn stats(State(state): State<AppState>, staff: Staff) -> Response {
     let since = Utc::now() - chrono::Duration::days(14);
-    match state.store.daily_stats(staff.tenant.as_deref(), since).await {
+    match state
+        .store
+        .daily_stats(staff.tenant.as_deref(), since)
+        .await
+    {
         Ok(days) => pages::stats(&staff, &days).into_response(),
         Err(e) => db_error(e),
     }

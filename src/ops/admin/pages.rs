@@ -49,7 +49,11 @@ pub fn layout(title: &str, staff: Option<&Staff>, body: Markup) -> Markup {
 pub fn error_page(status: StatusCode, message: &str) -> Response {
     (
         status,
-        layout("Error", None, html! { p.error { (message) } a href="/admin" { "Back" } }),
+        layout(
+            "Error",
+            None,
+            html! { p.error { (message) } a href="/admin" { "Back" } },
+        ),
     )
         .into_response()
 }
@@ -152,11 +156,7 @@ pub fn callback_card(r: &CallbackRequestRow, csrf: &str, now: DateTime<Utc>) -> 
     }
 }
 
-pub fn needs_callback(
-    staff: &Staff,
-    open: &[CallbackRequestRow],
-    now: DateTime<Utc>,
-) -> Markup {
+pub fn needs_callback(staff: &Staff, open: &[CallbackRequestRow], now: DateTime<Utc>) -> Markup {
     layout(
         "Needs callback",
         Some(staff),

@@ -84,7 +84,10 @@ async fn entries(
         });
     }
     if let Some(platform) = Platform::from_name(&call.platform) {
-        for t in store.tool_call_logs_for_call(platform, &call.call_ref).await? {
+        for t in store
+            .tool_call_logs_for_call(platform, &call.call_ref)
+            .await?
+        {
             out.push(Entry {
                 at: t.created_at,
                 what: "tool call",

@@ -1,0 +1,647 @@
+//! The on-call dashboard over HTTP, as a browser uses it: login with the form's CSRF cookie,
+//! the session cookie, every view, every action (with its CSRF token and origin), the live feed,
+//! and what is refused: no session, a forged or cross-site action, another clinic's data, too
+//! many failed logins.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Engine, TestApp};
+use lifeline::ops::admin::auth::hash_password;
+use lifeline::store::{DeliveryOutcome, DeliveryRecord, NewCallbackRequest, Store};
+use lifeline::tools::urgency::Urgency;
+use serde_json::json;
+use uuid::Uuid;
+
+on_both_engines!(
+    pages_and_actions_refuse_requests_without_a_session,
+    login_sets_a_strict_session_cookie_and_logout_ends_it,
+    repeated_failed_logins_lock_the_account,
+    logins_need_the_forms_token_and_this_site,
+    needs_callback_lists_open_requests_critical_first_with_tel_links,
+    actions_are_audited_and_refused_without_token_or_from_another_site,
+    staff_of_one_clinic_see_and_touch_only_its_requests,
+    timeline_dead_letters_alerts_and_stats_show_a_calls_story,
+    the_live_feed_streams_new_requests_as_they_are_queued,
+);
+
+const NURSE: &str = "night-nurse";
+const NURSE_PASSWORD: &str = "correct horse battery";
+const HILLSIDE_NURSE: &str = "hillside-nurse";
+
+/// Two staff accounts: one for every clinic, one for Hillside only.
+fn staff_sections() -> String {
+    format!(
+        r#"
+[[staff]]
+username = "{NURSE}"
+password_hash = "{}"
+
+[[staff]]
+username = "{HILLSIDE_NURSE}"
+password_hash = "{}"
+tenant = "hillside"
+"#,
+        hash_password(NURSE_PASSWORD).unwrap(),
+        hash_password(NURSE_PASSWORD).unwrap(),
+    )
+}
+
+async fn app(engine: Engine) -> TestApp {
+    TestApp::start_with_sections(engine, &staff_sections()).await
+}
+
+/// A browser: no redirects followed, cookies kept by hand.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: Vec<(String, String)>,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookies: Vec<String>,
+    body: String,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: app.http_url(""),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn host(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep(&mut self, set_cookies: &[String]) {
+        for c in set_cookies {
+            let pair = c.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                self.cookies.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let resp = req
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let set_cookies: Vec<String> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        self.keep(&set_cookies);
+        Page {
+            status,
+            location,
+            set_cookies,
+            body: resp.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    /// A form POST as a same-site page sends it.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let origin = self.base.clone();
+        self.post_from(path, form, Some(&origin)).await
+    }
+
+    async fn post_from(&mut self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("host", self.host())
+            .form(form);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        self.send(req).await
+    }
+
+    /// Logs in through the form.
+    async fn login(&mut self, user: &str, password: &str) -> Page {
+        let form = self.get("/admin/login").await;
+        assert_eq!(form.status, 200);
+        let csrf = hidden(&form.body, "csrf");
+        self.post(
+            "/admin/login",
+            &[("username", user), ("password", password), ("csrf", &csrf)],
+        )
+        .await
+    }
+
+    /// The CSRF token of the logged-in session, read from a page.
+    async fn csrf(&mut self) -> String {
+        let page = self.get("/admin").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        hidden(&page.body, "csrf")
+    }
+}
+
+/// The value of the first hidden input named `name`.
+fn hidden(body: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        + marker.len();
+    body[start..start + body[start..].find('"').unwrap()].to_string()
+}
+
+fn request(n: usize, tenant: &str, urgency: Urgency) -> NewCallbackRequest {
+    NewCallbackRequest {
+        id: Uuid::new_v4(),
+        created_at: Utc::now(),
+        tenant_id: tenant.into(),
+        call_id: None,
+        call_sid: None,
+        tool_call_log_id: None,
+        transfer_attempt_id: None,
+        reason: if urgency == Urgency::Critical {
+            "failed_transfer"
+        } else {
+            "message"
+        },
+        callback_number: format!("+1416555{n:04}"),
+        caller_name: Some(format!("Caller {n}")),
+        first_name: None,
+        last_name: None,
+        pet_name: Some("Rex".into()),
+        species: Some("Dog".into()),
+        breed: None,
+        age: None,
+        concern_description: Some(format!("concern <b>{n}</b>")),
+        urgency_reason: None,
+        urgency,
+        metadata: json!({}),
+    }
+}
+
+async fn enqueue(store: &Arc<dyn Store>, r: &NewCallbackRequest) {
+    store.insert_callback_request(r).await.unwrap();
+}
+
+async fn pages_and_actions_refuse_requests_without_a_session(engine: Engine) {
+    let app = app(engine).await;
+    let mut b = Browser::new(&app);
+    for path in [
+        "/admin",
+        "/admin/dead-letters",
+        "/admin/alerts",
+        "/admin/stats",
+        "/admin/events",
+        &format!("/admin/calls/{}", Uuid::new_v4()),
+    ] {
+        let page = b.get(path).await;
+        assert_eq!(page.status, 303, "{path}");
+        assert_eq!(page.location.as_deref(), Some("/admin/login"), "{path}");
+    }
+    let r = request(1, "riverside", Urgency::Critical);
+    enqueue(&app.store, &r).await;
+    let page = b
+        .post(
+            &format!("/admin/callbacks/{}/resolve", r.id),
+            &[("csrf", "x"), ("note", "done")],
+        )
+        .await;
+    assert_eq!(page.status, 401);
+    // A made-up session cookie is no session.
+    b.cookies.push(("lifeline_session".into(), "forged".into()));
+    assert_eq!(b.get("/admin").await.status, 303);
+    assert!(
+        app.store
+            .callback_request(r.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .resolved_at
+            .is_none()
+    );
+}
+
+async fn login_sets_a_strict_session_cookie_and_logout_ends_it(engine: Engine) {
+    let app = app(engine).await;
+    let mut b = Browser::new(&app);
+    let wrong = b.login(NURSE, "not the password").await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("Wrong username or password"));
+    let unknown = b.login("nobody", NURSE_PASSWORD).await;
+    assert_eq!(unknown.status, 401);
+    assert!(unknown.body.contains("Wrong username or password"));
+
+    let ok = b.login(NURSE, NURSE_PASSWORD).await;
+    assert_eq!(ok.status, 303);
+    assert_eq!(ok.location.as_deref(), Some("/admin"));
+    let session = ok
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("lifeline_session="))
+        .expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(session.contains(attr), "{session}");
+    }
+    assert!(
+        !session.contains("Secure"),
+        "plain http in tests: {session}"
+    );
+    let home = b.get("/admin").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("Needs callback"));
+    assert!(home.body.contains(NURSE));
+
+    let csrf = hidden(&home.body, "csrf");
+    let out = b.post("/admin/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(b.get("/admin").await.status, 303, "the session is gone");
+}
+
+async fn repeated_failed_logins_lock_the_account(engine: Engine) {
+    let app = app(engine).await;
+    let mut b = Browser::new(&app);
+    for _ in 0..5 {
+        assert_eq!(b.login(NURSE, "guess").await.status, 401);
+    }
+    let locked = b.login(NURSE, NURSE_PASSWORD).await;
+    assert_eq!(
+        locked.status, 429,
+        "even the right password waits: {}",
+        locked.body
+    );
+    assert!(locked.body.contains("locked until"));
+    // Another account is not affected.
+    assert_eq!(b.login(HILLSIDE_NURSE, NURSE_PASSWORD).await.status, 303);
+}
+
+async fn logins_need_the_forms_token_and_this_site(engine: Engine) {
+    let app = app(engine).await;
+    let mut b = Browser::new(&app);
+    // No form, no cookie: refused.
+    let bare = b
+        .post(
+            "/admin/login",
+            &[
+                ("username", NURSE),
+                ("password", NURSE_PASSWORD),
+                ("csrf", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(bare.status, 403);
+    // The form's token, posted from another site: refused.
+    let form = b.get("/admin/login").await;
+    let csrf = hidden(&form.body, "csrf");
+    let cross = b
+        .post_from(
+            "/admin/login",
+            &[
+                ("username", NURSE),
+                ("password", NURSE_PASSWORD),
+                ("csrf", &csrf),
+            ],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(cross.status, 403);
+    assert!(
+        !cross
+            .set_cookies
+            .iter()
+            .any(|c| c.starts_with("lifeline_session="))
+    );
+}
+
+async fn needs_callback_lists_open_requests_critical_first_with_tel_links(engine: Engine) {
+    let app = app(engine).await;
+    let normal = request(1, "riverside", Urgency::Normal);
+    let critical = request(2, "riverside", Urgency::Critical);
+    enqueue(&app.store, &normal).await;
+    enqueue(&app.store, &critical).await;
+    let mut b = Browser::new(&app);
+    b.login(NURSE, NURSE_PASSWORD).await;
+    let page = b.get("/admin").await;
+    let body = &page.body;
+    let (c, n) = (
+        body.find(&critical.id.to_string()).unwrap(),
+        body.find(&normal.id.to_string()).unwrap(),
+    );
+    assert!(c < n, "critical first");
+    assert!(
+        body.contains("href=\"tel:+14165550002\""),
+        "a tap calls back"
+    );
+    assert!(body.contains("Caller 2") && body.contains("Rex") && body.contains("Dog"));
+    assert!(body.contains("Transfer failed") && body.contains("Message"));
+    assert!(body.contains("waiting for delivery"));
+    // The concern is shown as text, never as markup.
+    assert!(body.contains("concern &lt;b&gt;2&lt;/b&gt;"), "escaped");
+    assert!(!body.contains("<b>2</b>"));
+    // Security headers come with every page (see tests/ops.rs for all of them).
+    assert!(body.contains("/admin/static/app.js"));
+    let js = b.get("/admin/static/app.js").await;
+    assert_eq!(js.status, 200);
+    assert!(js.body.contains("EventSource"));
+}
+
+async fn actions_are_audited_and_refused_without_token_or_from_another_site(engine: Engine) {
+    let app = app(engine).await;
+    let r = request(3, "riverside", Urgency::Urgent);
+    enqueue(&app.store, &r).await;
+    let mut b = Browser::new(&app);
+    b.login(NURSE, NURSE_PASSWORD).await;
+    let csrf = b.csrf().await;
+    let path = format!("/admin/callbacks/{}/resolve", r.id);
+
+    let forged = b.post(&path, &[("csrf", "forged"), ("note", "x")]).await;
+    assert_eq!(forged.status, 403);
+    let cross = b
+        .post_from(
+            &path,
+            &[("csrf", &csrf), ("note", "x")],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(cross.status, 403);
+    let row = app.store.callback_request(r.id).await.unwrap().unwrap();
+    assert!(row.resolved_at.is_none(), "refused actions change nothing");
+
+    let done = b
+        .post(
+            &path,
+            &[("csrf", &csrf), ("note", "called back, dog is fine")],
+        )
+        .await;
+    assert_eq!(done.status, 303);
+    let row = app.store.callback_request(r.id).await.unwrap().unwrap();
+    assert_eq!(row.resolved_by.as_deref(), Some(NURSE));
+    assert_eq!(
+        row.resolution_note.as_deref(),
+        Some("called back, dog is fine")
+    );
+    let page = b.get("/admin").await;
+    assert!(
+        !page.body.contains(&r.id.to_string()),
+        "done requests leave the list"
+    );
+
+    // A cancelled request can be queued again; a resolved one cannot.
+    let other = request(4, "riverside", Urgency::Normal);
+    enqueue(&app.store, &other).await;
+    let cancel = b
+        .post(
+            &format!("/admin/callbacks/{}/cancel", other.id),
+            &[("csrf", &csrf), ("note", "duplicate")],
+        )
+        .await;
+    assert_eq!(cancel.status, 303);
+    let retry = b
+        .post(
+            &format!("/admin/callbacks/{}/retry", other.id),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(retry.status, 303);
+    let row = app.store.callback_request(other.id).await.unwrap().unwrap();
+    assert_eq!(row.status, "pending");
+    let again = b
+        .post(
+            &format!("/admin/callbacks/{}/retry", r.id),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(again.status, 409);
+    assert!(again.body.contains("resolved by staff"));
+
+    let trail = app.store.audit_trail(other.id).await.unwrap();
+    let actions: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|a| (a.action.as_str(), a.actor.as_str()))
+        .collect();
+    assert_eq!(actions, [("cancel", NURSE), ("retry", NURSE)]);
+    assert_eq!(
+        app.store.audit_trail(r.id).await.unwrap()[0].action,
+        "resolve"
+    );
+}
+
+async fn staff_of_one_clinic_see_and_touch_only_its_requests(engine: Engine) {
+    let app = app(engine).await;
+    let riverside = request(5, "riverside", Urgency::Critical);
+    let hillside = request(6, "hillside", Urgency::Critical);
+    enqueue(&app.store, &riverside).await;
+    enqueue(&app.store, &hillside).await;
+    let mut b = Browser::new(&app);
+    assert_eq!(b.login(HILLSIDE_NURSE, NURSE_PASSWORD).await.status, 303);
+    let page = b.get("/admin").await;
+    assert!(page.body.contains(&hillside.id.to_string()));
+    assert!(!page.body.contains(&riverside.id.to_string()));
+    let csrf = hidden(&page.body, "csrf");
+    let other = b
+        .post(
+            &format!("/admin/callbacks/{}/resolve", riverside.id),
+            &[("csrf", &csrf), ("note", "x")],
+        )
+        .await;
+    assert_eq!(other.status, 404);
+    assert!(
+        app.store
+            .callback_request(riverside.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .resolved_at
+            .is_none()
+    );
+}
+
+async fn timeline_dead_letters_alerts_and_stats_show_a_calls_story(engine: Engine) {
+    let app = app(engine).await;
+    // A real call: a Jambonz session with a collect_info tool call.
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    fs.tool_call(
+        "inv-1",
+        "collectNameNumberConcernPetName",
+        json!({
+            "callback_number": "(416) 818-9171",
+            "first_name": "Jeremy",
+            "last_name": "Greven",
+            "pet_name": "Tommie",
+            "species": "Cat",
+            "concern_description": "vomiting and lethargic, emergency",
+        }),
+    )
+    .await;
+    fs.tool_output("inv-1").await;
+    let call = app.call(&fs.call_sid).await;
+    let cb = app.callbacks_of(call.id).await.remove(0);
+    assert_eq!(cb.urgency_level, "critical");
+    // The frontend refused it: a dead letter (recorded as the worker records one).
+    let claimed = app
+        .store
+        .claim_callbacks(
+            "test-worker",
+            Utc::now(),
+            Utc::now() + chrono::Duration::seconds(60),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    app.store
+        .record_delivery(&DeliveryRecord {
+            request_id: cb.id,
+            attempt: claimed[0].delivery_attempt,
+            worker_id: "test-worker".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            latency_ms: 12.0,
+            status_code: Some(422),
+            error: Some("frontend answered 422 Unprocessable Entity".into()),
+            response_excerpt: None,
+            frontend_response: None,
+            outcome: DeliveryOutcome::DeadLetter {
+                reason: "frontend refused the request: frontend answered 422".into(),
+                rejected: true,
+            },
+        })
+        .await
+        .unwrap();
+
+    let mut b = Browser::new(&app);
+    b.login(NURSE, NURSE_PASSWORD).await;
+    let home = b.get("/admin").await;
+    assert!(home.body.contains(&format!("/admin/calls/{}", call.id)));
+    let timeline = b.get(&format!("/admin/calls/{}", call.id)).await;
+    assert_eq!(timeline.status, 200);
+    for needle in [
+        "call started",
+        "tool call",
+        "collectNameNumberConcernPetName",
+        "callback request",
+        "delivery attempt",
+        "HTTP 422",
+        "vomiting and lethargic",
+    ] {
+        assert!(timeline.body.contains(needle), "timeline lacks {needle}");
+    }
+    let (started, tool) = (
+        timeline.body.find("call started").unwrap(),
+        timeline.body.find("tool call").unwrap(),
+    );
+    assert!(started < tool, "in time order");
+    assert_eq!(
+        b.get(&format!("/admin/calls/{}", Uuid::new_v4()))
+            .await
+            .status,
+        404
+    );
+
+    let dead = b.get("/admin/dead-letters").await;
+    assert!(dead.body.contains(&cb.id.to_string()));
+    assert!(
+        dead.body
+            .contains("NOT delivered: frontend refused the request")
+    );
+    assert!(dead.body.contains("Retry delivery"));
+
+    let alerts = b.get("/admin/alerts").await;
+    assert_eq!(alerts.status, 200);
+    assert!(alerts.body.contains("critical request"));
+    assert!(alerts.body.contains("not delivered"));
+
+    let stats = b.get("/admin/stats").await;
+    assert_eq!(stats.status, 200);
+    let today = Utc::now().date_naive().to_string();
+    assert!(stats.body.contains(&today) && stats.body.contains("riverside"));
+    // The Hillside nurse sees none of it.
+    let mut h = Browser::new(&app);
+    h.login(HILLSIDE_NURSE, NURSE_PASSWORD).await;
+    assert_eq!(
+        h.get(&format!("/admin/calls/{}", call.id)).await.status,
+        404
+    );
+    assert!(!h.get("/admin/stats").await.body.contains("riverside"));
+}
+
+async fn the_live_feed_streams_new_requests_as_they_are_queued(engine: Engine) {
+    let app = app(engine).await;
+    let mut b = Browser::new(&app);
+    b.login(NURSE, NURSE_PASSWORD).await;
+    let page = b.get("/admin").await;
+    let since = page
+        .body
+        .split("data-since=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let resp = b
+        .http
+        .get(format!(
+            "{}/admin/events?since={}",
+            b.base,
+            since.replace('+', "%2B")
+        ))
+        .header("cookie", b.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let r = request(7, "riverside", Urgency::Critical);
+    enqueue(&app.store, &r).await;
+    let mut resp = resp;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(&r.id.to_string()) && text.contains("\n\n") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the new request is streamed");
+    assert!(text.contains("event: callback"), "{text}");
+    assert!(text.contains("data-urgency=\"critical\""), "{text}");
+    assert!(text.contains("tel:+14165550007"), "{text}");
+}
