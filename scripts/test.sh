@@ -5,7 +5,8 @@
 #   2. installs the jambonz verb validator (tools/verb-validator, @jambonz/verb-specifications)
 #      and runs its self-test                                     -> $LIFELINE_VERB_VALIDATOR,
 #                                                                    $LIFELINE_REQUIRE_VERB_VALIDATOR=1
-#   3. runs the Rust tests (cargo nextest if installed, else cargo test)
+#   3. installs Debian's chromium and chromium-driver for the dashboard's browser test
+#   4. runs the Rust tests (cargo nextest if installed, else cargo test)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,7 +57,18 @@ step "verb validator self-test"
 export LIFELINE_VERB_VALIDATOR="$VV/validate.js"
 export LIFELINE_REQUIRE_VERB_VALIDATOR=1
 
-# --- c. Rust tests -----------------------------------------------------------------------------
+# --- c. Chromium for the dashboard's browser test ---------------------------------------------
+if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+  step "chromium and chromedriver present"
+else
+  command -v apt-get >/dev/null 2>&1 || die "chromium/chromedriver missing and apt-get is unavailable; install Chromium and ChromeDriver (or set LIFELINE_SKIP_BROWSER=1)"
+  step "installing chromium and chromium-driver with apt-get (browser test)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || die "apt-get update failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2 \
+    || die "apt-get install chromium chromium-driver failed"
+fi
+
+# --- d. Rust tests -----------------------------------------------------------------------------
 if cargo nextest --version >/dev/null 2>&1; then
   step "cargo nextest run --workspace --no-fail-fast $*"
   # nextest does not run doctests; the crate has none (examples live in tests/), so the nextest
