@@ -100,6 +100,16 @@ pub trait AdminStore: Send + Sync {
 
     async fn delete_session(&self, token_hash: &str) -> Result<(), StoreError>;
 
+    /// Writes a staff event that concerns no callback request (a login, a logout, a lock-out)
+    /// to the audit table.
+    async fn audit(
+        &self,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError>;
+
     /// Callback requests nobody has called back yet (not resolved, not cancelled), most urgent
     /// first, then oldest; of one tenant or all.
     async fn open_callbacks(
@@ -349,6 +359,27 @@ macro_rules! impl_admin_store {
                         .bind(token_hash)
                         .execute(self.writer())
                         .await?;
+                    Ok(())
+                }
+
+                async fn audit(
+                    &self,
+                    at: DateTime<Utc>,
+                    actor: &str,
+                    action: &str,
+                    detail: serde_json::Value,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "INSERT INTO audit_log (id, at, actor, action, detail) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(Uuid::now_v7())
+                    .bind(at)
+                    .bind(actor)
+                    .bind(action)
+                    .bind(sqlx::types::Json(detail))
+                    .execute(self.writer())
+                    .await?;
                     Ok(())
                 }
 

@@ -279,6 +279,20 @@ pub async fn login(
             .flatten();
         metrics::counter!("lifeline_admin_logins_total", "outcome" => "failed").increment(1);
         tracing::warn!(locked = locked.is_some(), "dashboard login failed");
+        let action = if locked.is_some() { "locked_out" } else { "login_failed" };
+        if let Err(e) = state
+            .store
+            // A name that is no account may be a password typed in the wrong field: not kept.
+            .audit(
+                now,
+                if known { &username } else { "(unknown name)" },
+                action,
+                serde_json::json!({}),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "could not audit a failed login");
+        }
         return fail("Wrong username or password.", StatusCode::UNAUTHORIZED);
     }
     let tenant = account.and_then(|(_, t)| t);
@@ -293,7 +307,11 @@ pub async fn login(
     };
     let saved = async {
         state.store.clear_login_failures(&username).await?;
-        state.store.create_session(&session).await
+        state.store.create_session(&session).await?;
+        state
+            .store
+            .audit(now, &username, "login", serde_json::json!({}))
+            .await
     }
     .await;
     if let Err(e) = saved {
@@ -368,6 +386,13 @@ pub async fn logout(
     }
     if let Err(e) = state.store.delete_session(&staff.token_hash).await {
         tracing::error!(error = %e, "logout: could not delete the session");
+    }
+    if let Err(e) = state
+        .store
+        .audit(Utc::now(), &staff.username, "logout", serde_json::json!({}))
+        .await
+    {
+        tracing::error!(error = %e, "could not audit a logout");
     }
     (
         [(
