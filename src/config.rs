@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod delivery;
+mod ops;
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
+pub use ops::OpsSettings;
 
 use crate::phone::E164;
 use crate::tools::business_hours::BusinessHours;
@@ -49,6 +51,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// On-call alerts (SMS, webhook).
     pub alerts: AlertSettings,
+    /// The operators' endpoints (`/metrics`).
+    pub ops: OpsSettings,
     pub tenants: Vec<Arc<Tenant>>,
 }
 
@@ -285,6 +289,7 @@ impl Config {
         let delivery = raw.delivery.validate(env, &mut problems);
         let worker = raw.worker.validate(env, &mut problems);
         let alerts = raw.alerts.validate(&mut problems);
+        let ops = raw.ops.validate(env, &mut problems);
         if worker.lease < delivery.timeout.max(alerts.timeout) + Duration::from_secs(5) {
             problems.push(format!(
                 "worker.lease_secs ({}) must exceed delivery.timeout_ms and alerts.timeout_ms by at least 5 s: a lease that expires mid-POST lets a second worker post the same request",
@@ -359,6 +364,7 @@ impl Config {
                 delivery,
                 worker,
                 alerts,
+                ops,
                 database_url: process.database_url.clone(),
                 database_max_connections: process.database_max_connections,
                 bind: process.bind,
@@ -516,6 +522,8 @@ struct RawFile {
     worker: delivery::RawWorker,
     #[serde(default)]
     alerts: delivery::RawAlerts,
+    #[serde(default)]
+    ops: ops::RawOps,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }
