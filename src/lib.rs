@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ingress::ultravox::routes())
         .route("/healthz", get(ops::health::healthz))
         .route("/readyz", get(ops::health::readyz))
+        .merge(ops::metrics::routes())
         .layer(RequestBodyLimitLayer::new(256 * 1024))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -82,6 +83,7 @@ impl Server {
 
     /// Serves with an already opened and migrated store.
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        ops::metrics::install();
         let listener = TcpListener::bind((config.bind, config.port)).await?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -128,11 +130,14 @@ impl Server {
             }
         });
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         });
         Ok(Self {
             addr,

@@ -1,5 +1,6 @@
-//! What operators use: health and readiness, the `callbacks` CLI (the dashboard and metrics come
-//! with later issues).
+//! What operators use: health and readiness, Prometheus metrics, the security headers every
+//! response carries, the `callbacks` CLI (the dashboard comes with a later issue).
 
 pub mod callbacks_cli;
 pub mod health;
+pub mod metrics;
