@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -59,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::metrics::routes())
         .layer(RequestBodyLimitLayer::new(256 * 1024))
         .layer(TraceLayer::new_for_http())
+        .layer(from_fn_with_state(
+            state.clone(),
+            ops::headers::security_headers,
+        ))
         .with_state(state)
 }
 
