@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         let code = callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await;
         std::process::exit(code);
     }
-    let _log_guard = telemetry::init(&cli.log_format);
+    let _telemetry = telemetry::init(&cli.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck { .. } | Command::Callbacks { .. } => unreachable!("handled above"),
         Command::Worker => {
