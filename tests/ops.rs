@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -20,6 +20,7 @@ on_both_engines!(
     metrics_after_collect_info_show_the_call_the_queue_and_the_circuits,
     readyz_wants_every_migration_applied,
     queue_stats_count_requests_by_status_and_urgency,
+    logs_name_the_call_and_the_invocation_and_keep_the_caller_private,
 );
 
 const METRICS_TOKEN: &str = "scrape-token-0123456789abcdef";
@@ -519,4 +520,97 @@ async fn queue_stats_count_requests_by_status_and_urgency(engine: Engine) {
     assert_eq!(stats.alerts("critical_request", "pending"), 1);
     assert_eq!(stats.alerts("dead_letter", "pending"), 1);
     assert_eq!(stats.alerts.iter().map(|c| c.count).sum::<i64>(), 2);
+}
+
+/// Every JSON log line of this process, formatted as `lifeline` formats them (the current
+/// span's fields with each line), at `info`.
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    static LINES: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LINES.get_or_init(|| {
+        let lines: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct Sink(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(move || Sink(lines))
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+        lines
+    })
+}
+
+/// The captured lines that mention `needle`, parsed.
+fn log_lines_with(needle: &str) -> Vec<Value> {
+    let text = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+async fn logs_name_the_call_and_the_invocation_and_keep_the_caller_private(engine: Engine) {
+    captured_logs();
+    let app = TestApp::start(engine).await;
+    let call_sid = format!("log-test-{}", Uuid::new_v4());
+    let mut fs = common::FakeFeatureServer::connect_as(
+        &app.ws_url(),
+        common::RIVERSIDE_USER,
+        common::RIVERSIDE_PASS,
+        &call_sid,
+    )
+    .await
+    .unwrap();
+    fs.session_new().await;
+    fs.tool_call(
+        "inv-log-1",
+        "collect_info",
+        json!({
+            "callback_number": "(416) 818-9171",
+            "first_name": "Jeremy",
+            "pet_name": "Tommie",
+            "concern_description": "needs a refill of her thyroid medication",
+        }),
+    )
+    .await;
+    fs.tool_output("inv-log-1").await;
+    fs.close().await;
+
+    let lines = log_lines_with(&call_sid);
+    // The tool call's own line carries every id in its span.
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "tool call done")
+        .unwrap_or_else(|| panic!("no tool call line in {lines:#?}"));
+    assert_eq!(done["span"]["name"], "tool_call");
+    assert_eq!(done["span"]["call"], call_sid.as_str());
+    assert_eq!(done["span"]["invocation"], "inv-log-1");
+    assert_eq!(done["span"]["tool"], "collect_info");
+    assert_eq!(done["span"]["tenant"], "riverside");
+    assert_eq!(done["span"]["platform"], "jambonz");
+    // The socket's lines name the call too.
+    assert!(
+        lines.iter().any(
+            |l| l["span"]["name"] == "jambonz_socket" && l["span"]["call"] == call_sid.as_str()
+        ),
+        "{lines:#?}"
+    );
+    // Nothing at info level holds the caller's number or their concern.
+    let everything = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    for secret in ["8189171", "4168189171", "thyroid"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} logged:\n{everything}"
+        );
+    }
 }
