@@ -200,11 +200,8 @@ async fn metrics_after_collect_info_show_the_call_the_queue_and_the_circuits(eng
         .is_some(),
         "{body}"
     );
-    // The call's socket is still open.
-    assert_eq!(
-        sample(&body, "lifeline_jambonz_sockets_open", &[]),
-        Some(1.0)
-    );
+    // The call's socket is still open (other tests of this process may hold theirs open too).
+    assert!(sample(&body, "lifeline_jambonz_sockets_open", &[]).unwrap() >= 1.0);
     // No frontend is configured: both requests wait for staff.
     let pending = |urgency| {
         sample(
