@@ -125,7 +125,8 @@ impl Server {
             ultravox_api,
             shutdown: shutdown_rx.clone(),
         };
-        let app = router(state.clone());
+        // The peer address tells /metrics whether a scraper is local.
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = shutdown_rx;
         // Tool answers are single small frames: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs hold some of them back for tens of milliseconds.
@@ -135,14 +136,11 @@ impl Server {
             }
         });
         let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
         });
         Ok(Self {
             addr,
