@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 mod admin;
 mod delivery;
+mod ops;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
+pub use ops::OpsSettings;
 
 use crate::phone::E164;
 use crate::tools::business_hours::BusinessHours;
@@ -53,6 +55,8 @@ pub struct Config {
     pub alerts: AlertSettings,
     /// Staff access to the dashboard.
     pub admin: AdminSettings,
+    /// The operators' endpoints (`/metrics`).
+    pub ops: OpsSettings,
     pub tenants: Vec<Arc<Tenant>>,
 }
 
@@ -289,6 +293,7 @@ impl Config {
         let delivery = raw.delivery.validate(env, &mut problems);
         let worker = raw.worker.validate(env, &mut problems);
         let alerts = raw.alerts.validate(&mut problems);
+        let ops = raw.ops.validate(env, &mut problems);
         if worker.lease < delivery.timeout.max(alerts.timeout) + Duration::from_secs(5) {
             problems.push(format!(
                 "worker.lease_secs ({}) must exceed delivery.timeout_ms and alerts.timeout_ms by at least 5 s: a lease that expires mid-POST lets a second worker post the same request",
@@ -366,6 +371,7 @@ impl Config {
                 delivery,
                 worker,
                 alerts,
+                ops,
                 database_url: process.database_url.clone(),
                 database_max_connections: process.database_max_connections,
                 bind: process.bind,
@@ -527,6 +533,8 @@ struct RawFile {
     admin: admin::RawAdmin,
     #[serde(default)]
     staff: Vec<admin::RawStaff>,
+    #[serde(default)]
+    ops: ops::RawOps,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -57,8 +58,13 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::admin::routes())
         .route("/healthz", get(ops::health::healthz))
         .route("/readyz", get(ops::health::readyz))
+        .merge(ops::metrics::routes())
         .layer(RequestBodyLimitLayer::new(256 * 1024))
         .layer(TraceLayer::new_for_http())
+        .layer(from_fn_with_state(
+            state.clone(),
+            ops::headers::security_headers,
+        ))
         .with_state(state)
 }
 
@@ -83,6 +89,7 @@ impl Server {
 
     /// Serves with an already opened and migrated store.
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        ops::metrics::install();
         let listener = TcpListener::bind((config.bind, config.port)).await?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -119,7 +126,8 @@ impl Server {
             ultravox_api,
             shutdown: shutdown_rx.clone(),
         };
-        let app = router(state.clone());
+        // The peer address tells /metrics whether a scraper is local.
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = shutdown_rx;
         // Tool answers are single small frames: without TCP_NODELAY, Nagle's algorithm and
         // delayed ACKs hold some of them back for tens of milliseconds.

@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         .await;
         std::process::exit(code);
     }
-    let _log_guard = telemetry::init(&cli.log_format);
+    let _telemetry = telemetry::init(&cli.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck { .. } | Command::Callbacks { .. } | Command::Staff { .. } => {
             unreachable!("handled above")

@@ -1,7 +1,9 @@
-//! What operators and on-call staff use: the dashboard, health and readiness, the `callbacks`
-//! CLI.
+//! What operators and on-call staff use: the dashboard, health and readiness, Prometheus
+//! metrics, the security headers every response carries, the `callbacks` and `staff` CLIs.
 
 pub mod admin;
 pub mod callbacks_cli;
+pub mod headers;
 pub mod health;
+pub mod metrics;
 pub mod staff_cli;

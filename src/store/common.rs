@@ -292,6 +292,28 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn migration_report(&self) -> Result<crate::store::MigrationReport, StoreError> {
+                let applied: Vec<(i64, bool, Vec<u8>)> =
+                    sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
+                        .fetch_all(self.reader())
+                        .await?;
+                let mut report = crate::store::MigrationReport::default();
+                for m in Self::migrator()
+                    .iter()
+                    .filter(|m| !m.migration_type.is_down_migration())
+                {
+                    match applied.iter().find(|(v, _, _)| *v == m.version) {
+                        None => report.missing.push(m.version),
+                        Some((_, false, _)) => report.failed.push(m.version),
+                        Some((_, true, checksum)) if checksum[..] != m.checksum[..] => {
+                            report.changed.push(m.version)
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Ok(report)
+            }
+
             async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
                 // The no-op update makes RETURNING give the existing row on a repeat.
                 Ok(sqlx::query_as(concat!(

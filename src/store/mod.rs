@@ -34,6 +34,42 @@ pub enum StoreError {
     NotFound(String),
 }
 
+/// Where the database's schema stands against the migrations this build embeds, from
+/// [`Store::migration_report`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Embedded migrations the database has no record of.
+    pub missing: Vec<i64>,
+    /// Migrations recorded as failed: the schema may be half changed ("dirty").
+    pub failed: Vec<i64>,
+    /// Applied migrations whose recorded checksum differs from the embedded file (edited after
+    /// it was applied: the schema may not be what this build expects).
+    pub changed: Vec<i64>,
+}
+
+impl MigrationReport {
+    /// Whether every embedded migration is applied, none failed and none changed.
+    pub fn is_current(&self) -> bool {
+        self.missing.is_empty() && self.failed.is_empty() && self.changed.is_empty()
+    }
+
+    /// What is wrong, for an operator (`None` when current).
+    pub fn problem(&self) -> Option<String> {
+        let list = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!("not applied: {}", list(&self.missing)));
+        }
+        if !self.failed.is_empty() {
+            parts.push(format!("failed (dirty): {}", list(&self.failed)));
+        }
+        if !self.changed.is_empty() {
+            parts.push(format!("changed since applied: {}", list(&self.changed)));
+        }
+        (!parts.is_empty()).then(|| format!("migrations {}", parts.join("; ")))
+    }
+}
+
 /// Decides, inside the logging transaction, whether the invocation is over its limits; returns
 /// the error to record when it is.
 pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send + Sync);
@@ -46,6 +82,10 @@ pub trait Store: DeliveryQueue + AdminStore + Send + Sync + 'static {
 
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Compares the migrations recorded in `_sqlx_migrations` with those this build embeds for
+    /// its engine (an error when the table cannot be read, e.g. never migrated).
+    async fn migration_report(&self) -> Result<MigrationReport, StoreError>;
 
     /// Creates the call, or returns the existing row for the same platform call.
     async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError>;

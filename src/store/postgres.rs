@@ -93,6 +93,11 @@ impl PgStore {
             .await
     }
 
+    /// The migrations this build embeds for the engine.
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
     async fn run_migrations(&self) -> Result<(), StoreError> {
         // sqlx takes an advisory lock, so instances starting together migrate once.
         MIGRATOR.run(&self.pool).await?;

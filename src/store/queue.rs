@@ -241,6 +241,101 @@ pub struct AuditRow {
     pub detail: sqlx::types::Json<Value>,
 }
 
+/// The `status` values a [`RequestCount`] can have: the stored statuses, and `resolved` for a
+/// request staff marked resolved (whatever its stored status: it is neither delivered nor
+/// alerted any more).
+pub const REQUEST_STATUSES: [&str; 6] = [
+    "pending",
+    "failed",
+    "dead_letter",
+    "posted",
+    "cancelled",
+    "resolved",
+];
+
+/// The urgency levels, in queue order.
+pub const URGENCIES: [&str; 3] = ["critical", "urgent", "normal"];
+
+/// The kinds of alert.
+pub const ALERT_KINDS: [&str; 2] = ["critical_request", "dead_letter"];
+
+/// The `status` values of an alert.
+pub const ALERT_STATUSES: [&str; 4] = ["pending", "sent", "failed", "skipped"];
+
+/// How many callback requests have one status and urgency.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCount {
+    /// One of [`REQUEST_STATUSES`].
+    pub status: String,
+    /// One of [`URGENCIES`].
+    pub urgency: String,
+    pub count: i64,
+}
+
+/// How many alerts have one kind and status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AlertCount {
+    /// One of [`ALERT_KINDS`].
+    pub kind: String,
+    /// One of [`ALERT_STATUSES`].
+    pub status: String,
+    pub count: i64,
+}
+
+/// The delivery queue at a glance, from [`DeliveryQueue::queue_stats`]: `/metrics` publishes
+/// it as gauges and the staff dashboard shows it. Counts cover every row, so they are read on
+/// demand (a scrape, a page view), not on a hot path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// The time the figures are for (ages are measured from it).
+    pub at: DateTime<Utc>,
+    /// Callback requests by status and urgency; combinations without any request are left out
+    /// (see [`QueueStats::requests`] for a count that is zero then).
+    pub by_status: Vec<RequestCount>,
+    /// Requests a worker holds right now (claimed, its POST in flight).
+    pub in_flight: i64,
+    /// When the oldest request still waiting for delivery (`pending` or `failed`, not
+    /// resolved) was created; `None` when nothing waits.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// Alerts by kind and status; combinations without any alert are left out.
+    pub alerts: Vec<AlertCount>,
+}
+
+impl QueueStats {
+    /// The number of requests with this status and urgency.
+    pub fn requests(&self, status: &str, urgency: &str) -> i64 {
+        self.by_status
+            .iter()
+            .find(|c| c.status == status && c.urgency == urgency)
+            .map_or(0, |c| c.count)
+    }
+
+    /// The number of requests with this status, any urgency.
+    pub fn requests_with_status(&self, status: &str) -> i64 {
+        self.by_status
+            .iter()
+            .filter(|c| c.status == status)
+            .map(|c| c.count)
+            .sum()
+    }
+
+    /// The number of alerts of this kind and status.
+    pub fn alerts(&self, kind: &str, status: &str) -> i64 {
+        self.alerts
+            .iter()
+            .find(|c| c.kind == kind && c.status == status)
+            .map_or(0, |c| c.count)
+    }
+
+    /// How long the oldest waiting request has waited (zero when nothing waits; never
+    /// negative, even when another instance's clock is ahead).
+    pub fn oldest_pending_age(&self) -> std::time::Duration {
+        self.oldest_pending_at
+            .and_then(|t| (self.at - t).to_std().ok())
+            .unwrap_or_default()
+    }
+}
+
 /// The delivery and alert queues.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
@@ -327,6 +422,10 @@ pub trait DeliveryQueue: Send + Sync {
 
     /// The audit trail of a request, oldest first.
     async fn audit_trail(&self, callback_request_id: Uuid) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Counts of the queue as of `now` (requests by status and urgency, in flight, the oldest
+    /// waiting request, alerts by kind and status).
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError>;
 }
 
 macro_rules! alert_columns {
@@ -352,9 +451,10 @@ macro_rules! impl_delivery_queue {
             use super::*;
             use crate::store::common::callback_columns;
             use crate::store::queue::{
-                ActionError, AlertOutcome, AlertRecord, AlertRow, AlertSend, AlertSendRow, AuditRow,
-                ClaimedAlert, DeliveryAttemptRow, DeliveryOutcome, DeliveryQueue, DeliveryRecord,
-                StaffAction, alert_columns,
+                ActionError, AlertCount, AlertOutcome, AlertRecord, AlertRow, AlertSend,
+                AlertSendRow, AuditRow, ClaimedAlert, DeliveryAttemptRow, DeliveryOutcome,
+                DeliveryQueue, DeliveryRecord, QueueStats, RequestCount, StaffAction,
+                alert_columns,
             };
             use crate::store::{CallbackRequestRow, StoreError};
 
@@ -852,6 +952,56 @@ macro_rules! impl_delivery_queue {
                     .bind(callback_request_id)
                     .fetch_all(self.reader())
                     .await?)
+                }
+                async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
+                    // A resolved request counts as `resolved`, whatever its stored status: it
+                    // is out of the queue for good.
+                    let by_status: Vec<(String, String, i64)> = sqlx::query_as(
+                        "SELECT CASE WHEN resolved_at IS NOT NULL THEN 'resolved' ELSE status END, \
+                         urgency_level, COUNT(*) FROM callback_requests GROUP BY 1, 2",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    let (in_flight,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM callback_requests WHERE lease_owner IS NOT NULL",
+                    )
+                    .fetch_one(self.reader())
+                    .await?;
+                    // ORDER BY … LIMIT 1 rather than MIN(): the column keeps its declared type,
+                    // which SQLite (timestamps as text) needs to decode it.
+                    let oldest: Option<(DateTime<Utc>,)> = sqlx::query_as(
+                        "SELECT created_at FROM callback_requests \
+                         WHERE status IN ('pending', 'failed') AND resolved_at IS NULL \
+                         ORDER BY created_at LIMIT 1",
+                    )
+                    .fetch_optional(self.reader())
+                    .await?;
+                    let alerts: Vec<(String, String, i64)> = sqlx::query_as(
+                        "SELECT kind, status, COUNT(*) FROM alerts GROUP BY kind, status",
+                    )
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok(QueueStats {
+                        at: now,
+                        by_status: by_status
+                            .into_iter()
+                            .map(|(status, urgency, count)| RequestCount {
+                                status,
+                                urgency,
+                                count,
+                            })
+                            .collect(),
+                        in_flight,
+                        oldest_pending_at: oldest.map(|(t,)| t),
+                        alerts: alerts
+                            .into_iter()
+                            .map(|(kind, status, count)| AlertCount {
+                                kind,
+                                status,
+                                count,
+                            })
+                            .collect(),
+                    })
                 }
             }
 

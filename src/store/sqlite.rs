@@ -74,6 +74,11 @@ impl SqliteStore {
         self.writer.begin().await
     }
 
+    /// The migrations this build embeds for the engine.
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
     async fn run_migrations(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
         Ok(())

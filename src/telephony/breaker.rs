@@ -6,9 +6,13 @@
 //! are let through: if they all succeed the API is back, if one fails the pause starts again.
 //!
 //! Time comes from a [`Clock`], so that tests can move it forward without waiting.
+//!
+//! Every breaker registers itself in a process-wide registry on creation, so that operators'
+//! views (`/metrics`, the dashboard) can list them all with [`snapshot`] without each owner
+//! having to hand its breakers over; a dropped breaker leaves the registry by itself.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// A source of monotonic time.
@@ -103,7 +107,8 @@ pub struct CircuitBreaker {
     api: &'static str,
     settings: BreakerSettings,
     clock: Arc<dyn Clock>,
-    inner: Mutex<Inner>,
+    /// Shared with the registry, which holds it weakly.
+    inner: Arc<Mutex<Inner>>,
 }
 
 #[derive(Debug)]
@@ -172,16 +177,18 @@ impl CircuitBreaker {
         // Publish the initial state so dashboards show the series before the first transition.
         metrics::gauge!("lifeline_circuit_state", "api" => api)
             .set(BreakerState::Closed.gauge_value());
+        let inner = Arc::new(Mutex::new(Inner {
+            state: State::Closed {
+                consecutive_failures: 0,
+            },
+            epoch: 0,
+        }));
+        register(api, clock.clone(), &inner);
         Self {
             api,
             settings,
             clock,
-            inner: Mutex::new(Inner {
-                state: State::Closed {
-                    consecutive_failures: 0,
-                },
-                epoch: 0,
-            }),
+            inner,
         }
     }
 
@@ -254,10 +261,13 @@ impl CircuitBreaker {
         })
     }
 
+    /// The breaker as operators see it.
+    pub fn status(&self) -> BreakerStatus {
+        status_of(self.api, self.clock.as_ref(), &self.inner)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The state is a few integers updated in single assignments; a panic elsewhere while
-        // holding the lock cannot leave it half-written, so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 
     fn report(&self, epoch: u64, trial: bool, outcome: Outcome) {
@@ -349,6 +359,88 @@ impl CircuitBreaker {
             .increment(1);
         tracing::debug!(api = self.api, %from, %to, "circuit state changed");
     }
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // The state is a few integers updated in single assignments; a panic elsewhere while
+    // holding the lock cannot leave it half-written, so a poisoned lock is still usable.
+    inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One breaker as operators see it (from [`snapshot`] or [`CircuitBreaker::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerStatus {
+    /// The API the breaker guards (`twilio`, `ultravox`, `frontend`, `frontend:<tenant>`).
+    pub api: &'static str,
+    pub state: BreakerState,
+    /// Failures in a row while closed (0 otherwise).
+    pub consecutive_failures: u32,
+    /// Open: how long until a trial call is let through (zero once the pause is over; the
+    /// next call is then a trial). `None` when not open.
+    pub retry_in: Option<Duration>,
+}
+
+/// What the registry keeps of a breaker: enough to read its state, not to keep it alive.
+struct Registered {
+    api: &'static str,
+    clock: Arc<dyn Clock>,
+    inner: Weak<Mutex<Inner>>,
+}
+
+/// Every breaker of the process, in creation order.
+static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Registered>> {
+    // Entries are pushed and removed whole; a poisoned lock holds a consistent list.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn register(api: &'static str, clock: Arc<dyn Clock>, inner: &Arc<Mutex<Inner>>) {
+    let mut registry = registry();
+    // Pruned here as well as in `snapshot`, so a process that never looks cannot grow the list
+    // without bound by creating and dropping breakers.
+    registry.retain(|r| r.inner.strong_count() > 0);
+    registry.push(Registered {
+        api,
+        clock,
+        inner: Arc::downgrade(inner),
+    });
+}
+
+fn status_of(api: &'static str, clock: &dyn Clock, inner: &Mutex<Inner>) -> BreakerStatus {
+    let state = lock(inner).state;
+    let (consecutive_failures, retry_in) = match state {
+        State::Closed {
+            consecutive_failures,
+        } => (consecutive_failures, None),
+        State::Open { until } => (0, Some(until.saturating_duration_since(clock.now()))),
+        State::HalfOpen { .. } => (0, None),
+    };
+    BreakerStatus {
+        api,
+        state: state.public(),
+        consecutive_failures,
+        retry_in,
+    }
+}
+
+/// Every live circuit breaker of the process and its state, in creation order. Several breakers
+/// may guard the same API (one per server started in a test process); dropped ones are gone.
+pub fn snapshot() -> Vec<BreakerStatus> {
+    // Read the states after releasing the registry: a breaker's own lock is never taken while
+    // the registry's is held, so creating a breaker never waits on a busy one.
+    type Live = (&'static str, Arc<dyn Clock>, Arc<Mutex<Inner>>);
+    let live: Vec<Live> = {
+        let mut registry = registry();
+        registry.retain(|r| r.inner.strong_count() > 0);
+        registry
+            .iter()
+            .filter_map(|r| Some((r.api, r.clock.clone(), r.inner.upgrade()?)))
+            .collect()
+    };
+    live.iter()
+        .map(|(api, clock, inner)| status_of(api, clock.as_ref(), inner))
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -695,6 +787,51 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    // ---- registry ------------------------------------------------------------------------
+
+    /// The registry's entries for `api` (other tests create breakers concurrently).
+    fn listed(api: &str) -> Vec<BreakerStatus> {
+        snapshot().into_iter().filter(|s| s.api == api).collect()
+    }
+
+    #[test]
+    fn the_registry_lists_live_breakers_with_their_state_and_forgets_dropped_ones() {
+        let clock = ManualClock::new();
+        let breaker =
+            CircuitBreaker::with_clock("registry-test", BreakerSettings::default(), clock.clone());
+        fail(&breaker, 2);
+        assert_eq!(
+            listed("registry-test"),
+            [BreakerStatus {
+                api: "registry-test",
+                state: BreakerState::Closed,
+                consecutive_failures: 2,
+                retry_in: None,
+            }]
+        );
+        fail(&breaker, 3);
+        clock.advance(Duration::from_secs(10));
+        let open = breaker.status();
+        assert_eq!(open.state, BreakerState::Open);
+        assert_eq!(open.retry_in, Some(Duration::from_secs(20)));
+        assert_eq!(listed("registry-test"), [open]);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(breaker.status().retry_in, Some(Duration::ZERO));
+
+        let second = CircuitBreaker::new("registry-test");
+        assert_eq!(listed("registry-test").len(), 2);
+        drop(breaker);
+        assert_eq!(
+            listed("registry-test")
+                .iter()
+                .map(|s| s.state)
+                .collect::<Vec<_>>(),
+            [BreakerState::Closed]
+        );
+        drop(second);
+        assert!(listed("registry-test").is_empty());
     }
 
     // ---- metrics -------------------------------------------------------------------------

@@ -323,7 +323,7 @@ impl Session {
         let call = self.call.clone();
         let pipeline = self.state.pipeline.clone();
         let out = self.out.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let control = JambonzCallControl::new();
             let invocation = ToolInvocation {
                 platform: Platform::Jambonz,
@@ -357,7 +357,9 @@ impl Session {
                     return;
                 }
             }
-        });
+        };
+        // In the socket's span, which names the call: a lost answer is logged with its call.
+        tokio::spawn(task.in_current_span());
     }
 
     async fn on_verb_hook(&mut self, msgid: &str, env: &Envelope) -> String {

@@ -41,7 +41,11 @@ pub async fn dial_action(
             return say_and_hang_up(SORRY);
         }
     };
-    let span = info_span!("twilio_dial_action", call = %action.call_sid);
+    let span = info_span!(
+        "twilio_dial_action",
+        call = %action.call_sid,
+        attempt = %query.attempt.map(|a| a.to_string()).unwrap_or_default()
+    );
     on_dial_action(&state, query.attempt, &action)
         .instrument(span)
         .await
@@ -133,7 +137,13 @@ pub async fn whisper(
     if let Err(refused) = verify(&state, &uri, &headers, body) {
         return refused.into_response();
     }
-    let attempt = match query.attempt {
+    // The on-call person's leg: its attempt names the call it belongs to.
+    let span = info_span!("twilio_whisper", attempt = %query.attempt.map(|a| a.to_string()).unwrap_or_default());
+    whisper_text(&state, query.attempt).instrument(span).await
+}
+
+async fn whisper_text(state: &AppState, attempt: Option<Uuid>) -> Response {
+    let attempt = match attempt {
         Some(id) => state.store.transfer_attempt(id).await,
         None => Ok(None),
     };

@@ -51,6 +51,7 @@ pub async fn incoming(
         .cloned()
     else {
         warn!(
+            call = %call.call_sid,
             to = %call.to.as_deref().map(mask).unwrap_or_default(),
             "incoming call to a number no tenant answers"
         );

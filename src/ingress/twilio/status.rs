@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{SORRY, say_and_hang_up, twiml, verify};
@@ -38,6 +38,11 @@ pub async fn status(
             return twiml(wire::Response::new());
         }
     };
+    let span = info_span!("twilio_status", call = %event.call_sid);
+    on_status(&state, &event).instrument(span).await
+}
+
+async fn on_status(state: &AppState, event: &StatusCallback) -> Response {
     let at = event
         .timestamp
         .as_deref()
@@ -127,6 +132,11 @@ pub async fn recording(
             return say_and_hang_up(SORRY);
         }
     };
+    let span = info_span!("twilio_recording", call = %done.call_sid);
+    on_recording(&state, &done).instrument(span).await
+}
+
+async fn on_recording(state: &AppState, done: &RecordingDone) -> Response {
     let Some(url) = done
         .recording_url
         .clone()

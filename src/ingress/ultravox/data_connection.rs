@@ -151,13 +151,16 @@ fn on_message(
 ) {
     match Incoming::parse(text) {
         Ok(Incoming::ToolInvocation(message)) => {
-            tokio::spawn(run_tool(
+            let task = run_tool(
                 state.clone(),
                 tenant.clone(),
                 call.clone(),
                 out.clone(),
                 message,
-            ));
+            );
+            // In the connection's span, which names the call: what the task logs outside the
+            // pipeline's own span (a lost answer) still says which call it was.
+            tokio::spawn(task.in_current_span());
         }
         Ok(Incoming::CallStarted { .. }) => debug!("Ultravox call started"),
         Ok(Incoming::Error(_)) => warn!("Ultravox reported an error on the data connection"),

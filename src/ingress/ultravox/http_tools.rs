@@ -214,7 +214,12 @@ async fn run(state: AppState, tool: &str, request_headers: &HeaderMap, body: &[u
         call: call.as_ref(),
         control: control.as_ref(),
     };
-    let span = info_span!("ultravox_http_tool", tenant = %tenant.id, tool);
+    let span = info_span!(
+        "ultravox_http_tool",
+        tenant = %tenant.id,
+        call = %invocation.call_ref,
+        tool
+    );
     let result = state.pipeline.run(&invocation, &ctx).instrument(span).await;
     reply(&result)
 }

@@ -279,7 +279,11 @@ pub async fn login(
             .flatten();
         metrics::counter!("lifeline_admin_logins_total", "outcome" => "failed").increment(1);
         tracing::warn!(locked = locked.is_some(), "dashboard login failed");
-        let action = if locked.is_some() { "locked_out" } else { "login_failed" };
+        let action = if locked.is_some() {
+            "locked_out"
+        } else {
+            "login_failed"
+        };
         if let Err(e) = state
             .store
             // A name that is no account may be a password typed in the wrong field: not kept.
