@@ -369,8 +369,15 @@ async fn needs_callback_lists_open_requests_critical_first_with_tel_links(engine
     // The concern is shown as text, never as markup.
     assert!(body.contains("concern &lt;b&gt;2&lt;/b&gt;"), "escaped");
     assert!(!body.contains("<b>2</b>"));
-    // Security headers come with every page (see tests/ops.rs for all of them).
-    assert!(body.contains("/admin/static/app.js"));
+    // The page's only script is a file of this site, which the CSP allows; nothing inline.
+    assert!(body.contains("<script src=\"/admin/static/app.js\" defer></script>"));
+    assert!(!body.contains("<script>"));
+    let headers = reqwest::get(app.http_url("/admin/login")).await.unwrap();
+    let h = |n: &str| headers.headers()[n].to_str().unwrap().to_string();
+    assert!(h("content-security-policy").contains("script-src 'self'"));
+    assert!(h("content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(h("x-frame-options"), "DENY");
+    assert_eq!(h("x-content-type-options"), "nosniff");
     let js = b.get("/admin/static/app.js").await;
     assert_eq!(js.status, 200);
     assert!(js.body.contains("EventSource"));
@@ -583,6 +590,15 @@ async fn timeline_dead_letters_alerts_and_stats_show_a_calls_story(engine: Engin
     assert!(alerts.body.contains("critical request"));
     assert!(alerts.body.contains("not delivered"));
 
+    let system = b.get("/admin/system").await;
+    assert_eq!(system.status, 200);
+    assert!(system.body.contains("Circuit breakers") && system.body.contains("Delivery queue"));
+    assert!(
+        system.body.contains("<td>dead_letter</td><td>1</td>"),
+        "one critical dead letter: {}",
+        system.body
+    );
+    assert!(system.body.contains("Nothing is waiting for delivery."));
     let stats = b.get("/admin/stats").await;
     assert_eq!(stats.status, 200);
     let today = Utc::now().date_naive().to_string();

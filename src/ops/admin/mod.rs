@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/alerts", get(alerts))
         .route("/admin/stats", get(stats))
+        .route("/admin/system", get(system))
         .route("/admin/calls/{id}", get(timeline::call_timeline))
         .route("/admin/callbacks/{id}/{action}", post(act))
         .route("/admin/events", get(events))
@@ -85,6 +86,15 @@ async fn alerts(State(state): State<AppState>, staff: Staff) -> Response {
         .await
     {
         Ok(rows) => pages::alerts(&staff, &rows).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn system(State(state): State<AppState>, staff: Staff) -> Response {
+    match state.store.queue_stats(Utc::now()).await {
+        Ok(queue) => {
+            pages::system(&staff, &queue, &crate::telephony::breaker::snapshot()).into_response()
+        }
         Err(e) => db_error(e),
     }
 }

@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::store::{AlertRow, CallbackRequestRow, DayStats};
+use crate::store::{AlertRow, CallbackRequestRow, DayStats, QueueStats, URGENCIES};
+use crate::telephony::breaker::{BreakerState, BreakerStatus};
 
 use super::auth::Staff;
 
@@ -224,6 +225,52 @@ pub fn stats(staff: &Staff, days: &[DayStats]) -> Markup {
                             td { (d.transfers_succeeded) } td { (d.transfers_failed) } td { (d.callbacks) }
                             td { @match d.median_minutes_to_callback { Some(m) => { (format!("{m:.0} min")) }, None => { "–" } } }
                         }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn system(staff: &Staff, queue: &QueueStats, breakers: &[BreakerStatus]) -> Markup {
+    let waiting = queue.oldest_pending_age();
+    layout(
+        "System",
+        Some(staff),
+        html! {
+            h2 { "Circuit breakers" }
+            @if breakers.is_empty() { p { "No outbound API has been used yet." } }
+            table #breakers {
+                thead { tr { th { "API" } th { "State" } th { "Failures in a row" } th { "Trial in" } } }
+                tbody {
+                    @for b in breakers {
+                        tr.(if b.state == BreakerState::Closed { "ok" } else { "open" }) {
+                            td { (b.api) } td { (b.state.as_str()) } td { (b.consecutive_failures) }
+                            td { @match b.retry_in { Some(d) => { (d.as_secs()) " s" }, None => { "–" } } }
+                        }
+                    }
+                }
+            }
+            h2 { "Delivery queue (all clinics)" }
+            p #oldest {
+                @if waiting.is_zero() { "Nothing is waiting for delivery." }
+                @else { "Oldest request waiting for delivery: " (age(queue.at - chrono::Duration::from_std(waiting).unwrap_or_default(), queue.at)) }
+                " · in flight: " (queue.in_flight)
+            }
+            table #queue {
+                thead { tr { th { "Status" } @for u in URGENCIES { th { (u) } } } }
+                tbody {
+                    @for status in ["pending", "failed", "dead_letter", "posted", "cancelled", "resolved"] {
+                        tr { td { (status) } @for u in URGENCIES { td { (queue.requests(status, u)) } } }
+                    }
+                }
+            }
+            h2 { "Alerts" }
+            table {
+                thead { tr { th { "Kind" } th { "Pending" } th { "Sent" } th { "Failed" } th { "Skipped" } } }
+                tbody {
+                    @for kind in ["critical_request", "dead_letter"] {
+                        tr { td { (kind) } @for st in ["pending", "sent", "failed", "skipped"] { td { (queue.alerts(kind, st)) } } }
                     }
                 }
             }
