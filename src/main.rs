@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Staff { command }) = cli.command {
         let store = match command {
             StaffCommand::Hash => None,
-            StaffCommand::Add { .. } => {
+            StaffCommand::Add { .. } | StaffCommand::Remove { .. } => {
                 let store = store::connect(&cli.process.database_url).await?;
                 store.migrate().await?;
                 Some(store)

@@ -26,6 +26,7 @@ on_both_engines!(
     staff_of_one_clinic_see_and_touch_only_its_requests,
     timeline_dead_letters_alerts_and_stats_show_a_calls_story,
     the_live_feed_streams_new_requests_as_they_are_queued,
+    accounts_made_with_the_cli_log_in_and_removing_one_ends_its_sessions,
 );
 
 const NURSE: &str = "night-nurse";
@@ -223,6 +224,7 @@ async fn pages_and_actions_refuse_requests_without_a_session(engine: Engine) {
         "/admin/dead-letters",
         "/admin/alerts",
         "/admin/stats",
+        "/admin/system",
         "/admin/events",
         &format!("/admin/calls/{}", Uuid::new_v4()),
     ] {
@@ -284,6 +286,12 @@ async fn login_sets_a_strict_session_cookie_and_logout_ends_it(engine: Engine) {
     assert!(home.body.contains(NURSE));
 
     let csrf = hidden(&home.body, "csrf");
+    // A logout without the token (a forged link) does nothing.
+    assert_eq!(
+        b.post("/admin/logout", &[("csrf", "nope")]).await.status,
+        403
+    );
+    assert_eq!(b.get("/admin").await.status, 200);
     let out = b.post("/admin/logout", &[("csrf", &csrf)]).await;
     assert_eq!(out.status, 303);
     assert_eq!(b.get("/admin").await.status, 303, "the session is gone");
@@ -412,8 +420,13 @@ async fn actions_are_audited_and_refused_without_token_or_from_another_site(engi
         )
         .await;
     assert_eq!(done.status, 303);
+    assert_eq!(done.location.as_deref(), Some("/admin"));
     let row = app.store.callback_request(r.id).await.unwrap().unwrap();
     assert_eq!(row.resolved_by.as_deref(), Some(NURSE));
+    // Marked done twice (two nurses at once): the first note stays.
+    let twice = b.post(&path, &[("csrf", &csrf), ("note", "me too")]).await;
+    assert_eq!(twice.status, 409);
+    assert!(twice.body.contains("already resolved"));
     assert_eq!(
         row.resolution_note.as_deref(),
         Some("called back, dog is fine")
@@ -492,6 +505,21 @@ async fn staff_of_one_clinic_see_and_touch_only_its_requests(engine: Engine) {
             .resolved_at
             .is_none()
     );
+    for action in ["retry", "cancel"] {
+        let other = b
+            .post(
+                &format!("/admin/callbacks/{}/{action}", riverside.id),
+                &[("csrf", &csrf), ("note", "x")],
+            )
+            .await;
+        assert_eq!(other.status, 404, "{action}");
+    }
+    // Alerts of the other clinic are not listed; the all-clinic queue figures are not shown.
+    let alerts = b.get("/admin/alerts").await;
+    assert!(alerts.body.contains("hillside") && !alerts.body.contains("riverside"));
+    let system = b.get("/admin/system").await;
+    assert_eq!(system.status, 200);
+    assert!(!system.body.contains("Delivery queue"));
 }
 
 async fn timeline_dead_letters_alerts_and_stats_show_a_calls_story(engine: Engine) {
@@ -660,4 +688,93 @@ async fn the_live_feed_streams_new_requests_as_they_are_queued(engine: Engine) {
     assert!(text.contains("event: callback"), "{text}");
     assert!(text.contains("data-urgency=\"critical\""), "{text}");
     assert!(text.contains("tel:+14165550007"), "{text}");
+
+    // Logged out elsewhere: the feed stops sending and ends.
+    let csrf = hidden(&page.body, "csrf");
+    assert_eq!(
+        b.post("/admin/logout", &[("csrf", &csrf)]).await.status,
+        303
+    );
+    let later = request(8, "riverside", Urgency::Critical);
+    enqueue(&app.store, &later).await;
+    let mut after = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            after.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the feed ends after logout");
+    assert!(!after.contains(&later.id.to_string()), "{after}");
+}
+
+/// `lifeline staff …` with `stdin` as standard input.
+async fn staff_cli(app: &TestApp, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .arg("staff")
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", &app.db.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn accounts_made_with_the_cli_log_in_and_removing_one_ends_its_sessions(engine: Engine) {
+    let app = app(engine).await;
+    let (code, _, err) = staff_cli(&app, &["add", "day-vet"], "short\n").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("at least 12 characters"), "{err}");
+    let (code, out, err) = staff_cli(
+        &app,
+        &["add", "day-vet", "--tenant", "riverside"],
+        "a long enough password\n",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("day-vet saved (clinic riverside)"), "{out}");
+    let mut b = Browser::new(&app);
+    assert_eq!(
+        b.login("day-vet", "a long enough password").await.status,
+        303
+    );
+    assert_eq!(b.get("/admin").await.status, 200);
+
+    let (code, _, err) = staff_cli(&app, &["remove", "day-vet"], "").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        b.get("/admin").await.status,
+        303,
+        "the session ended with the account"
+    );
+    assert_eq!(
+        b.login("day-vet", "a long enough password").await.status,
+        401
+    );
+
+    let (code, hash, _) = staff_cli(&app, &["hash"], "correct horse battery\n").await;
+    assert_eq!(code, 0);
+    assert!(lifeline::ops::admin::auth::verify_password(
+        "correct horse battery",
+        hash.trim()
+    ));
 }

@@ -23,6 +23,8 @@ pub enum StaffCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Remove an account made with `add` and end its sessions.
+    Remove { username: String },
     /// Print the argon2 hash of a password read from standard input, for `[[staff]]` in the
     /// configuration file.
     Hash,
@@ -55,6 +57,29 @@ pub async fn run(
                 let hash = hash_password(&read_password(input)?)?;
                 writeln!(out, "{hash}").map_err(|e| e.to_string())
             }
+            StaffCommand::Remove { username } => {
+                let store = store.ok_or("no database")?;
+                if !store
+                    .delete_staff_account(&username)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!(
+                        "no account {username} made with `staff add` (accounts in the configuration file are removed there)"
+                    ));
+                }
+                store
+                    .audit(
+                        Utc::now(),
+                        "cli",
+                        "staff_removed",
+                        serde_json::json!({ "username": username }),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                writeln!(out, "staff account {username} removed; its sessions are over")
+                    .map_err(|e| e.to_string())
+            }
             StaffCommand::Add { username, tenant } => {
                 if !valid_username(&username) {
                     return Err(
@@ -71,6 +96,20 @@ pub async fn run(
                             tenant_id: tenant.clone(),
                         },
                         Utc::now(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // A new password (or clinic) ends the sessions opened with the old one.
+                let ended = store
+                    .delete_sessions_of(&username)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store
+                    .audit(
+                        Utc::now(),
+                        "cli",
+                        "staff_saved",
+                        serde_json::json!({ "username": username, "tenant": tenant, "sessions_ended": ended }),
                     )
                     .await
                     .map_err(|e| e.to_string())?;

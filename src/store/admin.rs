@@ -75,8 +75,9 @@ pub trait AdminStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
 
-    /// Counts a failed login; `max` failures within `window` lock the name for `lock`. Returns
-    /// the end of the lock when this failure caused one.
+    /// Counts a login attempt as failed until it succeeds (so that guesses sent in parallel all
+    /// count), in one atomic statement; `max` within `window` lock the name for `lock`. Returns
+    /// the attempts in the window and the end of the lock, if the name is locked.
     async fn record_login_failure(
         &self,
         username: &str,
@@ -84,7 +85,7 @@ pub trait AdminStore: Send + Sync {
         window: chrono::Duration,
         max: i32,
         lock: chrono::Duration,
-    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+    ) -> Result<(i32, Option<DateTime<Utc>>), StoreError>;
 
     /// Forgets the failures of a name (after a successful login).
     async fn clear_login_failures(&self, username: &str) -> Result<(), StoreError>;
@@ -99,6 +100,12 @@ pub trait AdminStore: Send + Sync {
     ) -> Result<Option<SessionRow>, StoreError>;
 
     async fn delete_session(&self, token_hash: &str) -> Result<(), StoreError>;
+
+    /// Ends every session of `username` (password changed, account removed).
+    async fn delete_sessions_of(&self, username: &str) -> Result<u64, StoreError>;
+
+    /// Removes an account made with the CLI and ends its sessions; false if there was none.
+    async fn delete_staff_account(&self, username: &str) -> Result<bool, StoreError>;
 
     /// Writes a staff event that concerns no callback request (a login, a logout, a lock-out)
     /// to the audit table.
@@ -254,7 +261,7 @@ macro_rules! impl_admin_store {
                          WHERE username = $1",
                     )
                     .bind(username)
-                    .fetch_optional(self.writer())
+                    .fetch_optional(self.reader())
                     .await?)
                 }
 
@@ -279,33 +286,30 @@ macro_rules! impl_admin_store {
                     window: chrono::Duration,
                     max: i32,
                     lock: chrono::Duration,
-                ) -> Result<Option<DateTime<Utc>>, StoreError> {
-                    let mut tx = self.writer().begin().await?;
-                    let current: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
-                        "SELECT failures, window_start FROM login_failures WHERE username = $1",
-                    )
-                    .bind(username)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let (failures, start) = match current {
-                        Some((n, start)) if now - start < window => (n + 1, start),
-                        _ => (1, now),
-                    };
-                    let locked = (failures >= max).then(|| now + lock);
-                    sqlx::query(
+                ) -> Result<(i32, Option<DateTime<Utc>>), StoreError> {
+                    // One statement: parallel attempts cannot read the same count.
+                    let (failures, locked): (i32, Option<DateTime<Utc>>) = sqlx::query_as(
                         "INSERT INTO login_failures (username, failures, window_start, \
-                         locked_until) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (username) DO UPDATE SET failures = $2, window_start = $3, \
-                         locked_until = COALESCE($4, login_failures.locked_until)",
+                         locked_until) VALUES ($1, 1, $2, CASE WHEN 1 >= $4 THEN $5 END) \
+                         ON CONFLICT (username) DO UPDATE SET \
+                         failures = CASE WHEN login_failures.window_start > $3 \
+                           THEN login_failures.failures + 1 ELSE 1 END, \
+                         window_start = CASE WHEN login_failures.window_start > $3 \
+                           THEN login_failures.window_start ELSE $2 END, \
+                         locked_until = CASE \
+                           WHEN (CASE WHEN login_failures.window_start > $3 \
+                                 THEN login_failures.failures + 1 ELSE 1 END) >= $4 THEN $5 \
+                           ELSE login_failures.locked_until END \
+                         RETURNING failures, locked_until",
                     )
                     .bind(username)
-                    .bind(if locked.is_some() { 0 } else { failures })
-                    .bind(if locked.is_some() { now } else { start })
-                    .bind(locked)
-                    .execute(&mut *tx)
+                    .bind(now)
+                    .bind(now - window)
+                    .bind(max)
+                    .bind(now + lock)
+                    .fetch_one(self.writer())
                     .await?;
-                    tx.commit().await?;
-                    Ok(locked)
+                    Ok((failures, locked.filter(|l| *l > now)))
                 }
 
                 async fn clear_login_failures(&self, username: &str) -> Result<(), StoreError> {
@@ -381,6 +385,29 @@ macro_rules! impl_admin_store {
                     .execute(self.writer())
                     .await?;
                     Ok(())
+                }
+
+                async fn delete_sessions_of(&self, username: &str) -> Result<u64, StoreError> {
+                    Ok(sqlx::query("DELETE FROM staff_sessions WHERE username = $1")
+                        .bind(username)
+                        .execute(self.writer())
+                        .await?
+                        .rows_affected())
+                }
+
+                async fn delete_staff_account(&self, username: &str) -> Result<bool, StoreError> {
+                    let mut tx = self.writer().begin().await?;
+                    let gone = sqlx::query("DELETE FROM staff_accounts WHERE username = $1")
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    sqlx::query("DELETE FROM staff_sessions WHERE username = $1")
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(gone == 1)
                 }
 
                 async fn open_callbacks(

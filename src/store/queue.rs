@@ -898,9 +898,13 @@ macro_rules! impl_delivery_queue {
                             note.as_deref()
                         }
                         StaffAction::Resolve { note } => {
-                            sqlx::query(
+                            if resolved_at.is_some() {
+                                return Err(conflict("already resolved"));
+                            }
+                            let changed = sqlx::query(
                                 "UPDATE callback_requests SET resolved_at = $2, resolved_by = $3, \
-                                 resolution_note = $4, updated_at = $2 WHERE id = $1",
+                                 resolution_note = $4, updated_at = $2 \
+                                 WHERE id = $1 AND resolved_at IS NULL",
                             )
                             .bind(id)
                             .bind(now)
@@ -908,7 +912,11 @@ macro_rules! impl_delivery_queue {
                             .bind(note.as_deref())
                             .execute(&mut *tx)
                             .await
-                            .map_err(StoreError::from)?;
+                            .map_err(StoreError::from)?
+                            .rows_affected();
+                            if changed == 0 {
+                                return Err(conflict("already resolved"));
+                            }
                             note.as_deref()
                         }
                     };

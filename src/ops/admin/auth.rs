@@ -2,11 +2,11 @@
 //! cookie (stored hashed), a CSRF token per session checked on every action together with the
 //! request's origin, and a lock-out after repeated failures.
 
+use axum::Form;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
-use axum::{Form, extract::Query};
 use base64::Engine as _;
 use chrono::Utc;
 use serde::Deserialize;
@@ -31,7 +31,7 @@ pub struct Staff {
     pub tenant: Option<String>,
     /// The session's CSRF token, put in every form.
     pub csrf: String,
-    token_hash: String,
+    pub(super) token_hash: String,
 }
 
 impl Staff {
@@ -95,16 +95,25 @@ fn set_cookie(
 }
 
 /// Refuses a request that a browser sent from another site: its `Origin` (or, without one, its
-/// `Sec-Fetch-Site`) must be this site.
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// `Sec-Fetch-Site`) must be this site: the configured public URL's origin when there is one
+/// (a proxy may rewrite `Host`), else the request's own host.
+pub fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(origin) => {
-            let bare = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"));
-            matches!((bare, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
-        }
+        Some(origin) => match state.config.public_url.as_deref() {
+            Some(public) => {
+                let public_origin = reqwest::Url::parse(public)
+                    .map(|u| u.origin().ascii_serialization())
+                    .unwrap_or_default();
+                origin.eq_ignore_ascii_case(&public_origin)
+            }
+            None => {
+                let bare = origin
+                    .strip_prefix("https://")
+                    .or_else(|| origin.strip_prefix("http://"));
+                matches!((bare, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+            }
+        },
         None => headers
             .get("sec-fetch-site")
             .and_then(|v| v.to_str().ok())
@@ -117,8 +126,13 @@ fn tokens_equal(a: &str, b: &str) -> bool {
 }
 
 /// Checks an action's CSRF token and origin: the response to send back when they fail.
-pub fn refuse_action(staff: &Staff, token: &str, headers: &HeaderMap) -> Option<Response> {
-    if same_origin(headers) && tokens_equal(&staff.csrf, token) {
+pub fn refuse_action(
+    state: &AppState,
+    staff: &Staff,
+    token: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    if same_origin(state, headers) && tokens_equal(&staff.csrf, token) {
         return None;
     }
     tracing::warn!(staff = %staff.username, "action refused: cross-site or bad CSRF token");
@@ -143,15 +157,22 @@ impl FromRequestParts<AppState> for Staff {
             return Err(refuse());
         };
         let token_hash = hash_token(token);
-        match state.store.session(&token_hash, Utc::now()).await {
-            Ok(Some(s)) => Ok(Staff {
+        let session = state.store.session(&token_hash, Utc::now()).await;
+        // The account must still exist, and its clinic is read from it now: removing an account
+        // or moving it to another clinic takes effect at once, not at the session's end.
+        let account = match &session {
+            Ok(Some(s)) => current_tenant(state, &s.username).await,
+            _ => Ok(None),
+        };
+        match (session, account) {
+            (Ok(Some(s)), Ok(Some(tenant))) => Ok(Staff {
                 username: s.username,
-                tenant: s.tenant_id,
+                tenant,
                 csrf: s.csrf_token,
                 token_hash,
             }),
-            Ok(None) => Err(refuse()),
-            Err(e) => {
+            (Ok(_), Ok(_)) => Err(refuse()),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(error = %e, "session lookup failed");
                 Err(pages::error_page(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -162,20 +183,42 @@ impl FromRequestParts<AppState> for Staff {
     }
 }
 
-#[derive(Deserialize)]
-pub struct LoginQuery {
-    #[serde(default)]
-    error: Option<String>,
+/// The clinic an account sees now (`Some(None)`: every clinic), or `None` if it is gone.
+async fn current_tenant(
+    state: &AppState,
+    username: &str,
+) -> Result<Option<Option<String>>, crate::store::StoreError> {
+    if let Some(s) = state
+        .config
+        .admin
+        .staff
+        .iter()
+        .find(|s| s.username == username)
+    {
+        return Ok(Some(s.tenant.clone()));
+    }
+    Ok(state
+        .store
+        .staff_account(username)
+        .await?
+        .map(|a| a.tenant_id))
+}
+
+/// Whether a session still stands (the live feed asks now and then).
+pub async fn still_valid(state: &AppState, staff: &Staff) -> bool {
+    matches!(
+        state.store.session(&staff.token_hash, Utc::now()).await,
+        Ok(Some(_))
+    ) && matches!(
+        current_tenant(state, &staff.username).await,
+        Ok(Some(tenant)) if tenant == staff.tenant
+    )
 }
 
 /// `GET /admin/login`.
-pub async fn login_form(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<LoginQuery>,
-) -> Response {
+pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let csrf = random_token();
-    let page = pages::login_page(&csrf, q.error.as_deref());
+    let page = pages::login_page(&csrf, None);
     (
         [(
             header::SET_COOKIE,
@@ -212,7 +255,9 @@ pub async fn login(
             .into_response()
     };
     let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if !same_origin(&headers) || cookie_token.is_empty() || !tokens_equal(cookie_token, &form.csrf)
+    if !same_origin(&state, &headers)
+        || cookie_token.is_empty()
+        || !tokens_equal(cookie_token, &form.csrf)
     {
         return fail(
             "The login form expired or came from another site; please try again.",
@@ -222,36 +267,66 @@ pub async fn login(
     let settings = &state.config.admin;
     let now = Utc::now();
     let username = form.username.trim().to_string();
-    match state.store.locked_until(&username, now).await {
-        Ok(Some(until)) => {
-            return fail(
-                &format!(
-                    "Too many failed attempts: this account is locked until {} UTC.",
-                    until.format("%H:%M")
-                ),
-                StatusCode::TOO_MANY_REQUESTS,
-            );
+    let db_down = || {
+        fail(
+            "The database is not answering; try again.",
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+    };
+    let locked_message = |until: chrono::DateTime<Utc>| {
+        format!(
+            "Too many failed attempts: this account is locked until {} UTC.",
+            until.format("%H:%M")
+        )
+    };
+    // A name no account can have is not looked up nor counted (it would only fill the table),
+    // but it is still checked against a hash, so that it takes as long as a real one.
+    let plausible = crate::config::valid_username(&username);
+    if plausible {
+        match state.store.locked_until(&username, now).await {
+            Ok(Some(until)) => return fail(&locked_message(until), StatusCode::TOO_MANY_REQUESTS),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "login: database error");
+                return db_down();
+            }
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "login: database error");
-            return fail(
-                "The database is not answering; try again.",
-                StatusCode::SERVICE_UNAVAILABLE,
-            );
+    }
+    // Counted before the password is checked, as failed until it succeeds: guesses sent in
+    // parallel all count, and the one past the limit is refused unchecked.
+    if plausible {
+        match state
+            .store
+            .record_login_failure(
+                &username,
+                now,
+                chrono::Duration::from_std(settings.failure_window).unwrap_or_default(),
+                settings.max_failures + 1,
+                chrono::Duration::from_std(settings.lockout).unwrap_or_default(),
+            )
+            .await
+        {
+            Ok((_, Some(until))) => {
+                audit_failure(&state, now, &username, "locked_out").await;
+                return fail(&locked_message(until), StatusCode::TOO_MANY_REQUESTS);
+            }
+            Ok((_, None)) => {}
+            Err(e) => {
+                // No count, no check: a login that cannot be counted is refused.
+                tracing::error!(error = %e, "login: could not count the attempt");
+                return db_down();
+            }
         }
     }
     // Accounts from the configuration first, then those made with the CLI.
     let account = match settings.staff.iter().find(|s| s.username == username) {
         Some(s) => Some((s.password_hash.clone(), s.tenant.clone())),
+        None if !plausible => None,
         None => match state.store.staff_account(&username).await {
             Ok(a) => a.map(|a| (a.password_hash, a.tenant_id)),
             Err(e) => {
                 tracing::error!(error = %e, "login: database error");
-                return fail(
-                    "The database is not answering; try again.",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                );
+                return db_down();
             }
         },
     };
@@ -260,43 +335,24 @@ pub async fn login(
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |(h, _)| h.clone());
     let password = form.password;
-    // argon2 takes tens of milliseconds of CPU: off the async threads.
-    let verified = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    // argon2 takes tens of milliseconds and ~19 MiB per check: off the async threads, and a
+    // few at a time, so a flood of logins cannot exhaust memory or the blocking pool.
+    let verified = {
+        let _permit = ARGON2_SLOTS.acquire().await;
+        tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false)
+    };
     if !(known && verified) {
-        let locked = state
-            .store
-            .record_login_failure(
-                &username,
-                now,
-                chrono::Duration::from_std(settings.failure_window).unwrap_or_default(),
-                settings.max_failures,
-                chrono::Duration::from_std(settings.lockout).unwrap_or_default(),
-            )
-            .await
-            .ok()
-            .flatten();
         metrics::counter!("lifeline_admin_logins_total", "outcome" => "failed").increment(1);
-        tracing::warn!(locked = locked.is_some(), "dashboard login failed");
-        let action = if locked.is_some() {
-            "locked_out"
+        tracing::warn!("dashboard login failed");
+        // A name that is no account may be a password typed in the wrong field: not kept.
+        let actor = if known {
+            username.as_str()
         } else {
-            "login_failed"
+            "(unknown name)"
         };
-        if let Err(e) = state
-            .store
-            // A name that is no account may be a password typed in the wrong field: not kept.
-            .audit(
-                now,
-                if known { &username } else { "(unknown name)" },
-                action,
-                serde_json::json!({}),
-            )
-            .await
-        {
-            tracing::error!(error = %e, "could not audit a failed login");
-        }
+        audit_failure(&state, now, actor, "login_failed").await;
         return fail("Wrong username or password.", StatusCode::UNAUTHORIZED);
     }
     let tenant = account.and_then(|(_, t)| t);
@@ -345,6 +401,19 @@ pub async fn login(
         .into_response()
 }
 
+/// How many password checks may run at once.
+static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+async fn audit_failure(state: &AppState, at: chrono::DateTime<Utc>, actor: &str, action: &str) {
+    if let Err(e) = state
+        .store
+        .audit(at, actor, action, serde_json::json!({}))
+        .await
+    {
+        tracing::error!(error = %e, "could not audit a failed login");
+    }
+}
+
 /// Whether `password` matches the PHC `hash`.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
@@ -385,7 +454,7 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Some(r) = refuse_action(&staff, &form.csrf, &headers) {
+    if let Some(r) = refuse_action(&state, &staff, &form.csrf, &headers) {
         return r;
     }
     if let Err(e) = state.store.delete_session(&staff.token_hash).await {

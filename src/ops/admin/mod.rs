@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/events", get(events))
         .route("/admin/static/app.js", get(script))
         .route("/admin/static/app.css", get(style))
+        .layer(axum::middleware::map_response(no_store))
 }
 
 fn db_error(e: impl std::fmt::Display) -> Response {
@@ -91,10 +92,13 @@ async fn alerts(State(state): State<AppState>, staff: Staff) -> Response {
 }
 
 async fn system(State(state): State<AppState>, staff: Staff) -> Response {
+    let breakers = crate::telephony::breaker::snapshot();
+    // The queue's figures cover every clinic: shown to staff who see every clinic.
+    if staff.tenant.is_some() {
+        return pages::system(&staff, None, &breakers).into_response();
+    }
     match state.store.queue_stats(Utc::now()).await {
-        Ok(queue) => {
-            pages::system(&staff, &queue, &crate::telephony::breaker::snapshot()).into_response()
-        }
+        Ok(queue) => pages::system(&staff, Some(&queue), &breakers).into_response(),
         Err(e) => db_error(e),
     }
 }
@@ -126,7 +130,7 @@ async fn act(
     Path((id, action)): Path<(Uuid, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Some(r) = auth::refuse_action(&staff, &form.csrf, &headers) {
+    if let Some(r) = auth::refuse_action(&state, &staff, &form.csrf, &headers) {
         return r;
     }
     let note = form
@@ -152,11 +156,16 @@ async fn act(
     {
         Ok(_) => {
             tracing::info!(staff = %staff.username, callback_request = %id, action = action.name(), "staff action");
+            // Back to the page the action was on: only a dashboard page's path.
             let back = headers
                 .get(header::REFERER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|r| r.find("/admin").map(|i| r[i..].to_string()))
-                .filter(|p| !p.starts_with("/admin/callbacks"))
+                .and_then(|r| reqwest::Url::parse(r).ok())
+                .map(|u| u.path().to_string())
+                .filter(|p| {
+                    (p == "/admin" || p.starts_with("/admin/"))
+                        && !p.starts_with("/admin/callbacks")
+                })
                 .unwrap_or_else(|| "/admin".into());
             Redirect::to(&back).into_response()
         }
@@ -177,62 +186,109 @@ struct EventsQuery {
 
 /// `GET /admin/events`: server-sent events, one `callback` event (the card's HTML) per callback
 /// request queued after `since` (the time the page was rendered, so none falls in between).
+///
+/// Requests are looked for with an overlap (a request's time is taken before its commit, so
+/// one may become visible after a later one) and sent once each. The session is checked again
+/// on every round, and a stream lasts at most an hour (browsers reconnect by themselves).
 async fn events(
     State(state): State<AppState>,
     staff: Staff,
     Query(q): Query<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    const OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+    let opened = Utc::now();
     let since = q
         .since
-        .unwrap_or_else(Utc::now)
-        .max(Utc::now() - chrono::Duration::hours(1));
-    let signal = state.store.queue_signal();
-    let stream = futures_util::stream::unfold(
-        (state, staff, since, signal, Vec::<Event>::new()),
-        |(state, staff, mut since, mut signal, mut queued)| async move {
-            loop {
-                if let Some(event) = queued.pop() {
-                    return Some((Ok(event), (state, staff, since, signal, queued)));
-                }
-                if *state.shutdown.borrow() {
-                    return None;
-                }
-                // Woken by new requests in this process (and, on PostgreSQL, in any); the
-                // timer covers requests queued by another process on SQLite.
-                let mut shutdown = state.shutdown.clone();
-                tokio::select! {
-                    _ = signal.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = shutdown.changed() => return None,
-                }
-                match state
-                    .store
-                    .open_callbacks_since(staff.tenant.as_deref(), since)
-                    .await
-                {
-                    Ok(rows) => {
-                        let now = Utc::now();
-                        for r in &rows {
-                            since = since.max(r.created_at);
-                        }
-                        // Popped from the back: oldest first.
-                        queued = rows
-                            .iter()
-                            .rev()
-                            .map(|r| {
-                                Event::default()
-                                    .event("callback")
-                                    .id(r.id.to_string())
-                                    .data(pages::callback_card(r, &staff.csrf, now).into_string())
-                            })
-                            .collect();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "live feed: database error"),
-                }
+        .unwrap_or(opened)
+        .max(opened - chrono::Duration::hours(1));
+    let feed = Feed {
+        signal: state.store.queue_signal(),
+        state,
+        staff,
+        since,
+        sent: Vec::new(),
+        queued: Vec::new(),
+        ends: tokio::time::Instant::now() + Duration::from_secs(3600),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(event) = f.queued.pop() {
+                return Some((Ok(event), f));
             }
-        },
-    );
+            if *f.state.shutdown.borrow() || tokio::time::Instant::now() >= f.ends {
+                return None;
+            }
+            // Woken by new requests in this process (and, on PostgreSQL, in any); the timer
+            // covers requests queued by another process on SQLite.
+            let mut shutdown = f.state.shutdown.clone();
+            tokio::select! {
+                _ = f.signal.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return None,
+            }
+            if !auth::still_valid(&f.state, &f.staff).await {
+                // Logged out, expired, removed or moved to another clinic: nothing more.
+                return None;
+            }
+            match f
+                .state
+                .store
+                .open_callbacks_since(f.staff.tenant.as_deref(), f.since - OVERLAP)
+                .await
+            {
+                Ok(rows) => {
+                    let now = Utc::now();
+                    let fresh: Vec<_> = rows
+                        .into_iter()
+                        .filter(|r| !f.sent.iter().any(|(id, _)| *id == r.id))
+                        .collect();
+                    for r in &fresh {
+                        f.since = f.since.max(r.created_at);
+                        f.sent.push((r.id, r.created_at));
+                    }
+                    // Only ids inside the overlap can come back.
+                    let horizon = f.since - OVERLAP - OVERLAP;
+                    f.sent.retain(|(_, at)| *at >= horizon);
+                    // Popped from the back: oldest first.
+                    f.queued = fresh
+                        .iter()
+                        .rev()
+                        .map(|r| {
+                            Event::default()
+                                .event("callback")
+                                .id(r.id.to_string())
+                                .data(pages::callback_card(r, &f.staff.csrf, now).into_string())
+                        })
+                        .collect();
+                }
+                Err(e) => tracing::warn!(error = %e, "live feed: database error"),
+            }
+        }
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The live feed's state between events.
+struct Feed {
+    state: AppState,
+    staff: Staff,
+    signal: tokio::sync::watch::Receiver<u64>,
+    /// Requests queued after this (less the overlap) are looked for.
+    since: DateTime<Utc>,
+    /// Requests already sent, with their time, within the overlap.
+    sent: Vec<(Uuid, DateTime<Utc>)>,
+    queued: Vec<Event>,
+    ends: tokio::time::Instant,
+}
+
+/// Dashboard pages hold callers' names, numbers and concerns: no cache keeps them (the Back
+/// button after logout on a shared clinic computer shows nothing).
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn script() -> impl IntoResponse {

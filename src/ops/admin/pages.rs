@@ -232,8 +232,7 @@ pub fn stats(staff: &Staff, days: &[DayStats]) -> Markup {
     )
 }
 
-pub fn system(staff: &Staff, queue: &QueueStats, breakers: &[BreakerStatus]) -> Markup {
-    let waiting = queue.oldest_pending_age();
+pub fn system(staff: &Staff, queue: Option<&QueueStats>, breakers: &[BreakerStatus]) -> Markup {
     layout(
         "System",
         Some(staff),
@@ -251,6 +250,15 @@ pub fn system(staff: &Staff, queue: &QueueStats, breakers: &[BreakerStatus]) -> 
                     }
                 }
             }
+            @if let Some(queue) = queue { (queue_tables(queue)) }
+            @else { p { "The delivery queue's figures cover every clinic; staff who see every clinic find them here." } }
+        },
+    )
+}
+
+fn queue_tables(queue: &QueueStats) -> Markup {
+    let waiting = queue.oldest_pending_age();
+    html! {
             h2 { "Delivery queue (all clinics)" }
             p #oldest {
                 @if waiting.is_zero() { "Nothing is waiting for delivery." }
@@ -274,6 +282,5 @@ pub fn system(staff: &Staff, queue: &QueueStats, breakers: &[BreakerStatus]) -> 
                     }
                 }
             }
-        },
-    )
+    }
 }
