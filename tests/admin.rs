@@ -526,21 +526,8 @@ async fn timeline_dead_letters_alerts_and_stats_show_a_calls_story(engine: Engin
     let app = app(engine).await;
     // A real call: a Jambonz session with a collect_info tool call.
     let mut fs = app.feature_server().await;
-    fs.session_new().await;
-    fs.tool_call(
-        "inv-1",
-        "collectNameNumberConcernPetName",
-        json!({
-            "callback_number": "(416) 818-9171",
-            "first_name": "Jeremy",
-            "last_name": "Greven",
-            "pet_name": "Tommie",
-            "species": "Cat",
-            "concern_description": "vomiting and lethargic, emergency",
-        }),
-    )
-    .await;
-    fs.tool_output("inv-1").await;
+    fs.collect_info_call("inv-1", "vomiting and lethargic, emergency")
+        .await;
     let call = app.call(&fs.call_sid).await;
     let cb = app.callbacks_of(call.id).await.remove(0);
     assert_eq!(cb.urgency_level, "critical");

@@ -138,21 +138,8 @@ async fn metrics_after_collect_info_show_the_call_the_queue_and_the_circuits(eng
     let _serial = SCRAPES.lock().await;
     let app = TestApp::start(engine).await;
     let mut fs = app.feature_server().await;
-    fs.session_new().await;
-    fs.tool_call(
-        "inv-metrics-1",
-        "collectNameNumberConcernPetName",
-        json!({
-            "callback_number": "(416) 818-9171",
-            "first_name": "Jeremy",
-            "last_name": "Greven",
-            "pet_name": "Tommie",
-            "species": "Cat",
-            "concern_description": "needs a refill of her thyroid medication",
-        }),
-    )
-    .await;
-    fs.tool_output("inv-metrics-1").await;
+    fs.collect_info_call("inv-metrics-1", "needs a refill of her thyroid medication")
+        .await;
     fs.tool_call(
         "inv-metrics-2",
         "collect_info",

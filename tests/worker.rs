@@ -1275,21 +1275,8 @@ async fn a_collected_message_reaches_the_frontend_through_the_in_process_worker(
     );
     let app = TestApp::start_with_sections(engine, &sections).await;
     let mut fs = app.feature_server().await;
-    fs.session_new().await;
-    fs.tool_call(
-        "inv-collect-1",
-        "collectNameNumberConcernPetName",
-        json!({
-            "callback_number": "(416) 818-9171",
-            "first_name": "Jeremy",
-            "last_name": "Greven",
-            "pet_name": "Tommie",
-            "species": "Cat",
-            "concern_description": "needs a refill of her thyroid medication",
-        }),
-    )
-    .await;
-    fs.tool_output("inv-collect-1").await;
+    fs.collect_info_call("inv-collect-1", "needs a refill of her thyroid medication")
+        .await;
     let got = frontend.wait_for(1).await;
     let b = &got[0].body;
     assert_eq!(b["callbackNumber"], "+14168189171");

@@ -493,6 +493,26 @@ impl FakeFeatureServer {
         self.send(&msg).await;
     }
 
+    /// Starts the call and makes one collect_info call for Jeremy Greven's cat Tommie with this
+    /// concern; returns the tool's output.
+    pub async fn collect_info_call(&mut self, tool_call_id: &str, concern: &str) -> Value {
+        self.session_new().await;
+        self.tool_call(
+            tool_call_id,
+            "collectNameNumberConcernPetName",
+            json!({
+                "callback_number": "(416) 818-9171",
+                "first_name": "Jeremy",
+                "last_name": "Greven",
+                "pet_name": "Tommie",
+                "species": "Cat",
+                "concern_description": concern,
+            }),
+        )
+        .await;
+        self.tool_output(tool_call_id).await
+    }
+
     /// Waits for the `llm:tool-output` of an invocation; returns its `data`.
     pub async fn tool_output(&mut self, tool_call_id: &str) -> Value {
         let id = tool_call_id.to_string();

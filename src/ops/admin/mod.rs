@@ -226,16 +226,18 @@ async fn events(
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = shutdown.changed() => return None,
             }
+            let found = f
+                .state
+                .store
+                .open_callbacks_since(f.staff.tenant.as_deref(), f.since - OVERLAP)
+                .await;
+            // Checked after the query: whatever was queued after a logout is only found by a
+            // query that ran after it, so it is never sent.
             if !auth::still_valid(&f.state, &f.staff).await {
                 // Logged out, expired, removed or moved to another clinic: nothing more.
                 return None;
             }
-            match f
-                .state
-                .store
-                .open_callbacks_since(f.staff.tenant.as_deref(), f.since - OVERLAP)
-                .await
-            {
+            match found {
                 Ok(rows) => {
                     let now = Utc::now();
                     let fresh: Vec<_> = rows
