@@ -1013,13 +1013,10 @@ macro_rules! impl_delivery_queue {
                 }
             }
 
-            /// Queue order of an urgency level (0 first).
-            fn rank(level: &str) -> u8 {
-                match level {
-                    "critical" => 0,
-                    "urgent" => 1,
-                    _ => 2,
-                }
+            /// Queue order of an urgency level (0 first), as `urgency_rank` stores it.
+            fn rank(level: &str) -> i32 {
+                crate::tools::urgency::Urgency::parse(level)
+                    .map_or(crate::tools::urgency::Urgency::Normal.rank(), |u| u.rank())
             }
         }
     };
