@@ -147,8 +147,10 @@ async fn connection(
     let (Ok((client, client_ctl)), Ok((server, server_ctl))) = (twin(client), twin(server)) else {
         return;
     };
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
+    // `io::split`, not `into_split`: a dropped `OwnedWriteHalf` sends a FIN, which would turn
+    // a reset into a clean end.
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
     let up = pump(client_read, server_write, fault.clone(), None);
     let down = pump(server_read, client_write, fault.clone(), Some(swallowed));
     let mut cut = fault.clone();
@@ -173,8 +175,8 @@ fn twin(stream: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
 
 /// Copies `from` to `to` under the current fault, until `from` ends.
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut from: tokio::io::ReadHalf<TcpStream>,
+    mut to: tokio::io::WriteHalf<TcpStream>,
     mut fault: watch::Receiver<Fault>,
     swallow_into: Option<Arc<Mutex<Vec<u8>>>>,
 ) {

@@ -19,24 +19,38 @@
 //! - the `redirect` to `hangup` of a `hang_up` recorded since the llm verb last ended.
 //!
 //! Invocations still running are left out: their own task sends the answer and commands to the
-//! call's current socket when they finish.
+//! call's current socket when they finish; one running on another instance (which has no socket
+//! for the call any more) or orphaned by an instance that died is watched until its outcome is
+//! recorded (by its owner, or by the reconciler), and its answer sent then.
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::config::Tenant;
 use crate::protocol::jambonz as wire;
-use crate::store::{CallRow, Store, StoreError};
+use crate::store::{CallRow, Store, StoreError, ToolCallLogRow};
 use crate::tools::{Platform, ToolName, transfer};
 
 /// The call event recorded when the llm verb's actionHook arrives.
 pub const LLM_COMPLETE_EVENT: &str = "llm_complete";
 
-/// The frames to send again after a reconnect's ack, in order: answers, then commands.
-pub async fn lost_frames(
+/// What the previous socket may have lost.
+pub struct Lost {
+    /// The frames to send again after the reconnect's ack, in order: answers, then commands.
+    pub frames: Vec<String>,
+    /// Invocations of the call still `pending`: running on another instance (or orphaned by
+    /// one that died, until a reconciler ends them). Their answers are recorded later, and must
+    /// then be sent on this socket, since their own task has no socket for the call.
+    pub pending: Vec<ToolCallLogRow>,
+}
+
+/// What the previous socket may have lost; with `only`, what concerns that invocation.
+pub async fn lost(
     store: &dyn Store,
     tenant: &Tenant,
     call: &CallRow,
-) -> Result<Vec<String>, StoreError> {
+    only: Option<Uuid>,
+) -> Result<Lost, StoreError> {
     let llm_ended: Option<DateTime<Utc>> = store
         .call_events(call.id)
         .await?
@@ -50,9 +64,17 @@ pub async fn lost_frames(
         .await?;
 
     let mut frames = Vec::new();
+    let mut pending = Vec::new();
     let mut hang_up = false;
-    for log in logs.iter().filter(|l| since_llm_ended(l.created_at)) {
-        let (Some(tool_call_id), Some(result)) = (&log.invocation_id, log.recorded_result()) else {
+    for log in logs
+        .iter()
+        .filter(|l| since_llm_ended(l.created_at) && only.is_none_or(|id| l.id == id))
+    {
+        let Some(tool_call_id) = &log.invocation_id else {
+            continue;
+        };
+        let Some(result) = log.recorded_result() else {
+            pending.push(log.clone());
             continue;
         };
         let text = match &result {
@@ -71,7 +93,10 @@ pub async fn lost_frames(
         // agent-failure path or a dial's outcome was an ack's verbs, which Jambonz never lost
         // unread (an unacked hook ends the verb that sent it).
         let by_command = match attempt.tool_call_log_id {
-            Some(log_id) => logs.iter().any(|l| l.id == log_id && l.status != "pending"),
+            Some(log_id) => {
+                only.is_none_or(|id| id == log_id)
+                    && logs.iter().any(|l| l.id == log_id && l.status != "pending")
+            }
             None => false,
         };
         if by_command {
@@ -84,5 +109,5 @@ pub async fn lost_frames(
     } else if hang_up {
         frames.push(wire::redirect(vec![wire::hangup()]));
     }
-    Ok(frames)
+    Ok(Lost { frames, pending })
 }

@@ -38,6 +38,8 @@ use crate::tools::{Platform, ToolInvocation};
 const OUTBOUND_QUEUE: usize = 32;
 /// How long we wait for the other side of a Close handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How often an invocation pending on another instance is looked at.
+const PENDING_POLL: Duration = Duration::from_millis(200);
 
 struct Session {
     state: AppState,
@@ -249,26 +251,82 @@ impl Session {
         true
     }
 
-    /// What the previous socket may have lost (see `recovery`).
+    /// What the previous socket may have lost (see `recovery`); invocations still pending
+    /// elsewhere are watched, their answers sent when recorded.
     async fn lost_frames(&self) -> Vec<String> {
-        let (Some(tenant), Some(call)) = (&self.tenant, &self.call) else {
+        let (Some(tenant), Some(call), Some(call_sid)) = (&self.tenant, &self.call, &self.call_sid)
+        else {
             return Vec::new();
         };
-        match recovery::lost_frames(self.state.store.as_ref(), tenant, call).await {
-            Ok(frames) => {
-                if !frames.is_empty() {
+        match recovery::lost(self.state.store.as_ref(), tenant, call, None).await {
+            Ok(lost) => {
+                if !lost.frames.is_empty() {
                     info!(
-                        frames = frames.len(),
+                        frames = lost.frames.len(),
                         "sent again what the previous socket may have lost"
                     );
                 }
-                frames
+                for log in lost.pending {
+                    self.watch_pending(tenant.clone(), call.clone(), call_sid.clone(), log);
+                }
+                lost.frames
             }
             Err(e) => {
                 error!(error = %e, "could not read what the previous socket may have lost");
                 Vec::new()
             }
         }
+    }
+
+    /// Sends the answer (and commands) of an invocation still pending when the call came to
+    /// this socket, once its outcome is recorded: by another instance that still runs it, or by
+    /// a reconciler if that instance died. One running here delivers its own.
+    fn watch_pending(
+        &self,
+        tenant: Arc<Tenant>,
+        call: Arc<CallRow>,
+        call_sid: String,
+        log: crate::store::ToolCallLogRow,
+    ) {
+        if self
+            .state
+            .pipeline
+            .is_running(&log.platform, &log.call_ref, &log.invocation_key)
+        {
+            return;
+        }
+        let store = self.state.store.clone();
+        let calls = self.state.jambonz_calls.clone();
+        let stop = self.state.lifecycle.close_sockets.clone();
+        let lifecycle = &self.state.config.lifecycle;
+        // Long enough for a reconciler to have ended it.
+        let deadline = tokio::time::Instant::now()
+            + lifecycle.reconcile_margin
+            + lifecycle.reconcile_interval * 2;
+        let task = async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PENDING_POLL) => {}
+                    _ = stop.cancelled() => return,
+                }
+                match store.tool_call_log(log.id).await {
+                    Ok(Some(row)) if row.status != "pending" => break,
+                    _ if tokio::time::Instant::now() >= deadline => return,
+                    _ => {}
+                }
+            }
+            match recovery::lost(store.as_ref(), &tenant, &call, Some(log.id)).await {
+                Ok(lost) => {
+                    for frame in lost.frames {
+                        if !calls.send(&call_sid, frame).await {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => error!(error = %e, "could not read a finished invocation's answer"),
+            }
+        };
+        tokio::spawn(task.in_current_span());
     }
 
     /// The application did not fit in one frame. A call that runs already keeps running (the
