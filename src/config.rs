@@ -15,9 +15,11 @@ use serde::Deserialize;
 
 mod admin;
 mod delivery;
+mod lifecycle;
 mod ops;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
+pub use lifecycle::LifecycleSettings;
 pub use ops::OpsSettings;
 
 use crate::phone::E164;
@@ -57,6 +59,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// The operators' endpoints (`/metrics`).
     pub ops: OpsSettings,
+    /// Shutdown grace and the reconciler.
+    pub lifecycle: LifecycleSettings,
     pub tenants: Vec<Arc<Tenant>>,
 }
 
@@ -294,6 +298,7 @@ impl Config {
         let worker = raw.worker.validate(env, &mut problems);
         let alerts = raw.alerts.validate(&mut problems);
         let ops = raw.ops.validate(env, &mut problems);
+        let lifecycle = lifecycle::validate(&raw.shutdown, &raw.reconciler, &mut problems);
         if worker.lease < delivery.timeout.max(alerts.timeout) + Duration::from_secs(5) {
             problems.push(format!(
                 "worker.lease_secs ({}) must exceed delivery.timeout_ms and alerts.timeout_ms by at least 5 s: a lease that expires mid-POST lets a second worker post the same request",
@@ -372,6 +377,7 @@ impl Config {
                 worker,
                 alerts,
                 ops,
+                lifecycle,
                 database_url: process.database_url.clone(),
                 database_max_connections: process.database_max_connections,
                 bind: process.bind,
@@ -535,6 +541,10 @@ struct RawFile {
     staff: Vec<admin::RawStaff>,
     #[serde(default)]
     ops: ops::RawOps,
+    #[serde(default)]
+    shutdown: lifecycle::RawShutdown,
+    #[serde(default)]
+    reconciler: lifecycle::RawReconciler,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }

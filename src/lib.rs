@@ -12,6 +12,7 @@ pub mod ops;
 pub mod phone;
 pub mod prompt_context;
 pub mod protocol;
+pub mod reconciler;
 pub mod store;
 pub mod telemetry;
 pub mod telephony;
@@ -20,6 +21,7 @@ pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -28,6 +30,8 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
@@ -47,7 +51,27 @@ pub struct AppState {
     pub ultravox_api: Arc<telephony::ultravox::UltravoxApi>,
     /// Flips to true when the process is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Call sockets, and when they must go.
+    pub lifecycle: Lifecycle,
+    /// Which socket each live Jambonz call is on.
+    pub jambonz_calls: Arc<ingress::jambonz::CallSockets>,
 }
+
+/// What a stopping process waits for beyond axum's own graceful shutdown, which neither waits
+/// for upgraded WebSockets (tokio-rs/axum#3003) nor for the tool tasks they spawn.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Cancelled once in-flight tool calls are done (or the grace period ran out): call sockets
+    /// then send what they still have queued and close with 1001, so Jambonz reconnects to
+    /// another instance and the call goes on.
+    pub close_sockets: CancellationToken,
+    /// The call sockets (Jambonz, Ultravox data connections).
+    pub sockets: TaskTracker,
+}
+
+/// The part of the grace period kept for closing sockets (each waits for the peer's Close
+/// reply), at most half of it.
+const SOCKET_CLOSE_BUDGET: Duration = Duration::from_secs(3);
 
 /// The HTTP and WebSocket routes.
 pub fn router(state: AppState) -> Router {
@@ -76,6 +100,8 @@ pub struct Server {
     task: JoinHandle<std::io::Result<()>>,
     /// The in-process delivery worker, unless `worker.in_process` is off.
     worker: Option<JoinHandle<()>>,
+    /// Ends transfers and invocations whose owner went away.
+    reconciler: JoinHandle<()>,
 }
 
 impl Server {
@@ -118,6 +144,10 @@ impl Server {
         } else {
             None
         };
+        let reconciler = tokio::spawn(
+            reconciler::Reconciler::new(store.clone(), config.clone(), pipeline.clone())
+                .run(shutdown_rx.clone()),
+        );
         let state = AppState {
             config,
             store,
@@ -125,6 +155,8 @@ impl Server {
             twilio,
             ultravox_api,
             shutdown: shutdown_rx.clone(),
+            lifecycle: Lifecycle::default(),
+            jambonz_calls: Arc::new(ingress::jambonz::CallSockets::default()),
         };
         // The peer address tells /metrics whether a scraper is local.
         let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -149,21 +181,53 @@ impl Server {
             shutdown: shutdown_tx,
             task,
             worker,
+            reconciler,
         })
     }
 
-    /// Stops accepting, tells open call sockets to go away (Jambonz reconnects elsewhere), and
-    /// waits for the server to finish.
+    /// Stops gracefully (see [`Server::wait`]).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         self.wait().await
     }
 
-    /// Waits until the server (and its worker, which finishes its in-flight deliveries) stops.
+    /// Waits until the server stops, then stops gracefully: no new connections; in-flight HTTP
+    /// requests answered; in-flight tool calls finished and their answers and commands queued
+    /// on their call's socket (within `shutdown.grace_secs`); then call sockets closed with
+    /// 1001, their Close handshake completed, so Jambonz reconnects to another instance; the
+    /// worker finishes its in-flight deliveries.
     pub async fn wait(self) -> anyhow::Result<()> {
         let served = self.task.await;
-        // However the server stopped, the worker stops with it.
+        // However the server stopped, everything else stops with it.
         let _ = self.shutdown.send(true);
+        let started = tokio::time::Instant::now();
+        let grace = self.state.config.lifecycle.shutdown_grace;
+        let close_budget = SOCKET_CLOSE_BUDGET.min(grace / 2);
+        let tools = self.state.pipeline.tasks();
+        tools.close();
+        if tokio::time::timeout_at(started + (grace - close_budget), tools.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = tools.len(),
+                "shutdown grace period over with tool calls still running; the reconciler \
+                 of another instance ends what they leave"
+            );
+        }
+        let lifecycle = &self.state.lifecycle;
+        lifecycle.close_sockets.cancel();
+        lifecycle.sockets.close();
+        if tokio::time::timeout_at(started + grace, lifecycle.sockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = lifecycle.sockets.len(),
+                "call sockets still open at the end of the grace period"
+            );
+        }
+        let _ = self.reconciler.await;
         if let Some(worker) = self.worker {
             worker.await?;
         }

@@ -5,8 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Engine, FakeFeatureServer, TestApp, try_connect};
-use lifeline::store::CallbackFilter;
+use common::db_lock::DbLock;
+use common::process::LifelineProcess;
+use common::relay::{Fault, Relay};
+use common::{Engine, FakeFeatureServer, TestApp, TestDb, try_connect};
+use lifeline::store::{CallRow, CallbackFilter, CallbackRequestRow, TransferAttemptRow};
 use lifeline::tools::Platform;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -28,6 +31,20 @@ on_both_engines!(
     malformed_frames_do_not_kill_the_socket,
     agent_failure_rings_the_team_and_never_drops_the_caller,
     agent_failure_after_a_message_ends_the_call_politely,
+    // Issue 11: what the real feature-server does.
+    ultravox_failing_to_start_the_call_rings_the_on_call_team,
+    a_lost_session_ack_is_recovered_by_the_reconnect_that_carries_it,
+    an_application_too_large_for_one_frame_is_never_counted_as_sent,
+    the_caller_hanging_up_while_on_call_rings_gets_a_callback_not_a_secondary,
+    answers_lost_with_a_dying_socket_are_sent_again_on_reconnect,
+    a_call_that_ends_before_its_dial_reports_still_gets_its_callback,
+    the_close_handshake_is_answered_with_jambonzs_own_code,
+    // Issue 11: failure paths.
+    a_transfer_slower_than_its_answer_deadline_still_reaches_its_dial,
+    an_http_tool_call_outlives_the_client_that_gave_up,
+    the_reconciler_ends_a_transfer_nobody_reports_and_the_call_can_transfer_again,
+    a_crash_mid_transfer_is_settled_by_another_instance,
+    sigterm_lets_the_transfer_in_flight_finish_then_closes_sockets_with_1001,
 );
 
 fn verb_names(verbs: &[Value]) -> Vec<&str> {
@@ -395,6 +412,10 @@ async fn repeated_tool_call_id_transfers_once(engine: Engine) {
             .len(),
         1
     );
+    // The on-call person answers and the call ends.
+    fs.dial_result("completed", 200).await;
+    fs.call_status("completed", Some(90)).await;
+    fs.close().await;
 }
 
 async fn bad_arguments_get_a_clear_error_and_a_failed_log_row(engine: Engine) {
@@ -520,25 +541,22 @@ async fn reconnect_mid_call_resumes_without_restarting_the_agent(engine: Engine)
     let mut fs = app.feature_server().await;
     start_transfer(&mut fs, "inv-transfer-rc").await;
     let call_sid = fs.call_sid.clone();
-    fs.drop_connection().await;
 
-    // Jambonz reconnects and replays the original session:new data as session:reconnect.
-    let mut fs = FakeFeatureServer::connect_as(
-        &app.ws_url(),
-        common::RIVERSIDE_USER,
-        common::RIVERSIDE_PASS,
-        &call_sid,
-    )
-    .await
-    .unwrap();
-    let msg = fs.session_message("session:reconnect");
-    let ack = fs.request(msg).await;
-    assert!(
-        ack.get("data").is_none(),
-        "resume, do not restart the agent: {ack}"
+    // The socket drops; Jambonz reconnects and replays the original session:new data as
+    // session:reconnect.
+    let ack = fs.reconnect().await;
+    // Issue 11 changed this answer: it used to carry no data. It now carries the call's
+    // application, which the feature-server ignores on an ordinary reconnect (the agent is not
+    // restarted: the fake, like the real one, does not run it) and needs when the session:new
+    // ack was lost in flight.
+    assert_eq!(
+        verb_names(ack["data"].as_array().expect("the application")),
+        ["answer", "llm", "hangup"]
     );
+    // Nothing was lost with the old socket (Jambonz ended the llm after the redirect): nothing
+    // is sent again.
+    fs.expect_silence(Duration::from_millis(500)).await;
     // The dial started on the old socket reports on the new one.
-    fs.dial_action_hook = Some("/dial-action".into());
     let ack = fs.dial_result("no-answer", 487).await;
     assert_eq!(
         verb_names(&ack),
@@ -550,6 +568,7 @@ async fn reconnect_mid_call_resumes_without_restarting_the_agent(engine: Engine)
         app.store.transfer_attempts(calls.id).await.unwrap().len(),
         2
     );
+    fs.caller_hangs_up().await;
 }
 
 async fn call_status_closes_the_call(engine: Engine) {
@@ -796,4 +815,766 @@ async fn health_and_readiness() {
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "ready");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Issue 11. The fake feature-server does what the real one does (tests/common/mod.rs cites where);
+// the relay (tests/common/relay.rs) loses bytes and resets connections.
+
+/// The transfer arguments of the original tool, as the model fills them.
+fn transfer_args() -> Value {
+    json!({
+        "urgency_reason": "CRITICAL EMERGENCY: dog was hit by car",
+        "first_name": "Jeremy",
+        "last_name": "Greven",
+        "callback_number": "4168189171",
+        "pet_name": "Max",
+        "species": "Dog",
+    })
+}
+
+/// Polls (generous deadline) until `done` holds for the call's row and attempts.
+async fn wait_for_call(
+    app: &TestApp,
+    call_sid: &str,
+    what: &str,
+    done: impl Fn(&CallRow, &[TransferAttemptRow]) -> bool,
+) -> (CallRow, Vec<TransferAttemptRow>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let call = app.call(call_sid).await;
+        let attempts = app.store.transfer_attempts(call.id).await.unwrap();
+        if done(&call, &attempts) {
+            return (call, attempts);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never: {what}; call {call:?}, attempts {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The one critical callback request of a failed transfer, with the caller's number.
+async fn the_critical_callback(app: &TestApp, call: &CallRow) -> CallbackRequestRow {
+    let cbs = app.callbacks_of(call.id).await;
+    assert_eq!(cbs.len(), 1, "one callback request: {cbs:?}");
+    assert_eq!(cbs[0].urgency_level, "critical");
+    assert_eq!(cbs[0].reason, "failed_transfer");
+    cbs[0].clone()
+}
+
+/// Item 1: When Ultravox refuses to create the call, the llm actionHook's completion reason is
+/// `connection failure - ${err}` (`lib/tasks/llm/llms/ultravox_s2s.js`, `_startListening`'s
+/// catch, with `createCall` throwing `Ultravox Error registering call:${statusCode} -
+/// ${data.detail}`), not the bare phrase; other llm tasks report the other failures in their
+/// own case and words. Every form rings the on-call team instead of running the `hangup`.
+async fn ultravox_failing_to_start_the_call_rings_the_on_call_team(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    for (i, reason) in [
+        "connection failure - Error: Ultravox Error registering call:503 - Service Unavailable",
+        "connection failure - Error: Ultravox Error registering call:401 - Invalid API key",
+        "Connection Failure - SyntaxError: Unexpected token '<', \"<html>\" is not valid JSON",
+        "client error calling function",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_sid = format!("uv-start-failure-{i}");
+        let mut fs = FakeFeatureServer::connect_as(
+            &app.ws_url(),
+            common::RIVERSIDE_USER,
+            common::RIVERSIDE_PASS,
+            &call_sid,
+        )
+        .await
+        .unwrap();
+        fs.session_new().await;
+        let ack = fs.llm_complete(reason).await;
+        let verbs = ack["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reason:?} was acked empty: the caller hears nothing"));
+        assert_eq!(verb_names(verbs), ["say", "dial"], "{reason:?}");
+        assert_eq!(verbs[1]["target"][0]["number"], "+15557654321");
+        let call = app.call(&call_sid).await;
+        let attempts = app.store.transfer_attempts(call.id).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert!(
+            attempts[0].reason.contains(reason),
+            "{}",
+            attempts[0].reason
+        );
+        // Nobody picks up: the caller is called back.
+        fs.dial_result("no-answer", 487).await;
+        fs.dial_result("no-answer", 487).await;
+        let call = app.call(&call_sid).await;
+        assert_eq!(
+            the_critical_callback(&app, &call).await.callback_number,
+            "+15083084809"
+        );
+        fs.call_status("completed", Some(40)).await;
+        fs.close().await;
+    }
+}
+
+/// Item 2: lifeline wrote its session:new ack, the socket died before the feature-server read it
+/// (the relay swallows the ack, then resets the connection). The feature-server moves the
+/// unanswered session:new onto its session:reconnect, so that ack must be the application
+/// (the fake rejects the call with 480 otherwise, as `lib/middleware.js` does).
+async fn a_lost_session_ack_is_recovered_by_the_reconnect_that_carries_it(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let relay = Relay::start(app.server.addr).await;
+    let url = format!("ws://{}/jambonz", relay.addr());
+    let mut fs = FakeFeatureServer::connect(&url, common::RIVERSIDE_USER, common::RIVERSIDE_PASS)
+        .await
+        .unwrap();
+    relay.set(Fault::SwallowToClient);
+    fs.session_new_unacked().await;
+    relay
+        .wait_swallowed(&[r#""type":"ack""#, r#""verb":"llm""#])
+        .await;
+    relay.reset();
+    relay.set(Fault::None);
+
+    let ack = fs.reconnect().await;
+    let verbs = ack["data"].as_array().unwrap();
+    assert_eq!(verb_names(verbs), ["answer", "llm", "hangup"]);
+    assert_eq!(verbs[1]["toolHook"], "/tool-call");
+    // The call runs its agent: its tools work on the new socket.
+    fs.tool_call(
+        "inv-after-lost-ack",
+        "collect_info",
+        json!({"callback_number": "4168189171", "concern_description": "vomiting twice"}),
+    )
+    .await;
+    let out = fs.tool_output("inv-after-lost-ack").await;
+    assert!(
+        out["result"].as_str().unwrap().starts_with("Recorded"),
+        "{out}"
+    );
+    let call = app.call(&fs.call_sid).await;
+    assert!(call.app_started_at.is_some());
+    fs.call_status("completed", Some(30)).await;
+    fs.close().await;
+}
+
+/// Item 2: A frame over Jambonz's 24 KiB would make the feature-server drop the socket and reject the
+/// call, so it is not sent, and not counted as sent: the session ack that does not fit (here
+/// because of a call_sid long enough to push it over) is replaced by one that rings the on-call
+/// team, and that one is what marks the call started.
+async fn an_application_too_large_for_one_frame_is_never_counted_as_sent(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let call_sid = format!("oversized-{}", "x".repeat(30 * 1024));
+    let mut fs = FakeFeatureServer::connect_as(
+        &app.ws_url(),
+        common::RIVERSIDE_USER,
+        common::RIVERSIDE_PASS,
+        &call_sid,
+    )
+    .await
+    .unwrap();
+    // The fake asserts every frame it receives is under 24 KiB.
+    let ack = fs.session_new().await;
+    let verbs = ack["data"].as_array().expect("an application");
+    assert_eq!(
+        verb_names(verbs),
+        ["say", "dial"],
+        "the team instead of the agent"
+    );
+    // Marked once the fallback ack is on the wire.
+    let (call, _) = wait_for_call(&app, &call_sid, "marked started", |c, _| {
+        c.app_started_at.is_some()
+    })
+    .await;
+    let attempts = app.store.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    fs.dial_progress("ringing", 180).await;
+    fs.caller_hangs_up().await;
+    let (call, _) = wait_for_call(&app, &call_sid, "transfer failed", |c, _| {
+        c.transfer_outcome.is_some()
+    })
+    .await;
+    the_critical_callback(&app, &call).await;
+}
+
+/// Item 3: The caller hangs up while the on-call phone rings. The real order
+/// (`lib/session/call-session.js` `_callerHungup` → `_callReleased`; `lib/tasks/dial.js`
+/// `exec` → `performAction` after the kill): `call:status` completed, then the dial's
+/// actionHook with `call_status: completed`, `call_termination_by: caller` and the last
+/// provisional `dial_call_status`. Nobody is left to connect: no secondary, the attempt fails and
+/// the critical callback request for the caller's number is written.
+async fn the_caller_hanging_up_while_on_call_rings_gets_a_callback_not_a_secondary(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    let call_sid = fs.call_sid.clone();
+    start_transfer(&mut fs, "inv-hangup-ringing").await;
+    fs.dial_progress("ringing", 180).await;
+    fs.dial_progress("early-media", 183).await;
+    fs.caller_hangs_up().await;
+
+    let (call, attempts) = wait_for_call(&app, &call_sid, "transfer outcome", |c, _| {
+        c.transfer_outcome.is_some()
+    })
+    .await;
+    assert_eq!(call.transfer_outcome.as_deref(), Some("failed"));
+    assert!(call.ended_at.is_some());
+    assert_eq!(attempts.len(), 1, "no secondary for a caller who is gone");
+    assert_eq!(attempts[0].target_role, "primary");
+    assert_eq!(attempts[0].status, "failed");
+    assert_eq!(attempts[0].dial_call_status.as_deref(), Some("early-media"));
+    let cb = the_critical_callback(&app, &call).await;
+    assert_eq!(cb.callback_number, "+14168189171");
+    assert_eq!(cb.caller_name.as_deref(), Some("Jeremy Greven"));
+    assert_eq!(cb.transfer_attempt_id, Some(attempts[0].id));
+    let logs = app
+        .store
+        .tool_call_logs_for_call(Platform::Jambonz, &call_sid)
+        .await
+        .unwrap();
+    assert_eq!(logs[0].status, "failed");
+}
+
+/// Item 4: The transfer's answer and its redirect were written to a socket that died before the
+/// feature-server read them (the relay swallows them, then resets). `llm:tool-call` is never
+/// acked nor sent again (`ws-requestor.js` `MTYPE_WANTS_ACK`), so only lifeline can recover
+/// them: after acking the reconnect, it sends them again, the answer first.
+async fn answers_lost_with_a_dying_socket_are_sent_again_on_reconnect(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let relay = Relay::start(app.server.addr).await;
+    let url = format!("ws://{}/jambonz", relay.addr());
+    let mut fs = FakeFeatureServer::connect(&url, common::RIVERSIDE_USER, common::RIVERSIDE_PASS)
+        .await
+        .unwrap();
+    fs.session_new().await;
+    relay.set(Fault::SwallowToClient);
+    fs.tool_call(
+        "inv-lost",
+        "transferFromAiTriageWithMetadata",
+        transfer_args(),
+    )
+    .await;
+    relay
+        .wait_swallowed(&["llm:tool-output", "inv-lost", r#""command":"redirect""#])
+        .await;
+    relay.reset();
+    relay.set(Fault::None);
+
+    fs.reconnect().await;
+    let first = fs.next().await;
+    assert_eq!(
+        first["command"], "llm:tool-output",
+        "the answer first: {first}"
+    );
+    assert_eq!(first["tool_call_id"], "inv-lost");
+    assert!(
+        first["data"]["result"]
+            .as_str()
+            .unwrap()
+            .contains("Transferring"),
+        "{first}"
+    );
+    let second = fs.next().await;
+    assert_eq!(second["command"], "redirect", "then the dial: {second}");
+    let verbs = second["data"].as_array().unwrap();
+    assert_eq!(verb_names(verbs), ["say", "dial"]);
+    assert_eq!(verbs[1]["target"][0]["number"], "+15557654321");
+
+    // Jambonz runs it: the llm ends, the on-call person answers.
+    let ack = fs.llm_complete("normal conversation end").await;
+    assert!(ack.get("data").is_none());
+    assert_eq!(
+        verb_names(&fs.dial_result("completed", 200).await),
+        ["hangup"]
+    );
+    let call = app.call(&fs.call_sid).await;
+    assert_eq!(call.transfer_outcome.as_deref(), Some("succeeded"));
+    assert_eq!(app.store.transfer_attempts(call.id).await.unwrap().len(), 1);
+    let logs = app
+        .store
+        .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].status, "success");
+    fs.call_status("completed", Some(200)).await;
+    fs.close().await;
+}
+
+/// Item 4: The call ends (Jambonz reports it and closes with 1000) while its transfer still waits for
+/// a dial outcome that will never come. The attempt fails and the caller is called back.
+async fn a_call_that_ends_before_its_dial_reports_still_gets_its_callback(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    let call_sid = fs.call_sid.clone();
+    start_transfer(&mut fs, "inv-unreported").await;
+    fs.call_status("completed", Some(50)).await;
+    fs.close().await;
+    let (call, attempts) = wait_for_call(&app, &call_sid, "attempt ended", |_, a| {
+        a.iter().all(|a| a.status != "dialing")
+    })
+    .await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, "failed");
+    assert_eq!(call.transfer_outcome.as_deref(), Some("failed"));
+    let cb = the_critical_callback(&app, &call).await;
+    assert_eq!(cb.callback_number, "+14168189171");
+    assert_eq!(cb.transfer_attempt_id, Some(attempts[0].id));
+}
+
+/// Item 5: The feature-server closes with 1000 at call end (`_clearResources` →
+/// `requestor.close()`) and must get its 1000 back, not a dropped connection (1006).
+async fn the_close_handshake_is_answered_with_jambonzs_own_code(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    fs.call_status("completed", Some(12)).await;
+    assert_eq!(fs.close_handshake().await, Some(1000));
+}
+
+/// Item 6: The transfer's durable write is slower than the model's tool deadline (the database is
+/// busy: the test holds its lock). The model is answered in time that the tool is still
+/// running; the effect is not cancelled: once the write goes through, the attempt is recorded
+/// and the redirect that dials follows.
+async fn a_transfer_slower_than_its_answer_deadline_still_reaches_its_dial(engine: Engine) {
+    let app = TestApp::start_with_limits(engine, "tool_timeout_ms = 300").await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    let lock = DbLock::hold(&app.db.url, "tool_call_logs").await;
+    fs.tool_call("inv-slow", "transfer", transfer_args()).await;
+    let out = fs.tool_output("inv-slow").await;
+    let answer: Value = serde_json::from_str(out["result"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["error"], "timeout", "{answer}");
+    assert_eq!(answer["retryable"], false, "{answer}");
+    lock.release().await;
+
+    let verbs = fs.redirect().await;
+    assert_eq!(verb_names(&verbs), ["say", "dial"]);
+    let call = app.call(&fs.call_sid).await;
+    let attempts = app.store.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, "dialing");
+    let logs = app
+        .store
+        .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap();
+    assert_eq!(logs[0].status, "success", "the real outcome is recorded");
+    fs.llm_complete("normal conversation end").await;
+    fs.dial_result("completed", 200).await;
+    fs.call_status("completed", Some(80)).await;
+    fs.close().await;
+}
+
+/// Item 6: An HTTP tool's client gives up (Ultravox's own timeout, a dropped connection) while the
+/// tool's durable write waits; axum drops the handler. The invocation still completes and is
+/// recorded, with its callback request.
+async fn an_http_tool_call_outlives_the_client_that_gave_up(engine: Engine) {
+    const KEY: &str = "test-tool-key-0123456789";
+    let app =
+        TestApp::start_with_sections(engine, &format!("[ultravox]\ntool_api_keys = [\"{KEY}\"]"))
+            .await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    // Jambonz reports the Ultravox call it created (snake-cased createCall event).
+    let mut event = common::fixture("llm:event", None);
+    event["msgid"] = json!(common::msgid());
+    event["call_sid"] = json!(fs.call_sid);
+    event["hook"] = json!("/llm-event");
+    event["data"] =
+        json!({"type": "createCall", "call_id": "5d5b1f1e-uv-call", "join_url": "wss://x"});
+    fs.send(&event).await;
+    wait_for_call(
+        &app,
+        &fs.call_sid.clone(),
+        "ultravox call linked",
+        |c, _| c.ultravox_call_id.is_some(),
+    )
+    .await;
+
+    let lock = DbLock::hold(&app.db.url, "tool_call_logs").await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(app.http_url("/twilio/collectCallerInfo"))
+        .header("X-API-Key", KEY)
+        .header("X-Ultravox-Call-Id", "5d5b1f1e-uv-call")
+        .json(&json!({
+            "callback_number": "4168189171",
+            "first_name": "Jeremy",
+            "last_name": "Greven",
+            "concern_description": "ate chocolate",
+        }))
+        .send()
+        .await
+        .expect_err("the client gives up while the write waits");
+    assert!(gave_up.is_timeout(), "{gave_up}");
+    lock.release().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let logs = loop {
+        let logs = app
+            .store
+            .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+            .await
+            .unwrap();
+        if logs.iter().any(|l| l.status == "success") {
+            break logs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recorded: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].canonical_tool, "collect_info");
+    let call = app.call(&fs.call_sid).await;
+    let cbs = app.callbacks_of(call.id).await;
+    assert_eq!(cbs.len(), 1);
+    assert_eq!(cbs[0].tool_call_log_id, Some(logs[0].id));
+    fs.call_status("completed", Some(20)).await;
+    fs.close().await;
+}
+
+/// Item 6: A transfer whose dial never reports (its outcome lost, the feature-server gone quiet) is
+/// ended by the reconciler once its ring timeout and the margin have passed: failed, with the
+/// critical callback request. The call is no longer stuck "already being transferred".
+async fn the_reconciler_ends_a_transfer_nobody_reports_and_the_call_can_transfer_again(
+    engine: Engine,
+) {
+    let toml = common::config_toml("[reconciler]\ninterval_ms = 100\nmargin_ms = 500")
+        .replace("ring_timeout_secs = 20", "ring_timeout_secs = 5");
+    let app = TestApp::start_on(TestDb::new(engine).await, &toml).await;
+    let mut fs = app.feature_server().await;
+    let call_sid = fs.call_sid.clone();
+    start_transfer(&mut fs, "inv-stuck").await;
+    fs.tool_call("inv-again", "transfer", transfer_args()).await;
+    let out = fs.tool_output("inv-again").await;
+    assert!(
+        out["result"]
+            .as_str()
+            .unwrap()
+            .contains("already being transferred"),
+        "{out}"
+    );
+
+    let (call, attempts) = wait_for_call(&app, &call_sid, "reconciled", |_, a| {
+        a.iter().all(|a| a.status != "dialing")
+    })
+    .await;
+    assert_eq!(attempts[0].status, "failed");
+    assert!(
+        attempts[0]
+            .failure_reason
+            .as_deref()
+            .unwrap()
+            .contains("never reported"),
+        "{:?}",
+        attempts[0].failure_reason
+    );
+    assert_eq!(call.transfer_outcome.as_deref(), Some("failed"));
+    let cb = the_critical_callback(&app, &call).await;
+    assert_eq!(cb.transfer_attempt_id, Some(attempts[0].id));
+
+    // Free again: a new transfer starts a new attempt.
+    fs.tool_call("inv-third", "transfer", transfer_args()).await;
+    let out = fs.tool_output("inv-third").await;
+    assert!(
+        out["result"].as_str().unwrap().contains("Transferring"),
+        "{out}"
+    );
+    fs.redirect().await;
+    assert_eq!(
+        verb_names(&fs.dial_result("completed", 200).await),
+        ["hangup"]
+    );
+    fs.call_status("completed", Some(300)).await;
+    fs.close().await;
+}
+
+/// Item 6: The process dies in the middle of a transfer's effect (SIGKILL while the attempt's insert
+/// is stalled by a test trigger): the invocation is logged `pending` and no attempt exists.
+/// Jambonz reconnects to another instance, whose reconciler ends the invocation as failed and
+/// writes the critical callback request; the model gets that answer on the new socket.
+async fn a_crash_mid_transfer_is_settled_by_another_instance(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    if engine == Engine::Postgres {
+        // A backend whose client died must notice it even while it waits (as on a real host,
+        // where the stalled statement would not be a sleep): otherwise the stalled insert
+        // outlives the crash and commits on its own.
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let name = db.url.rsplit('/').next().unwrap().to_string();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} SET client_connection_check_interval = 100"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let mut first = LifelineProcess::serve(&db.url, &common::config_toml("")).await;
+    stall_transfer_attempts(&db.url, true).await;
+    let mut fs = FakeFeatureServer::connect(
+        &first.ws_url(),
+        common::RIVERSIDE_USER,
+        common::RIVERSIDE_PASS,
+    )
+    .await
+    .unwrap();
+    fs.session_new().await;
+    fs.tool_call("inv-crash", "transfer", transfer_args()).await;
+    let store = db.store().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store
+        .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.crash().await;
+    stall_transfer_attempts(&db.url, false).await;
+
+    // Jambonz reconnects to the instance that is left, at once: the invocation is still
+    // pending there, until its reconciler ends it; the model then hears what became of its
+    // transfer, on the new socket.
+    let toml = common::config_toml("[reconciler]\ninterval_ms = 100\nmargin_ms = 2000");
+    let app = TestApp::start_on(db, &toml).await;
+    let ack = fs.reconnect_to(&app.ws_url()).await;
+    assert_eq!(
+        verb_names(ack["data"].as_array().unwrap()),
+        ["answer", "llm", "hangup"]
+    );
+    let out = fs.tool_output("inv-crash").await;
+    assert!(
+        out["result"].as_str().unwrap().contains("interrupted"),
+        "{out}"
+    );
+
+    let logs = app
+        .store
+        .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap();
+    let log = &logs[0];
+    assert_eq!(log.status, "failed");
+    assert_eq!(log.error_kind.as_deref(), Some("internal"));
+    let call = app.call(&fs.call_sid).await;
+    assert!(
+        app.store
+            .transfer_attempts(call.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let cb = the_critical_callback(&app, &call).await;
+    assert_eq!(cb.callback_number, "+14168189171");
+    assert_eq!(cb.tool_call_log_id, Some(log.id));
+    assert_eq!(cb.pet_name.as_deref(), Some("Max"));
+    fs.call_status("completed", Some(70)).await;
+    fs.close().await;
+}
+
+/// Makes inserts into `transfer_attempts` stall for several seconds (or stops that): the effect
+/// of a transfer is then caught between its logged invocation and its attempt.
+async fn stall_transfer_attempts(url: &str, stall: bool) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        // SQLite has no sleep: a join of the schema table with itself keeps the insert busy.
+        let sql = if stall {
+            "CREATE TRIGGER test_stall BEFORE INSERT ON transfer_attempts BEGIN \
+             SELECT count(*) FROM sqlite_master a, sqlite_master b, sqlite_master c, \
+             sqlite_master d, sqlite_master e, sqlite_master f, sqlite_master g; END"
+        } else {
+            "DROP TRIGGER test_stall"
+        };
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let sql = if stall {
+            "CREATE FUNCTION test_stall() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$; \
+             CREATE TRIGGER test_stall BEFORE INSERT ON transfer_attempts \
+             FOR EACH ROW EXECUTE FUNCTION test_stall()"
+        } else {
+            "DROP TRIGGER test_stall ON transfer_attempts; DROP FUNCTION test_stall()"
+        };
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+/// Item 7: A deploy: SIGTERM to the real binary while one call's transfer is in flight (its durable
+/// write waits on a busy database) and another call is just talking. The process stops
+/// accepting; the transfer completes, is recorded, and its answer and redirect reach the
+/// caller's socket; then both sockets close with 1001 (handshake completed) so Jambonz
+/// reconnects elsewhere; the process exits 0 within its grace period. Another instance then
+/// takes both calls on.
+async fn sigterm_lets_the_transfer_in_flight_finish_then_closes_sockets_with_1001(engine: Engine) {
+    const GRACE: Duration = Duration::from_secs(10);
+    let db = TestDb::new(engine).await;
+    let toml = common::config_toml(&format!("[shutdown]\ngrace_secs = {}", GRACE.as_secs()));
+    let mut lifeline = LifelineProcess::serve(&db.url, &toml).await;
+    let url = lifeline.ws_url();
+    let mut caller = FakeFeatureServer::connect_as(
+        &url,
+        common::RIVERSIDE_USER,
+        common::RIVERSIDE_PASS,
+        "deploy-transfer",
+    )
+    .await
+    .unwrap();
+    caller.session_new().await;
+    let mut other = FakeFeatureServer::connect_as(
+        &url,
+        common::HILLSIDE_USER,
+        common::HILLSIDE_PASS,
+        "deploy-talking",
+    )
+    .await
+    .unwrap();
+    let mut msg = other.session_message("session:new");
+    msg["data"]["to"] = json!("+15083728300");
+    msg["data"]["account_sid"] = json!("another-account");
+    other.request(msg).await;
+
+    let lock = DbLock::hold(&db.url, "tool_call_logs").await;
+    caller
+        .tool_call(
+            "inv-deploy",
+            "transferFromAiTriageWithMetadata",
+            transfer_args(),
+        )
+        .await;
+    lifeline.terminate();
+    let signalled = tokio::time::Instant::now();
+    lifeline.wait_for_log("shutting down").await;
+    // No new connections while the tool call finishes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(lifeline.addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lock.release().await;
+
+    let out = caller.tool_output("inv-deploy").await;
+    assert!(
+        out["result"].as_str().unwrap().contains("Transferring"),
+        "{out}"
+    );
+    let verbs = caller.redirect().await;
+    assert_eq!(verb_names(&verbs), ["say", "dial"]);
+    assert_eq!(caller.expect_close().await, Some(1001));
+    assert_eq!(other.expect_close().await, Some(1001));
+    let status = lifeline.exit_status(GRACE + Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        signalled.elapsed() < GRACE,
+        "exited {:?} after SIGTERM, beyond its {GRACE:?} grace period",
+        signalled.elapsed()
+    );
+
+    // Recorded before the process went.
+    let app = TestApp::start_on(db, &common::config_toml("")).await;
+    let logs = app
+        .store
+        .tool_call_logs_for_call(Platform::Jambonz, "deploy-transfer")
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].status, "success");
+    let call = app.call("deploy-transfer").await;
+    let attempts = app.store.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, "dialing");
+
+    // Jambonz reconnects to the other instance, and the calls go on there. The llm's
+    // actionHook for the redirect was queued while the socket was down (`ws-requestor.js`
+    // queues messages until the reconnect's ack); the answer and redirect sent again meanwhile
+    // are harmless repeats.
+    caller.reconnect_to(&app.ws_url()).await;
+    caller.llm_complete("normal conversation end").await;
+    assert_eq!(
+        verb_names(&caller.dial_result("completed", 200).await),
+        ["hangup"]
+    );
+    caller.call_status("completed", Some(120)).await;
+    caller.close().await;
+    other.reconnect_to(&app.ws_url()).await;
+    other.call_status("completed", Some(60)).await;
+    other.close().await;
+    let call = app.call("deploy-transfer").await;
+    assert_eq!(call.transfer_outcome.as_deref(), Some("succeeded"));
+}
+
+/// The relay itself (the tests above rely on it, and issue 12 will put it in front of
+/// PostgreSQL): it carries, swallows toward the client, black-holes, resets and cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_relay_does_what_it_says() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An echo server.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let relay = Relay::start(target).await;
+    let roundtrip = |fault: Fault| {
+        let relay = &relay;
+        async move {
+            relay.set(fault);
+            let mut s = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+            s.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|_| buf)
+        }
+    };
+    assert_eq!(roundtrip(Fault::None).await, Some(*b"ping"));
+    assert_eq!(
+        roundtrip(Fault::Latency(Duration::from_millis(20))).await,
+        Some(*b"ping")
+    );
+    assert_eq!(roundtrip(Fault::SwallowToClient).await, None);
+    assert!(
+        relay.swallowed_text().contains("ping"),
+        "kept what it swallowed"
+    );
+    assert_eq!(roundtrip(Fault::BlackHole).await, None);
+
+    // A reset aborts open connections; new ones are carried.
+    relay.set(Fault::None);
+    let mut open = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
+    open.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    open.read_exact(&mut buf).await.unwrap();
+    relay.reset();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), open.read_to_end(&mut rest))
+        .await
+        .expect("the reset ends the connection");
+    assert!(
+        matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a reset, not a clean end: {ended:?}"
+    );
+    assert_eq!(roundtrip(Fault::None).await, Some(*b"ping"));
+
+    // A cut closes connections and refuses new ones their data.
+    assert_eq!(roundtrip(Fault::Cut).await, None);
 }

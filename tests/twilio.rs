@@ -135,7 +135,9 @@ struct Harness {
 
 impl Harness {
     async fn start(engine: Engine) -> Self {
-        let db = TestDb::new(engine).await;
+        let mut db = TestDb::new(engine).await;
+        // The end-of-test invariants (tests/common/invariants.rs), as for every black-box test.
+        db.watch_invariants();
         let twilio = MockServer::start().await;
         let ultravox = MockServer::start().await;
         let process = ProcessSettings {
@@ -885,6 +887,9 @@ async fn http_tool_transfers_the_call_named_by_its_header_once_however_often_it_
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(h.twiml_updates().await.len(), 1);
+    // The on-call person answers and the bridged call ends: the transfer has its outcome.
+    let updates = h.twiml_updates().await;
+    dial_action(&h, &attempt_of(&updates[0]), "completed", true).await;
 }
 
 async fn http_tools_authenticate_and_never_trust_a_call_sid_in_the_body(engine: Engine) {

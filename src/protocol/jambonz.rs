@@ -102,7 +102,7 @@ pub struct CallInfo {
     pub parent_call_sid: Option<String>,
 }
 
-/// The dial verb's actionHook payload.
+/// The dial verb's actionHook payload: the dial's result and the caller's own call-info.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DialResult {
     #[serde(default)]
@@ -111,6 +111,13 @@ pub struct DialResult {
     pub dial_sip_status: Option<i64>,
     #[serde(default)]
     pub dial_call_sid: Option<String>,
+    /// The caller's leg: `completed` when the caller hung up while the dial rang (the
+    /// feature-server kills the dial and still sends this hook, `lib/tasks/dial.js`).
+    #[serde(default)]
+    pub call_status: Option<String>,
+    /// `caller` or `jambonz`, once the caller's leg ended.
+    #[serde(default)]
+    pub call_termination_by: Option<String>,
 }
 
 impl DialResult {
@@ -119,20 +126,72 @@ impl DialResult {
     pub fn answered(&self) -> bool {
         self.dial_call_status.as_deref() == Some("completed")
     }
+
+    /// Whether the caller's own leg is over (the hook then only reports; its verbs are dropped).
+    pub fn caller_gone(&self) -> bool {
+        self.call_status.as_deref().is_some_and(is_final_status)
+    }
+}
+
+/// The completion reason the llm verb reports when the conversation simply ended (also when our
+/// own `redirect` ended it to transfer or hang up).
+const NORMAL_END: &str = "normal conversation end";
+
+/// How the llm verb ended, from its actionHook's `completion_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEnd {
+    /// The conversation ended.
+    Normal,
+    /// The agent could not start or stopped: the call must not end on the caller.
+    Failed(AgentFailureKind),
+}
+
+/// The failures the feature-server's llm tasks report (`lib/tasks/llm/llms/*_s2s.js`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentFailureKind {
+    /// `connection failure`, or `connection failure - <error>` when the vendor call could not
+    /// be created (Ultravox: `connection failure - Error: Ultravox Error registering
+    /// call:503 - …`, for any 4xx/5xx or a bad key).
+    ConnectionFailure,
+    /// `disconnect from remote end`.
+    Disconnected,
+    /// `server failure` (a failed response) or `server error` (a vendor error event).
+    Server,
+    /// `client error calling function` / `client error calling mcp function`: the tool hook
+    /// could not be delivered.
+    ToolDelivery,
+    /// A reason this version does not know, or none at all: treated as a failure, because a
+    /// caller rung back by mistake costs a minute and a caller dropped may cost a life.
+    Unknown,
+}
+
+impl AgentEnd {
+    /// Reads a completion reason (case and surrounding space do not matter; suffixes such as
+    /// the error text after `connection failure - ` are details of the same reason).
+    pub fn classify(completion_reason: &str) -> Self {
+        let reason = completion_reason.trim().to_ascii_lowercase();
+        if reason == NORMAL_END {
+            return AgentEnd::Normal;
+        }
+        let kind = if reason.starts_with("connection failure") {
+            AgentFailureKind::ConnectionFailure
+        } else if reason.starts_with("disconnect from remote end") {
+            AgentFailureKind::Disconnected
+        } else if reason.starts_with("server failure") || reason.starts_with("server error") {
+            AgentFailureKind::Server
+        } else if reason.starts_with("client error calling") {
+            AgentFailureKind::ToolDelivery
+        } else {
+            AgentFailureKind::Unknown
+        };
+        AgentEnd::Failed(kind)
+    }
 }
 
 /// Whether the llm verb ended because the agent failed rather than because the conversation
-/// ended (a redirect we sent to transfer is reported as a normal end).
+/// ended (a redirect we sent to transfer is reported as a normal end). See [`AgentEnd`].
 pub fn is_agent_failure(completion_reason: &str) -> bool {
-    matches!(
-        completion_reason,
-        "connection failure"
-            | "disconnect from remote end"
-            | "server failure"
-            | "server error"
-            | "client error calling function"
-            | "client error calling mcp function"
-    )
+    matches!(AgentEnd::classify(completion_reason), AgentEnd::Failed(_))
 }
 
 /// Final call statuses.
@@ -264,4 +323,90 @@ fn template_context(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> Va
         "caller_phone_last4": caller.as_ref().map(|c| c.last4().to_string()).unwrap_or_default(),
         "to_phone_number": tenant.numbers.first().map(|n| n.to_string()).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every completion reason the feature-server's llm tasks produce (v0.9.8,
+    /// `lib/tasks/llm/llms/ultravox_s2s.js`, `openai_s2s.js`, `elevenlabs_s2s.js`: `results =
+    /// {completionReason: …}`), plus the forms `${err}` gives the start-up failure.
+    #[test]
+    fn every_failure_form_of_the_feature_server_is_a_failure() {
+        use AgentFailureKind::*;
+        for (reason, kind) in [
+            ("connection failure", ConnectionFailure),
+            (
+                "connection failure - Error: Ultravox Error registering call:503 - Service Unavailable",
+                ConnectionFailure,
+            ),
+            (
+                "connection failure - Error: Ultravox Error registering call:401 - Invalid API key",
+                ConnectionFailure,
+            ),
+            (
+                "connection failure - Error: Ultravox Error registering call:400 - undefined",
+                ConnectionFailure,
+            ),
+            (
+                "connection failure - SyntaxError: Unexpected token '<', \"<html>\" is not valid JSON",
+                ConnectionFailure,
+            ),
+            (
+                "connection failure - Error: Error calling uuid_ultravox_s2s: \"-ERR no such channel\"",
+                ConnectionFailure,
+            ),
+            ("Connection Failure - Error: x", ConnectionFailure),
+            ("  connection failure  ", ConnectionFailure),
+            ("disconnect from remote end", Disconnected),
+            ("server failure", Server),
+            ("server error", Server),
+            ("SERVER ERROR", Server),
+            ("client error calling function", ToolDelivery),
+            ("client error calling mcp function", ToolDelivery),
+            ("", Unknown),
+            ("something a newer feature-server says", Unknown),
+        ] {
+            assert_eq!(
+                AgentEnd::classify(reason),
+                AgentEnd::Failed(kind),
+                "{reason:?}"
+            );
+            assert!(is_agent_failure(reason), "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_normal_end_is_normal() {
+        for reason in [
+            "normal conversation end",
+            "Normal Conversation End",
+            " normal conversation end\n",
+        ] {
+            assert_eq!(AgentEnd::classify(reason), AgentEnd::Normal, "{reason:?}");
+            assert!(!is_agent_failure(reason));
+        }
+    }
+
+    #[test]
+    fn a_dial_result_after_the_caller_hung_up_says_so() {
+        // lib/tasks/dial.js sends its actionHook after the kill; call-info then carries the
+        // caller's completed leg.
+        let result: DialResult = serde_json::from_value(json!({
+            "call_status": "completed",
+            "call_termination_by": "caller",
+            "dial_call_status": "early-media",
+            "dial_sip_status": 183,
+        }))
+        .unwrap();
+        assert!(result.caller_gone());
+        assert!(!result.answered());
+        let ringing: DialResult = serde_json::from_value(json!({
+            "call_status": "in-progress",
+            "dial_call_status": "ringing",
+        }))
+        .unwrap();
+        assert!(!ringing.caller_gone());
+    }
 }

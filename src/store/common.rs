@@ -26,7 +26,7 @@ macro_rules! attempt_columns {
     () => {
         "id, call_id, tenant_id, tool_call_log_id, target_role, target_number, status, \
          dial_call_status, dial_sip_status, failure_reason, callback_number, caller_name, reason, \
-         pet_name, started_at, ended_at"
+         pet_name, started_at, ended_at, answered_at"
     };
 }
 
@@ -105,7 +105,7 @@ macro_rules! impl_store {
         use crate::store::common::{attempt_columns, call_columns, callback_columns, log_columns};
         use crate::store::{
             Begun, CallEventRow, CallRow, CallStatusUpdate, CallbackFilter, CallbackRequestRow,
-            CountWindows, LimitCheck, NewCall, NewCallEvent, NewCallbackRequest,
+            CountWindows, DialingAttempt, LimitCheck, NewCall, NewCallEvent, NewCallbackRequest,
             NewToolCallLog, NewTransferAttempt, Plan, Recorded, Store, StoreError,
             ToolCallLogRow, TransferAttemptRow, TransferFinish, TransferStart, WindowCounts,
         };
@@ -634,6 +634,85 @@ macro_rules! impl_store {
                 .bind(id)
                 .fetch_optional(self.reader())
                 .await?)
+            }
+
+            async fn mark_transfer_answered(
+                &self,
+                attempt_id: Uuid,
+                at: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE transfer_attempts SET answered_at = COALESCE(answered_at, $2) \
+                     WHERE id = $1 AND status = 'dialing'",
+                )
+                .bind(attempt_id)
+                .bind(at)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn dialing_attempts(&self) -> Result<Vec<DialingAttempt>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT t.*, c.platform AS call_platform, c.call_ref AS call_ref, \
+                     c.ended_at AS call_ended_at \
+                     FROM transfer_attempts t JOIN calls c ON c.id = t.call_id \
+                     WHERE t.status = 'dialing' ORDER BY t.started_at, t.id",
+                )
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn pending_invocations(
+                &self,
+                before: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<ToolCallLogRow>, StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    log_columns!(),
+                    " FROM tool_call_logs WHERE status = 'pending' AND created_at < $1 \
+                     ORDER BY created_at, id LIMIT $2"
+                ))
+                .bind(before)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn abandon_invocation(
+                &self,
+                log_id: Uuid,
+                o: &Recorded,
+                callback: Option<&NewCallbackRequest>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query(
+                    "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
+                     error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
+                     WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(log_id)
+                .bind(o.status())
+                .bind(Json(&o.result))
+                .bind(&o.error_message)
+                .bind(o.error_kind)
+                .bind(o.duration_ms)
+                .bind(o.at)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                if let Some(cb) = callback {
+                    insert_callback(&mut tx, cb).await?;
+                }
+                tx.commit().await?;
+                if callback.is_some() {
+                    self.bump_queue();
+                }
+                Ok(true)
             }
 
             async fn insert_callback_request(

@@ -183,6 +183,34 @@ pub trait Store: DeliveryQueue + AdminStore + Send + Sync + 'static {
     /// ended, so a repeated hook cannot create a second callback request.
     async fn finish_transfer(&self, finish: &TransferFinish) -> Result<bool, StoreError>;
 
+    /// Records that the on-call person picked up (the first time only). False when the attempt
+    /// is no longer dialing.
+    async fn mark_transfer_answered(
+        &self,
+        attempt_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Every attempt still `dialing`, with its call, oldest first (the reconciler's view).
+    async fn dialing_attempts(&self) -> Result<Vec<DialingAttempt>, StoreError>;
+
+    /// Invocations still `pending` that were logged before `before`, oldest first.
+    async fn pending_invocations(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ToolCallLogRow>, StoreError>;
+
+    /// Ends an invocation left `pending` by an effect that will never report (its process
+    /// died) with `outcome`, and writes `callback` in the same transaction. False, and nothing
+    /// written, when the invocation was no longer pending.
+    async fn abandon_invocation(
+        &self,
+        log_id: Uuid,
+        outcome: &Recorded,
+        callback: Option<&NewCallbackRequest>,
+    ) -> Result<bool, StoreError>;
+
     /// Records a callback request that is not tied to a tool call (a recorded message).
     async fn insert_callback_request(&self, request: &NewCallbackRequest)
     -> Result<(), StoreError>;

@@ -358,6 +358,20 @@ pub struct TransferAttemptRow {
     pub pet_name: Option<String>,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// When the on-call person picked up (the dial's outcome may come much later, when the
+    /// bridged call ends).
+    pub answered_at: Option<DateTime<Utc>>,
+}
+
+/// An attempt still `dialing`, with what the reconciler needs to judge it: its call's
+/// platform reference and whether (and when) the call ended.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DialingAttempt {
+    #[sqlx(flatten)]
+    pub attempt: TransferAttemptRow,
+    pub call_platform: String,
+    pub call_ref: String,
+    pub call_ended_at: Option<DateTime<Utc>>,
 }
 
 /// Whether a transfer attempt could start.

@@ -65,13 +65,17 @@ impl SqliteStore {
         &self.reader
     }
 
-    /// A write transaction; the single writer connection already serialises them.
+    /// A write transaction; the single writer connection already serialises them. IMMEDIATE:
+    /// the transaction reads before it writes, and SQLite does not wait (busy timeout) for a lock
+    /// a reading transaction must upgrade, it fails at once with SQLITE_BUSY. Another process on
+    /// the same file (a second instance during a deploy, `lifeline worker`, the CLI) holding the
+    /// write lock for a moment must make a tool call wait, not fail.
     async fn begin_for_call(
         &self,
         _platform: &str,
         _call_ref: &str,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.writer.begin().await
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// The migrations this build embeds for the engine.

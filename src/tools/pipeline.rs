@@ -5,11 +5,26 @@
 //!    recorded result);
 //! 3. rate-limit (per call from the log itself, so it holds across instances; per tenant in
 //!    memory);
-//! 4. run the handler under a timeout, a panic becoming an internal error;
+//! 4. run the handler, a panic becoming an internal error;
 //! 5. record the outcome, and answer.
 //!
 //! A tool whose whole effect is a database write (`collect_info`) does 2–5 in one transaction:
 //! the log row and the callback request commit together or not at all, with one fsync.
+//!
+//! Two clocks, kept apart on purpose:
+//!
+//! - the **answer deadline** ([`Invocation::answer`]) is the platform's: the model must hear
+//!   something within `limits.tool_timeout` of the invocation's arrival (logging included), so
+//!   a late effect is answered with a timeout error;
+//! - the **effect's lifetime** is the effect's own: steps 2–5 run to completion in their own
+//!   task ([`Pipeline::start`]), whoever still waits for the answer. A client that disconnects,
+//!   a socket that drops or an answer deadline that passes never cuts a transfer between
+//!   "attempt recorded" and "dial asked for". The tasks are tracked ([`Pipeline::tasks`]) so a
+//!   stopping process waits for them; what a dead process leaves behind is ended by
+//!   [`crate::reconciler`].
+//!
+//! A later bound on the effect itself (e.g. an end-to-end deadline on the durable write) belongs
+//! in [`Pipeline::effect`], and must end the effect through the same failed → callback path.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -21,6 +36,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
@@ -34,13 +50,32 @@ use crate::store::{
 };
 use crate::telephony::CallControl;
 
-/// Who and what an invocation acts on, from our own records.
+/// Who and what an invocation acts on, from our own records, borrowed by the tools.
 pub struct CallContext<'a> {
     pub tenant: &'a Arc<Tenant>,
     /// The call row, when the adapter knows it (tools that act on the call need it).
     pub call: Option<&'a CallRow>,
     /// How to act on the live call.
     pub control: &'a dyn CallControl,
+}
+
+/// The same, owned: the effect of an invocation outlives the request that asked for it.
+#[derive(Clone)]
+pub struct CallScope {
+    pub tenant: Arc<Tenant>,
+    pub call: Option<Arc<CallRow>>,
+    pub control: Arc<dyn CallControl>,
+}
+
+impl CallScope {
+    /// The borrowed view the tools take.
+    pub fn context(&self) -> CallContext<'_> {
+        CallContext {
+            tenant: &self.tenant,
+            call: self.call.as_deref(),
+            control: self.control.as_ref(),
+        }
+    }
 }
 
 /// What a validated invocation will do.
@@ -70,6 +105,53 @@ pub struct Pipeline {
     /// Invocations running on this instance, so a repeat arriving meanwhile waits for the
     /// original's result instead of running again.
     inflight: Mutex<HashMap<String, watch::Receiver<Option<ToolResult>>>>,
+    /// Every effect running on this instance (and whatever an adapter spawns to deliver an
+    /// effect's answer and commands), so a stopping process can wait for them.
+    tasks: TaskTracker,
+}
+
+/// A started invocation: the answer for the model, and the effect's own result.
+pub struct Invocation {
+    /// When the model must have its answer.
+    answer_by: tokio::time::Instant,
+    result: watch::Receiver<Option<ToolResult>>,
+}
+
+impl Invocation {
+    /// The answer for the model: the effect's result if it is in by the answer deadline,
+    /// otherwise a timeout error that tells the model not to call again. The effect is not
+    /// cancelled either way; its real outcome is recorded when it comes.
+    pub async fn answer(&mut self) -> ToolResult {
+        match tokio::time::timeout_at(self.answer_by, self.finished()).await {
+            Ok(result) => result,
+            Err(_) => {
+                metrics::counter!("lifeline_tool_answers_late_total").increment(1);
+                warn!("answer deadline passed; the effect goes on and records its own outcome");
+                let mut e = ToolError::new(
+                    ErrorKind::Timeout,
+                    "the tool is taking longer than expected and is still running; do not call \
+                     it again. Tell the caller to stay on the line.",
+                );
+                e.retryable = false;
+                Err(e)
+            }
+        }
+    }
+
+    /// The effect's own result, however long it takes (what must follow the effect, such as
+    /// a transfer's redirect, waits for this rather than for the answer).
+    pub async fn finished(&mut self) -> ToolResult {
+        match self.result.wait_for(Option::is_some).await {
+            Ok(done) => done.clone().unwrap_or_else(|| Err(lost_effect())),
+            // The task ended without a result: it panicked outside the handler's guard.
+            Err(_) => Err(lost_effect()),
+        }
+    }
+}
+
+fn lost_effect() -> ToolError {
+    error!("a tool call's task ended without a result");
+    ToolError::new(ErrorKind::Internal, "the tool failed unexpectedly")
 }
 
 impl Pipeline {
@@ -81,21 +163,72 @@ impl Pipeline {
             per_tenant: RateLimiter::keyed(Quota::per_minute(per_minute)),
             limits,
             inflight: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
         }
     }
 
-    /// Runs one invocation to its result. Never panics, never returns before the log row is
-    /// committed (unless the database refuses it, in which case nothing ran).
-    pub async fn run(&self, inv: &ToolInvocation, ctx: &CallContext<'_>) -> ToolResult {
+    /// The tasks of running effects (and of their delivery), for a graceful stop.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Runs one invocation and returns the answer for the model (see [`Invocation::answer`]).
+    /// Dropping the returned future does not stop the effect.
+    pub async fn run(self: &Arc<Self>, inv: ToolInvocation, scope: CallScope) -> ToolResult {
+        self.start(inv, scope).answer().await
+    }
+
+    /// Starts an invocation: its effect runs to completion in its own tracked task, and the
+    /// answer deadline starts now.
+    pub fn start(self: &Arc<Self>, inv: ToolInvocation, scope: CallScope) -> Invocation {
+        let answer_by = tokio::time::Instant::now() + self.limits.tool_timeout;
+        let (tx, rx) = watch::channel(None);
         let span = info_span!(
             "tool_call",
-            tenant = %ctx.tenant.id,
+            tenant = %scope.tenant.id,
             platform = inv.platform.as_str(),
             call = %inv.call_ref,
             tool = %inv.tool_name,
             invocation = inv.invocation_id.as_deref().unwrap_or(""),
         );
-        self.run_inner(inv, ctx).instrument(span).await
+        let pipeline = self.clone();
+        self.tasks.spawn(
+            async move {
+                let result = pipeline.effect(&inv, &scope).await;
+                let _ = tx.send(Some(result));
+            }
+            .instrument(span),
+        );
+        Invocation {
+            answer_by,
+            result: rx,
+        }
+    }
+
+    /// Whether an invocation is running on this instance (the reconciler leaves it alone).
+    pub fn is_running(&self, platform: &str, call_ref: &str, invocation_key: &str) -> bool {
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .contains_key(&format!("{platform}|{call_ref}|{invocation_key}"))
+    }
+
+    /// The effect of one invocation, to its end. Never panics, never returns before the log row
+    /// is committed (unless the database refuses it, in which case nothing ran).
+    async fn effect(&self, inv: &ToolInvocation, scope: &CallScope) -> ToolResult {
+        match AssertUnwindSafe(self.run_inner(inv, &scope.context()))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                error!("a tool call panicked outside its handler");
+                Err(ToolError::new(
+                    ErrorKind::Internal,
+                    "the tool failed unexpectedly",
+                ))
+            }
+        }
     }
 
     async fn run_inner(&self, inv: &ToolInvocation, ctx: &CallContext<'_>) -> ToolResult {
@@ -206,7 +339,9 @@ impl Pipeline {
         finish_metrics(inv, canonical, started, result)
     }
 
-    /// Runs a handler whose log row is committed `pending`, then records its outcome.
+    /// Runs a handler whose log row is committed `pending`, to its end, then records its
+    /// outcome. No timeout here: the answer deadline is the caller's ([`Invocation::answer`]),
+    /// and cutting a handler short is what used to leave transfers `dialing` forever.
     async fn run_handler(
         &self,
         prepared: Prepared,
@@ -232,28 +367,13 @@ impl Pipeline {
                 Prepared::Store { output, .. } => Ok(output),
             }
         };
-        let result = match tokio::time::timeout(
-            self.limits.tool_timeout,
-            AssertUnwindSafe(handler).catch_unwind(),
-        )
-        .await
-        {
-            Ok(Ok(result)) => result,
-            Ok(Err(_panic)) => {
+        let result = match AssertUnwindSafe(handler).catch_unwind().await {
+            Ok(result) => result,
+            Err(_panic) => {
                 error!("tool handler panicked");
                 Err(ToolError::new(
                     ErrorKind::Internal,
                     "the tool failed unexpectedly",
-                ))
-            }
-            Err(_) => {
-                warn!(
-                    timeout_ms = self.limits.tool_timeout.as_millis() as u64,
-                    "tool timed out"
-                );
-                Err(ToolError::new(
-                    ErrorKind::Timeout,
-                    "the tool did not finish in time",
                 ))
             }
         };
@@ -261,7 +381,7 @@ impl Pipeline {
         let recorded = Recorded::of(&result, Utc::now(), duration_ms);
         if let Err(e) = self.store.finish_invocation(log_id, &recorded).await {
             // The effect happened; the answer must still reach the model. The row stays
-            // `pending`, which operators see.
+            // `pending` until the reconciler ends it, which operators see.
             error!(error = %e, %log_id, "could not record the tool result");
         }
         let _ = tx.send(Some(result.clone()));

@@ -12,11 +12,11 @@ use uuid::Uuid;
 use super::args::{Fields, caller_name};
 use super::pipeline::CallContext;
 use super::urgency::Urgency;
-use super::{ErrorKind, ToolError, ToolOutput, ToolResult};
+use super::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
 use crate::config::Tenant;
 use crate::phone::{E164, mask};
 use crate::store::{
-    CallRow, NewCallbackRequest, NewTransferAttempt, Recorded, Store, StoreError,
+    CallRow, NewCallbackRequest, NewTransferAttempt, Recorded, Store, StoreError, ToolCallLogRow,
     TransferAttemptRow, TransferFinish, TransferStart,
 };
 use crate::telephony::TransferPlan;
@@ -138,7 +138,8 @@ pub async fn run(
     if let Err(e) = ctx.control.transfer(&plan).await {
         warn!(attempt = %attempt.id, error = %e, "transfer could not start");
         let failure = format!("transfer could not start: {e}");
-        let callback = failed_transfer_callback(tenant, call, &attempt_row(&attempt), Utc::now());
+        let callback =
+            failed_transfer_callback(&tenant.id, call, &attempt_row(&attempt), Utc::now());
         let callback_id = callback.id;
         store
             .finish_transfer(&TransferFinish {
@@ -249,9 +250,21 @@ pub enum DialNext {
     NoTransfer,
 }
 
-/// Applies the platform's report of how a dial ended. `answered` is the platform's own verdict
-/// (Jambonz `dial_call_status == completed`, Twilio `DialCallStatus == completed` and bridged);
-/// anything else, including a status that is not final, is a failure.
+/// How a dial ended, as the platform reported it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DialOutcome<'a> {
+    /// The platform's own verdict (Jambonz `dial_call_status == completed`, Twilio
+    /// `DialCallStatus == completed` and bridged); anything else, including a status that is
+    /// not final, is a failure.
+    pub answered: bool,
+    pub dial_status: Option<&'a str>,
+    pub sip_status: Option<i32>,
+    /// The platform says the caller's own leg is over (Jambonz sends the dial's actionHook
+    /// with `call_status: completed` when the caller hung up while it rang).
+    pub caller_gone: bool,
+}
+
+/// Applies the platform's report of how a dial ended (see [`DialOutcome::answered`]).
 pub async fn on_dial_result(
     store: &dyn Store,
     tenant: &Tenant,
@@ -260,10 +273,45 @@ pub async fn on_dial_result(
     dial_status: Option<&str>,
     sip_status: Option<i32>,
 ) -> Result<DialNext, StoreError> {
+    let outcome = DialOutcome {
+        answered,
+        dial_status,
+        sip_status,
+        caller_gone: false,
+    };
+    on_dial_outcome(store, tenant, call, &outcome).await
+}
+
+/// Applies a dial's outcome. A caller who hung up while the on-call phone rang gets no further
+/// target (nobody is left to connect): the attempt fails and the critical callback request for
+/// the caller's number is written at once, because that caller is exactly the one who must be
+/// called back.
+pub async fn on_dial_outcome(
+    store: &dyn Store,
+    tenant: &Tenant,
+    call: &CallRow,
+    outcome: &DialOutcome<'_>,
+) -> Result<DialNext, StoreError> {
+    let DialOutcome {
+        answered,
+        dial_status,
+        sip_status,
+        caller_gone,
+    } = *outcome;
     let Some(attempt) = store.dialing_transfer(call.id).await? else {
         return Ok(DialNext::NoTransfer);
     };
     let now = Utc::now();
+    // The platform may report the caller's end before the dial's (Jambonz: `call:status`
+    // completed, then the dial's actionHook), so our own record counts as well.
+    let caller_gone = caller_gone
+        || match Platform::from_name(&call.platform) {
+            Some(platform) => store
+                .find_call(platform, &call.call_ref)
+                .await?
+                .is_some_and(|c| c.ended_at.is_some()),
+            None => false,
+        };
     if answered {
         store
             .finish_transfer(&TransferFinish {
@@ -283,12 +331,18 @@ pub async fn on_dial_result(
         return Ok(DialNext::Connected);
     }
     let failure = format!(
-        "{} did not answer ({}{})",
+        "{} did not answer ({}{}){}",
         attempt.target_role,
         dial_status.unwrap_or("no status"),
-        sip_status.map(|s| format!(", SIP {s}")).unwrap_or_default()
+        sip_status.map(|s| format!(", SIP {s}")).unwrap_or_default(),
+        if caller_gone {
+            "; the caller hung up while it rang"
+        } else {
+            ""
+        }
     );
     let next = match (&tenant.transfer.secondary, attempt.target_role.as_str()) {
+        _ if caller_gone => None,
         (Some(secondary), "primary") => Some(NewTransferAttempt {
             id: Uuid::now_v7(),
             call_id: call.id,
@@ -306,7 +360,7 @@ pub async fn on_dial_result(
     };
     let callback = next
         .is_none()
-        .then(|| failed_transfer_callback(tenant, call, &attempt, now));
+        .then(|| failed_transfer_callback(&tenant.id, call, &attempt, now));
     let failed_log = match (&callback, attempt.tool_call_log_id) {
         (Some(cb), Some(log_id)) => {
             let error = ToolError::new(
@@ -351,6 +405,83 @@ pub async fn on_dial_result(
             }
         }
     })
+}
+
+/// Ends an attempt whose dial will never report (the call ended without its outcome, the
+/// command that would have dialled was lost, the process that owned it died). Picked up: it
+/// succeeded. Otherwise it failed, through the same path as a dial nobody answered: the
+/// critical callback request for the caller's number is written with it. False when the
+/// attempt had already ended.
+pub async fn abandon_attempt(
+    store: &dyn Store,
+    call: &CallRow,
+    attempt: &TransferAttemptRow,
+    why: &str,
+) -> Result<bool, StoreError> {
+    let now = Utc::now();
+    if attempt.answered_at.is_some() {
+        let ended = store
+            .finish_transfer(&TransferFinish {
+                attempt_id: attempt.id,
+                call_id: call.id,
+                at: now,
+                succeeded: true,
+                dial_call_status: None,
+                dial_sip_status: None,
+                failure_reason: None,
+                next: None,
+                callback: None,
+                failed_log: None,
+            })
+            .await?;
+        if ended {
+            info!(attempt = %attempt.id, why, "picked-up transfer closed without its dial's outcome");
+        }
+        return Ok(ended);
+    }
+    let failure = format!("{} never reported an outcome: {why}", attempt.target_role);
+    // The attempt's own tenant: a tenant removed from the configuration since still gets its
+    // caller called back.
+    let callback = failed_transfer_callback(&attempt.tenant_id, call, attempt, now);
+    let failed_log = attempt.tool_call_log_id.map(|log_id| {
+        let error = ToolError::new(
+            ErrorKind::External,
+            format!(
+                "{failure}; critical callback request {} created",
+                callback.id
+            ),
+        );
+        (log_id, Recorded::of(&Err(error), now, 0.0))
+    });
+    let ended = store
+        .finish_transfer(&TransferFinish {
+            attempt_id: attempt.id,
+            call_id: call.id,
+            at: now,
+            succeeded: false,
+            dial_call_status: attempt.dial_call_status.clone(),
+            dial_sip_status: attempt.dial_sip_status,
+            failure_reason: Some(failure.clone()),
+            next: None,
+            callback: Some(callback),
+            failed_log,
+        })
+        .await?;
+    if ended {
+        error!(attempt = %attempt.id, %failure, "transfer abandoned; critical callback request recorded");
+    }
+    Ok(ended)
+}
+
+/// The dial a recorded attempt stands for, to send again when the command that started it may
+/// have been lost.
+pub fn plan_of(tenant: &Tenant, attempt: &TransferAttemptRow) -> TransferPlan {
+    let announcement = match attempt.target_role.as_str() {
+        "primary" if attempt.tool_call_log_id.is_none() => ANNOUNCE_AGENT_FAILED,
+        "primary" => ANNOUNCE_PRIMARY,
+        _ => ANNOUNCE_SECONDARY,
+    };
+    plan_for(tenant, attempt.id, &attempt.target_number, announcement)
 }
 
 /// The dial of one attempt, with the tenant's trunk, caller id and ring timeout.
@@ -414,7 +545,7 @@ pub fn callback_promise(last4: &str) -> String {
 }
 
 fn failed_transfer_callback(
-    tenant: &Tenant,
+    tenant_id: &str,
     call: &CallRow,
     attempt: &TransferAttemptRow,
     now: DateTime<Utc>,
@@ -422,7 +553,7 @@ fn failed_transfer_callback(
     NewCallbackRequest {
         id: Uuid::now_v7(),
         created_at: now,
-        tenant_id: tenant.id.clone(),
+        tenant_id: tenant_id.to_string(),
         call_id: Some(call.id),
         call_sid: Some(call.call_ref.clone()),
         tool_call_log_id: attempt.tool_call_log_id,
@@ -440,6 +571,56 @@ fn failed_transfer_callback(
         urgency_reason: Some(attempt.reason.clone()),
         urgency: Urgency::Critical,
         metadata: json!({ "caller_id": call.from_number }),
+    }
+}
+
+/// The critical callback request for a transfer invocation that was logged but never reached
+/// an attempt (its process died between the two): the caller asked for a human and got none.
+pub fn interrupted_transfer_callback(
+    log: &ToolCallLogRow,
+    call: Option<&CallRow>,
+    now: DateTime<Utc>,
+) -> NewCallbackRequest {
+    let args = &log.tool_parameters.0;
+    let text = |key: &str| {
+        args.get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let reason = text("urgency_reason")
+        .or_else(|| text("transfer_reason"))
+        .or_else(|| text("reason"))
+        .unwrap_or_else(|| "the caller asked for the on-call team".to_string());
+    let caller_id = call.and_then(|c| c.from_number.clone());
+    NewCallbackRequest {
+        id: Uuid::now_v7(),
+        created_at: now,
+        tenant_id: log.tenant_id.clone(),
+        call_id: log.call_id,
+        call_sid: Some(log.call_ref.clone()),
+        tool_call_log_id: Some(log.id),
+        transfer_attempt_id: None,
+        reason: "failed_transfer",
+        callback_number: log
+            .callback_number
+            .clone()
+            .or_else(|| caller_id.clone())
+            .unwrap_or_else(|| "unknown".to_string()),
+        caller_name: log.caller_name.clone(),
+        first_name: None,
+        last_name: None,
+        pet_name: text("pet_name"),
+        species: text("species"),
+        breed: text("breed"),
+        age: text("age"),
+        concern_description: Some(format!(
+            "Transfer to on-call failed: it was interrupted before the on-call number was dialled. {reason}"
+        )),
+        urgency_reason: Some(reason),
+        urgency: Urgency::Critical,
+        metadata: json!({ "caller_id": caller_id }),
     }
 }
 
@@ -462,6 +643,7 @@ fn attempt_row(a: &NewTransferAttempt) -> TransferAttemptRow {
         pet_name: a.pet_name.clone(),
         started_at: a.started_at,
         ended_at: None,
+        answered_at: None,
     }
 }
 

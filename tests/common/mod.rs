@@ -1,6 +1,16 @@
 //! Test harness: a fresh database per test (SQLite file or PostgreSQL database), the app served
-//! on port 0, and a fake Jambonz feature-server that follows the protocol's rules.
+//! on port 0, and a fake Jambonz feature-server that follows the protocol's rules and the real
+//! feature-server's behaviour (v0.9.8, `jambonz/jambonz-feature-server`, read with the search
+//! tool; file and function cited where the fake does what it does).
+//!
+//! Every test that starts an app gets the invariants of `invariants.rs` checked when its database
+//! is dropped.
 #![allow(dead_code)]
+
+pub mod db_lock;
+pub mod invariants;
+pub mod process;
+pub mod relay;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +66,8 @@ pub struct TestDb {
     pub url: String,
     pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    /// Check `invariants` when the test is done with the database.
+    invariants: bool,
 }
 
 impl TestDb {
@@ -68,6 +80,7 @@ impl TestDb {
                     url: format!("sqlite://{}?mode=rwc", path.display()),
                     pg_name: None,
                     _dir: Some(dir),
+                    invariants: false,
                 }
             }
             Engine::Postgres => {
@@ -89,9 +102,17 @@ impl TestDb {
                     url: format!("{base}/{name}"),
                     pg_name: Some(name),
                     _dir: None,
+                    invariants: false,
                 }
             }
         }
+    }
+
+    /// Checks the end-of-test invariants (`invariants.rs`) when this database is dropped: for
+    /// every test that runs the app against it (black-box tests), not for store tests that
+    /// leave rows half-done on purpose.
+    pub fn watch_invariants(&mut self) {
+        self.invariants = true;
     }
 
     /// A migrated store on this database.
@@ -104,6 +125,32 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // Not while the test is failing already: a second panic would abort.
+        let broken = if self.invariants && !std::thread::panicking() {
+            let url = self.url.clone();
+            // Drop runs inside the test's runtime, whose workers keep running the app's tasks
+            // (the last outcomes may still be being written): check from a thread of its own.
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(invariants::assert_hold(&url));
+            })
+            .join()
+            .err()
+        } else {
+            None
+        };
+        self.drop_pg_database();
+        if let Some(panic) = broken {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+impl TestDb {
+    fn drop_pg_database(&mut self) {
         let Some(name) = self.pg_name.take() else {
             return;
         };
@@ -178,6 +225,17 @@ agent_id = "0b7c2b8e-agent"
     )
 }
 
+/// What the process would get from its environment, for a test database.
+pub fn process_settings(database_url: &str) -> ProcessSettings {
+    ProcessSettings {
+        database_url: database_url.to_string(),
+        bind: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        config_path: None,
+        database_max_connections: 16,
+    }
+}
+
 /// A running app on a fresh database.
 pub struct TestApp {
     pub server: Server,
@@ -198,16 +256,18 @@ impl TestApp {
 
     pub async fn start_with_limits(engine: Engine, limits: &str) -> Self {
         let db = TestDb::new(engine).await;
-        let process = ProcessSettings {
-            database_url: db.url.clone(),
-            bind: "127.0.0.1".parse().unwrap(),
-            port: 0,
-            config_path: None,
-            database_max_connections: 16,
-        };
-        let toml = config_toml(limits);
-        let config = Config::build(&process, Some((&toml, "test.toml".as_ref())), &|_| None)
-            .expect("test config");
+        Self::start_on(db, &config_toml(limits)).await
+    }
+
+    /// Starts on an existing database (another instance's, say) with a whole configuration.
+    pub async fn start_on(mut db: TestDb, toml: &str) -> Self {
+        db.watch_invariants();
+        let config = Config::build(
+            &process_settings(&db.url),
+            Some((toml, "test.toml".as_ref())),
+            &|_| None,
+        )
+        .expect("test config");
         let server = Server::start(config).await.expect("start server");
         let store = server.state.store.clone();
         Self { server, store, db }
@@ -269,10 +329,18 @@ pub fn msgid() -> String {
     Uuid::new_v4().simple().to_string()[..22].to_string()
 }
 
-/// A Jambonz feature-server client that follows the protocol: Basic auth, the `ws.jambonz.org`
-/// subprotocol, snake-cased data, acks awaited at most 5 s, hooks as the app configured them.
+/// A Jambonz feature-server client that follows the protocol and the real feature-server's
+/// behaviour: Basic auth, the `ws.jambonz.org` subprotocol, snake-cased data, acks awaited at most
+/// 5 s, hooks as the app configured them, no ack ever sent (the feature-server acks nothing;
+/// `llm:tool-call` is fire-and-forget and never re-sent, `lib/utils/ws-requestor.js`
+/// `MTYPE_WANTS_ACK`, ~lines 15-23), reconnects with `session:reconnect`, dial actionHook after
+/// the caller hangs up, and complete Close handshakes.
 pub struct FakeFeatureServer {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Where, and as whom, it connects (again, on a reconnect).
+    url: String,
+    user: String,
+    pass: String,
     pub call_sid: String,
     /// Hooks the app configured in its verbs, as Jambonz would echo them.
     pub tool_hook: Option<String>,
@@ -286,6 +354,14 @@ pub struct FakeFeatureServer {
     pub pings: usize,
     /// How many of `verb_arrays` went through the validator already.
     validated: usize,
+    /// The session:new data, which every session:reconnect repeats (`ws-requestor.js`
+    /// `request()`: `if (type === 'session:reconnect') payload = this._sessionData`).
+    session_data: Option<Value>,
+    /// A session:new still waiting for its ack, and when it was sent (its 5 s timer runs from
+    /// there, even across a reconnect).
+    unacked_session_new: Option<(String, tokio::time::Instant)>,
+    /// The dial the app asked for, while it runs: its last provisional status and SIP code.
+    dial: Option<(String, i64)>,
 }
 
 impl Drop for FakeFeatureServer {
@@ -323,6 +399,35 @@ pub async fn try_connect(
     }
 }
 
+/// Opens a socket as the feature-server does (`ws-requestor.js` `_connect`).
+async fn open_socket(
+    url: &str,
+    user: &str,
+    pass: &str,
+) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    let mut req = url.into_client_request()?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Basic {token}"))?,
+    );
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("ws.jambonz.org"),
+    );
+    req.headers_mut()
+        .insert("User-Agent", HeaderValue::from_static("jambonz"));
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("ws.jambonz.org"),
+        "the app must echo the subprotocol"
+    );
+    Ok(ws)
+}
+
 impl FakeFeatureServer {
     pub async fn connect(url: &str, user: &str, pass: &str) -> anyhow::Result<Self> {
         Self::connect_as(url, user, pass, "9fb35c28-9688-4531-943c-e280b04f3adf").await
@@ -334,28 +439,12 @@ impl FakeFeatureServer {
         pass: &str,
         call_sid: &str,
     ) -> anyhow::Result<Self> {
-        let mut req = url.into_client_request()?;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-        req.headers_mut().insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Basic {token}"))?,
-        );
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("ws.jambonz.org"),
-        );
-        req.headers_mut()
-            .insert("User-Agent", HeaderValue::from_static("jambonz"));
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
-        assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok()),
-            Some("ws.jambonz.org"),
-            "the app must echo the subprotocol"
-        );
+        let ws = open_socket(url, user, pass).await?;
         Ok(Self {
             ws,
+            url: url.to_string(),
+            user: user.to_string(),
+            pass: pass.to_string(),
             call_sid: call_sid.to_string(),
             tool_hook: None,
             llm_action_hook: None,
@@ -365,6 +454,9 @@ impl FakeFeatureServer {
             backlog: Vec::new(),
             pings: 0,
             validated: 0,
+            session_data: None,
+            unacked_session_new: None,
+            dial: None,
         })
     }
 
@@ -385,18 +477,22 @@ impl FakeFeatureServer {
     }
 
     pub async fn send(&mut self, msg: &Value) {
+        if msg["type"] == "session:new" {
+            self.session_data = Some(msg["data"].clone());
+        }
         self.send_text(&msg.to_string()).await;
     }
 
-    /// The next JSON message from the app within `within` (pings are answered and counted).
-    async fn next_message(&mut self, within: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + within;
+    /// The next JSON message from the app before `deadline` (pings are answered and counted).
+    async fn next_message_until(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .ok()??;
             match frame.ok()? {
                 Message::Text(t) => {
+                    // The feature-server's `ws` client refuses bigger frames
+                    // (`maxPayload: JAMBONES_WS_MAX_PAYLOAD || 24 * 1024`, `_connect`).
                     assert!(t.len() < 24 * 1024, "frame over 24 KiB: {} bytes", t.len());
                     let v: Value = serde_json::from_str(t.as_str()).expect("app sent invalid JSON");
                     self.note_verbs(&v);
@@ -407,6 +503,11 @@ impl FakeFeatureServer {
                 _ => {}
             }
         }
+    }
+
+    async fn next_message(&mut self, within: Duration) -> Option<Value> {
+        self.next_message_until(tokio::time::Instant::now() + within)
+            .await
     }
 
     fn note_verbs(&mut self, v: &Value) {
@@ -429,6 +530,9 @@ impl FakeFeatureServer {
                     self.confirm_hook = verb["target"][0]["confirmHook"]
                         .as_str()
                         .map(str::to_string);
+                    // A new dial starts (lib/tasks/dial.js: results start empty, the B leg's
+                    // first status is `trying`).
+                    self.dial = Some(("trying".to_string(), 100));
                 }
                 _ => {}
             }
@@ -438,17 +542,43 @@ impl FakeFeatureServer {
 
     /// Waits for a message matching `pred`, keeping the others for later.
     pub async fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.expect_until(
+            tokio::time::Instant::now() + Duration::from_secs(5),
+            what,
+            pred,
+        )
+        .await
+    }
+
+    async fn expect_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        match self.try_expect_until(deadline, pred).await {
+            Some(v) => v,
+            None => panic!(
+                "timed out waiting for {what}; got meanwhile: {:#?}",
+                self.backlog
+            ),
+        }
+    }
+
+    /// A message matching `pred` before `deadline`, keeping the others for later.
+    async fn try_expect_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         if let Some(i) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(i);
+            return Some(self.backlog.remove(i));
         }
         loop {
-            match self.next_message(Duration::from_secs(5)).await {
-                Some(v) if pred(&v) => return v,
+            match self.next_message_until(deadline).await {
+                Some(v) if pred(&v) => return Some(v),
                 Some(v) => self.backlog.push(v),
-                None => panic!(
-                    "timed out waiting for {what}; got meanwhile: {:#?}",
-                    self.backlog
-                ),
+                None => return None,
             }
         }
     }
@@ -475,12 +605,101 @@ impl FakeFeatureServer {
         self.request(msg).await
     }
 
+    /// `session:new` whose ack is not waited for here (it may be lost in flight); a
+    /// [`FakeFeatureServer::reconnect`] then carries it, as the feature-server does.
+    pub async fn session_new_unacked(&mut self) {
+        let mut msg = self.session_message("session:new");
+        let id = msgid();
+        msg["msgid"] = json!(id);
+        self.send(&msg).await;
+        self.unacked_session_new = Some((id, tokio::time::Instant::now()));
+    }
+
     pub fn session_message(&self, kind: &str) -> Value {
         let mut msg = fixture("session:new", None);
         msg["type"] = json!(kind);
         msg["call_sid"] = json!(self.call_sid);
         msg["data"]["call_sid"] = json!(self.call_sid);
         msg
+    }
+
+    /// The socket dropped (not closed with 1000): the feature-server opens a new one to the same
+    /// URL and sends `session:reconnect` with the session:new data (`ws-requestor.js`
+    /// `_onSocketClosed`, `_connect`: `if (this.connections > 1) this.request('session:reconnect')`).
+    /// Returns the reconnect's ack.
+    ///
+    /// If the session:new was still waiting for its ack, the feature-server moves that pending
+    /// request onto the reconnect (`request()`, "special case: reconnecting before we received
+    /// ack to session:new", ~lines 244-252): the reconnect's ack resolves the session:new, within
+    /// the session:new's own 5 s, and `lib/middleware.js` `invokeWebCallback` (~461) then runs
+    /// `normalizeJambones` on its data, rejecting the call with SIP 480 unless it is a non-empty
+    /// verb array. On an ordinary reconnect the ack's data is ignored (the reconnect's promise
+    /// only releases the queued messages).
+    pub async fn reconnect(&mut self) -> Value {
+        let ws = open_socket(&self.url, &self.user, &self.pass)
+            .await
+            .expect("reconnect");
+        // The old socket is gone for the feature-server (`_onClose` dropped it), and what it
+        // had not read with it.
+        drop(std::mem::replace(&mut self.ws, ws));
+        self.backlog.clear();
+        let id = msgid();
+        let msg = json!({
+            "type": "session:reconnect",
+            "msgid": id,
+            "call_sid": self.call_sid,
+            "data": self.session_data.clone().expect("session:new was sent before"),
+        });
+        self.send_text(&msg.to_string()).await;
+        match self.unacked_session_new.take() {
+            Some((original, sent_at)) => {
+                let deadline = sent_at + Duration::from_secs(5);
+                let ack = self
+                    .try_expect_until(deadline, |v| v["type"] == "ack" && v["msgid"] == json!(id))
+                    .await
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "timeout from far end for msgid {original}: the call is rejected with \
+                         SIP 480"
+                        )
+                    });
+                let verbs = ack["data"].as_array().unwrap_or_else(|| {
+                    panic!(
+                        "the call is rejected with SIP 480: the session:new's answer (the \
+                         reconnect's ack) must be an array of verbs, got {ack}"
+                    )
+                });
+                assert!(
+                    !verbs.is_empty(),
+                    "the call is rejected with SIP 480: no application provided"
+                );
+                ack
+            }
+            None => {
+                self.expect("the reconnect's ack", |v| {
+                    v["type"] == "ack" && v["msgid"] == json!(id)
+                })
+                .await
+            }
+        }
+    }
+
+    /// [`FakeFeatureServer::reconnect`] to another address (the instance a load balancer picks
+    /// after this one went away).
+    pub async fn reconnect_to(&mut self, url: &str) -> Value {
+        self.url = url.to_string();
+        self.reconnect().await
+    }
+
+    /// The next message from the app, in the order it came (what arrived while waiting for
+    /// something else first).
+    pub async fn next(&mut self) -> Value {
+        if !self.backlog.is_empty() {
+            return self.backlog.remove(0);
+        }
+        self.next_message(Duration::from_secs(5))
+            .await
+            .expect("no message from the app within 5 s")
     }
 
     /// An `llm:tool-call` to the tool hook the app configured.
@@ -546,8 +765,27 @@ impl FakeFeatureServer {
         msg["hook"] = json!(self.dial_action_hook.clone().expect("no dial actionHook"));
         msg["data"]["dial_call_status"] = json!(status);
         msg["data"]["dial_sip_status"] = json!(sip);
+        // This dial is over; the ack may start another.
+        self.dial = None;
         let ack = self.request(msg).await;
         ack["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The on-call leg's progress while the dial rings: a `call:status` of the B leg on the
+    /// caller's socket (`direction: outbound`, `parent_call_sid`), as `lib/tasks/dial.js`
+    /// reports it; the dial's result will carry the last such status.
+    pub async fn dial_progress(&mut self, status: &str, sip: i64) {
+        assert!(self.dial.is_some(), "no dial is running");
+        let mut msg = fixture("call:status", None);
+        msg["msgid"] = json!(msgid());
+        msg["call_sid"] = json!(self.call_sid);
+        msg["data"]["call_sid"] = json!(format!("b-leg-of-{}", self.call_sid));
+        msg["data"]["direction"] = json!("outbound");
+        msg["data"]["parent_call_sid"] = json!(self.call_sid);
+        msg["data"]["call_status"] = json!(status);
+        msg["data"]["sip_status"] = json!(sip);
+        self.send(&msg).await;
+        self.dial = Some((status.to_string(), sip));
     }
 
     /// The llm verb's actionHook (sent by Jambonz when a redirect ends the llm).
@@ -570,17 +808,55 @@ impl FakeFeatureServer {
         if let Some(d) = duration {
             msg["data"]["duration"] = json!(d);
         }
+        if status == "completed" {
+            msg["data"]["call_termination_by"] = json!("caller");
+        }
         self.send(&msg).await;
     }
 
-    /// Waits for the app to close the socket; returns the close code.
+    /// The caller hangs up, and the feature-server does what it does then
+    /// (`lib/session/call-session.js`: `_callerHungup` reports `call:status` completed with
+    /// `call_termination_by: caller`, then `_callReleased` kills the current task):
+    /// - if a dial is running, it is killed and `lib/tasks/dial.js` `exec` still sends its
+    ///   actionHook (`performAction` after `awaitTaskDone`), with the caller's completed call-info
+    ///   and the dial's last provisional status; the verbs of that ack are never run (the call is
+    ///   gone);
+    /// - the session ends: `_clearResources` closes the socket with 1000, completing the Close
+    ///   handshake.
+    pub async fn caller_hangs_up(mut self) -> Vec<Value> {
+        self.call_status("completed", Some(63)).await;
+        if let Some((status, sip)) = self.dial.take() {
+            let mut msg = fixture("verb:hook", Some("/dialAction"));
+            msg["call_sid"] = json!(self.call_sid);
+            msg["data"]["call_sid"] = json!(self.call_sid);
+            msg["hook"] = json!(self.dial_action_hook.clone().expect("no dial actionHook"));
+            msg["data"]["call_status"] = json!("completed");
+            msg["data"]["call_termination_by"] = json!("caller");
+            msg["data"]["sip_status"] = json!(200);
+            msg["data"]["dial_call_status"] = json!(status);
+            msg["data"]["dial_sip_status"] = json!(sip);
+            self.request(msg).await;
+        }
+        self.close().await
+    }
+
+    /// Waits for the app to close the socket; answers its Close (as the feature-server's `ws`
+    /// client does) and returns the code.
     pub async fn expect_close(&mut self) -> Option<u16> {
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
                 .await
-                .expect("no close within 5 s")?;
+                .expect("no close within 30 s")?;
             match frame {
-                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(Message::Close(f)) => {
+                    let code = f.map(|f| u16::from(f.code));
+                    // Reading on writes our queued reply, then the stream ends.
+                    while let Ok(Some(Ok(_))) =
+                        tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await
+                    {
+                    }
+                    return code;
+                }
                 Ok(_) => {}
                 Err(_) => return None,
             }
@@ -591,14 +867,40 @@ impl FakeFeatureServer {
     pub async fn drop_connection(mut self) -> Vec<Value> {
         self.assert_verbs_valid();
         let verbs = self.verb_arrays.clone();
-        // Dropping the stream resets the TCP connection without a close frame.
+        // Dropping the stream closes the TCP connection without a close frame.
         drop(self);
         verbs
     }
 
-    /// Closes like Jambonz does when the call ends (1000).
+    /// Closes with 1000 and waits for the app's side of the handshake; returns the code the app
+    /// answered with (`None`: the connection ended without one, which the feature-server's `ws`
+    /// client reports as 1006).
+    pub async fn close_handshake(&mut self) -> Option<u16> {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Closes like Jambonz does when the call ends (1000, `_clearResources` →
+    /// `requestor.close()`), and checks the app completed the handshake with the same code.
     pub async fn close(mut self) -> Vec<Value> {
-        let _ = self.ws.close(None).await;
+        let answered = self.close_handshake().await;
+        assert_eq!(
+            answered,
+            Some(1000),
+            "the app must answer the feature-server's Close with its 1000 (else it sees 1006)"
+        );
         self.assert_verbs_valid();
         self.verb_arrays.clone()
     }

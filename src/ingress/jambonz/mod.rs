@@ -1,7 +1,11 @@
 //! `GET /jambonz`: the Jambonz WebSocket API. Jambonz's feature-server connects once per call,
 //! authenticating with HTTP Basic on the upgrade; one task then serves the call's socket.
 
+mod calls;
+mod recovery;
 mod session;
+
+pub use calls::CallSockets;
 
 use std::sync::Arc;
 
@@ -59,7 +63,15 @@ pub async fn upgrade(
         .max_write_buffer_size(256 * 1024)
         .max_message_size(MAX_INBOUND_MESSAGE)
         .max_frame_size(MAX_INBOUND_MESSAGE)
-        .on_upgrade(move |socket| session::serve(socket, state, tenants))
+        .on_upgrade(move |socket| {
+            // Counted until the socket task ends: a stopping process waits for it (axum's
+            // graceful shutdown does not wait for upgraded connections).
+            let open = state.lifecycle.sockets.token();
+            async move {
+                session::serve(socket, state, tenants).await;
+                drop(open);
+            }
+        })
 }
 
 /// The tenants whose Jambonz credentials match the request's Basic credentials (several

@@ -3,10 +3,15 @@
 //!
 //! Rules from the protocol reference that shape this file: never close with 1000 mid-call (Jambonz
 //! would stop talking to us but keep the call); ack within 5 s or the call fails; frames over
-//! 24 KiB kill the socket; malformed frames are logged and never end the socket.
+//! 24 KiB kill the socket; malformed frames are logged and never end the socket; answer the
+//! peer's Close frame (Jambonz closes with 1000 at call end and expects its 1000 back, not
+//! 1006); every `session:reconnect` is answered with the call's application, because the
+//! feature-server makes that ack stand for a `session:new` ack it never read
+//! (`lib/utils/ws-requestor.js`, "reconnecting before we received ack to session:new").
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use chrono::Utc;
@@ -16,31 +21,69 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use super::recovery::{self, LLM_COMPLETE_EVENT};
 use crate::AppState;
 use crate::config::Tenant;
 use crate::phone::{E164, mask};
 use crate::protocol::jambonz::{
-    self as wire, CallInfo, DialResult, Envelope, SessionData, ToolCallData, hooks,
+    self as wire, AgentEnd, CallInfo, DialResult, Envelope, SessionData, ToolCallData, hooks,
 };
 use crate::store::{CallRow, CallStatusUpdate, NewCall, NewCallEvent, StoreError};
 use crate::telephony::jambonz::JambonzCallControl;
-use crate::tools::pipeline::CallContext;
-use crate::tools::transfer::{self, AgentFailure, DialNext};
+use crate::tools::pipeline::CallScope;
+use crate::tools::transfer::{self, AgentFailure, DialNext, DialOutcome};
 use crate::tools::{Platform, ToolInvocation};
 
 /// Frames queued for the socket by tool tasks.
 const OUTBOUND_QUEUE: usize = 32;
+/// How long we wait for the other side of a Close handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How often an invocation pending on another instance is looked at.
+const PENDING_POLL: Duration = Duration::from_millis(200);
 
 struct Session {
     state: AppState,
+    /// This socket, in the registry of call sockets.
+    socket_id: u64,
     /// Tenants whose credentials the socket presented.
     candidates: Vec<Arc<Tenant>>,
     tenant: Option<Arc<Tenant>>,
     call_sid: Option<String>,
     call: Option<Arc<CallRow>>,
-    /// A call whose session ack is being sent: marked started once it is on the wire.
-    ack_in_flight: Option<Uuid>,
+    /// The session ack being sent: the call counts as started only once it is on the wire.
+    session_ack: Option<SessionAck>,
+    /// After this reconnect's ack, send again what the previous socket may have lost.
+    recover: bool,
     out: mpsc::Sender<String>,
+}
+
+/// An ack that hands the call its application.
+struct SessionAck {
+    msgid: String,
+    /// The call row, to mark started once the ack is sent.
+    call_id: Option<Uuid>,
+    /// The call runs its application already (an ordinary reconnect, whose ack data the
+    /// feature-server ignores).
+    started: bool,
+}
+
+/// How a socket ended.
+enum Ended {
+    /// Jambonz closed it, with this code.
+    ByPeer(Option<u16>),
+    /// It dropped, or failed: Jambonz reconnects.
+    Dropped,
+    /// This process is stopping (1001 sent: Jambonz reconnects elsewhere).
+    Shutdown,
+}
+
+/// Why a frame did not go out.
+#[derive(Debug, PartialEq, Eq)]
+enum SendError {
+    /// Over Jambonz's frame limit: not sent (Jambonz would drop the socket and lose it).
+    TooLarge,
+    /// The socket is gone.
+    Closed,
 }
 
 /// Serves one socket until Jambonz closes it, it drops, or the process shuts down.
@@ -49,61 +92,89 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
     let mut ping = tokio::time::interval(state.config.jambonz.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut shutdown = state.shutdown.clone();
+    let close_sockets = state.lifecycle.close_sockets.clone();
+    let socket_id = state.jambonz_calls.new_socket_id();
     let mut session = Session {
         state,
+        socket_id,
         candidates,
         tenant: None,
         call_sid: None,
         call: None,
-        ack_in_flight: None,
+        session_ack: None,
+        recover: false,
         out: out_tx,
     };
     metrics::gauge!("lifeline_jambonz_sockets_open").increment(1.0);
     let span = info_span!("jambonz_socket", call = tracing::field::Empty);
     async {
-        loop {
+        let ended = loop {
             tokio::select! {
                 incoming = socket.recv() => match incoming {
                     // Boxed: the handling future is large and lives only while a message is
                     // handled, instead of inside every idle socket's task.
                     Some(Ok(Message::Text(text))) => {
-                        if !Box::pin(session.answer(&mut socket, text.as_str())).await { return; }
+                        if !Box::pin(session.answer(&mut socket, text.as_str())).await {
+                            break Ended::Dropped;
+                        }
                     }
                     // The feature-server marks text as binary by mistake; read it as text.
                     Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                         Ok(text) => {
-                            if !Box::pin(session.answer(&mut socket, text)).await { return; }
+                            if !Box::pin(session.answer(&mut socket, text)).await {
+                                break Ended::Dropped;
+                            }
                         }
                         Err(_) => warn!("ignored a binary frame that is not UTF-8"),
                     },
                     Some(Ok(Message::Close(frame))) => {
-                        debug!(code = frame.as_ref().map(|f| f.code), "jambonz closed the socket");
-                        return;
+                        let code = frame.as_ref().map(|f| f.code);
+                        debug!(code, "jambonz closed the socket");
+                        // Our reply (the peer's own code) is queued; polling on writes it.
+                        finish_close(&mut socket).await;
+                        break Ended::ByPeer(code);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Err(e)) => {
                         warn!(error = %e, "jambonz socket error");
-                        return;
+                        break Ended::Dropped;
                     }
-                    None => return,
+                    None => break Ended::Dropped,
                 },
                 Some(frame) = out_rx.recv() => {
-                    if !send(&mut socket, frame).await { return; }
+                    if send(&mut socket, frame).await == Err(SendError::Closed) {
+                        break Ended::Dropped;
+                    }
                 }
                 _ = ping.tick() => {
-                    if socket.send(Message::Ping(Default::default())).await.is_err() { return; }
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break Ended::Dropped;
+                    }
                 }
-                _ = shutdown.changed() => {
+                // Only once this process's tool calls are done (see `Server::wait`).
+                _ = close_sockets.cancelled() => {
+                    session.detach();
+                    // What the finished tool calls queued goes out before the Close.
+                    while let Ok(frame) = out_rx.try_recv() {
+                        if send(&mut socket, frame).await == Err(SendError::Closed) {
+                            break;
+                        }
+                    }
                     // 1001, not 1000: Jambonz then reconnects (to another instance) and the
                     // call goes on; 1000 would make it stop talking to us for good.
                     let _ = socket.send(Message::Close(Some(CloseFrame {
                         code: close_code::AWAY,
                         reason: "lifeline restarting".into(),
                     }))).await;
-                    return;
+                    finish_close(&mut socket).await;
+                    break Ended::Shutdown;
                 }
             }
+        };
+        session.detach();
+        // Jambonz closes with 1000 when the call is over (and only then).
+        if let Ended::ByPeer(Some(close_code::NORMAL)) = ended {
+            session.on_call_end().await;
         }
     }
     .instrument(span)
@@ -111,31 +182,219 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
     metrics::gauge!("lifeline_jambonz_sockets_open").decrement(1.0);
 }
 
-async fn send(socket: &mut WebSocket, frame: String) -> bool {
+/// Drives the rest of a Close handshake: tungstenite writes the queued Close (a reply, or ours)
+/// and reads until the peer's, within `CLOSE_WAIT`.
+async fn finish_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// Writes one frame. A frame over Jambonz's limit is not sent, and says so: nothing may count it
+/// as delivered.
+async fn send(socket: &mut WebSocket, frame: String) -> Result<(), SendError> {
     if frame.len() > wire::MAX_FRAME_BYTES {
-        // Jambonz would drop the socket and lose the message; refuse to send it instead.
-        error!(bytes = frame.len(), "frame over 24 KiB not sent");
-        return true;
+        error!(
+            bytes = frame.len(),
+            limit = wire::MAX_FRAME_BYTES,
+            "frame over Jambonz's limit not sent"
+        );
+        metrics::counter!("lifeline_jambonz_frames_too_large_total").increment(1);
+        return Err(SendError::TooLarge);
     }
-    socket.send(Message::Text(frame.into())).await.is_ok()
+    socket
+        .send(Message::Text(frame.into()))
+        .await
+        .map_err(|_| SendError::Closed)
 }
 
 impl Session {
     /// Handles one frame and sends its replies; false when the socket is gone.
     async fn answer(&mut self, socket: &mut WebSocket, text: &str) -> bool {
         for frame in self.handle_guarded(text).await {
-            if !send(socket, frame).await {
-                return false;
+            match send(socket, frame).await {
+                Ok(()) => {}
+                Err(SendError::Closed) => return false,
+                Err(SendError::TooLarge) => {
+                    // Only the application ack can grow (inline prompts, template values).
+                    if let Some(ack) = self.session_ack.take() {
+                        let fallback = self.oversized_application(&ack).await;
+                        match send(socket, fallback).await {
+                            Ok(()) => self.session_ack = Some(ack),
+                            Err(SendError::Closed) => return false,
+                            Err(SendError::TooLarge) => {}
+                        }
+                    }
+                }
             }
         }
-        if let Some(call_id) = self.ack_in_flight.take() {
+        if let Some(SessionAck {
+            call_id: Some(call_id),
+            started: false,
+            ..
+        }) = self.session_ack.take()
+        {
             // Only now: if the socket dropped before the ack left, Jambonz's reconnect must
             // get the verbs again (its ack then stands for the lost session:new ack).
             if let Err(e) = self.state.store.mark_app_started(call_id, Utc::now()).await {
                 error!(error = %e, "could not mark the call started");
             }
         }
+        if std::mem::take(&mut self.recover) {
+            for frame in self.lost_frames().await {
+                if send(socket, frame).await == Err(SendError::Closed) {
+                    return false;
+                }
+            }
+        }
         true
+    }
+
+    /// What the previous socket may have lost (see `recovery`); invocations still pending
+    /// elsewhere are watched, their answers sent when recorded.
+    async fn lost_frames(&self) -> Vec<String> {
+        let (Some(tenant), Some(call), Some(call_sid)) = (&self.tenant, &self.call, &self.call_sid)
+        else {
+            return Vec::new();
+        };
+        match recovery::lost(self.state.store.as_ref(), tenant, call, None).await {
+            Ok(lost) => {
+                if !lost.frames.is_empty() {
+                    info!(
+                        frames = lost.frames.len(),
+                        "sent again what the previous socket may have lost"
+                    );
+                }
+                for log in lost.pending {
+                    self.watch_pending(tenant.clone(), call.clone(), call_sid.clone(), log);
+                }
+                lost.frames
+            }
+            Err(e) => {
+                error!(error = %e, "could not read what the previous socket may have lost");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends the answer (and commands) of an invocation still pending when the call came to
+    /// this socket, once its outcome is recorded: by another instance that still runs it, or by
+    /// a reconciler if that instance died. One running here delivers its own.
+    fn watch_pending(
+        &self,
+        tenant: Arc<Tenant>,
+        call: Arc<CallRow>,
+        call_sid: String,
+        log: crate::store::ToolCallLogRow,
+    ) {
+        if self
+            .state
+            .pipeline
+            .is_running(&log.platform, &log.call_ref, &log.invocation_key)
+        {
+            return;
+        }
+        let store = self.state.store.clone();
+        let calls = self.state.jambonz_calls.clone();
+        let stop = self.state.lifecycle.close_sockets.clone();
+        let lifecycle = &self.state.config.lifecycle;
+        // Long enough for a reconciler to have ended it.
+        let deadline = tokio::time::Instant::now()
+            + lifecycle.reconcile_margin
+            + lifecycle.reconcile_interval * 2;
+        let task = async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PENDING_POLL) => {}
+                    _ = stop.cancelled() => return,
+                }
+                match store.tool_call_log(log.id).await {
+                    Ok(Some(row)) if row.status != "pending" => break,
+                    _ if tokio::time::Instant::now() >= deadline => return,
+                    _ => {}
+                }
+            }
+            match recovery::lost(store.as_ref(), &tenant, &call, Some(log.id)).await {
+                Ok(lost) => {
+                    for frame in lost.frames {
+                        if !calls.send(&call_sid, frame).await {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => error!(error = %e, "could not read a finished invocation's answer"),
+            }
+        };
+        tokio::spawn(task.in_current_span());
+    }
+
+    /// The application did not fit in one frame. A call that runs already keeps running (the
+    /// feature-server ignores an ordinary reconnect's ack data); a new one gets the on-call team
+    /// instead of the agent, rather than Jambonz dropping the socket and rejecting the call.
+    async fn oversized_application(&self, ack: &SessionAck) -> String {
+        if ack.started {
+            return wire::ack(&ack.msgid, None);
+        }
+        let verbs = match self
+            .on_agent_failure("the agent's settings do not fit in one Jambonz frame")
+            .await
+        {
+            Some(verbs) => verbs,
+            None => match &self.tenant {
+                Some(tenant) => vec![
+                    wire::say(transfer::ANNOUNCE_AGENT_FAILED),
+                    wire::dial(&transfer::plan_without_record(tenant)),
+                ],
+                None => vec![wire::hangup()],
+            },
+        };
+        wire::ack(&ack.msgid, Some(verbs))
+    }
+
+    /// This socket no longer carries its call's frames.
+    fn detach(&self) {
+        if let Some(call_sid) = &self.call_sid {
+            self.state.jambonz_calls.detach(call_sid, self.socket_id);
+        }
+    }
+
+    /// Jambonz closed the socket with 1000: the call is over (its `call:status` may not have
+    /// come: it is sent only when the application has a status hook). Nothing more will report
+    /// on a transfer still ringing for it, so that attempt ends here, failed with its critical
+    /// callback request (or succeeded, if the on-call person had picked up).
+    async fn on_call_end(&self) {
+        let Some(call) = &self.call else { return };
+        let store = self.state.store.as_ref();
+        let current = store
+            .find_call(Platform::Jambonz, &call.call_ref)
+            .await
+            .ok()
+            .flatten();
+        if current.as_ref().is_some_and(|c| c.ended_at.is_none()) {
+            let update = CallStatusUpdate {
+                event_id: Uuid::now_v7(),
+                status: "completed".into(),
+                at: Utc::now(),
+                ended: true,
+                duration_seconds: None,
+                sequence: None,
+                detail: json!({ "call_status": "completed", "source": "socket closed by jambonz" }),
+            };
+            if let Err(e) = store.record_call_status(call.id, &update).await {
+                error!(error = %e, "could not record the end of the call");
+            }
+        }
+        match store.dialing_transfer(call.id).await {
+            Ok(Some(attempt)) => {
+                let why = "the call ended before the dial reported its outcome";
+                if let Err(e) = transfer::abandon_attempt(store, call, &attempt, why).await {
+                    error!(error = %e, "could not end the transfer of a call that ended");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "could not look up the transfer of a call that ended"),
+        }
     }
 
     /// Handles one frame; a bug in one message's handling is logged and the socket goes on.
@@ -253,6 +512,11 @@ impl Session {
             );
         };
         self.tenant = Some(tenant.clone());
+        // From now on this socket carries the call's frames (answers of tool calls still
+        // running included).
+        self.state
+            .jambonz_calls
+            .attach(&call_sid, self.socket_id, self.out.clone());
 
         if reconnect
             && existing
@@ -260,9 +524,27 @@ impl Session {
                 .is_some_and(|c| c.app_started_at.is_some())
         {
             info!("call resumed on a new socket");
-            self.call = existing.map(Arc::new);
+            let call = existing.map(Arc::new);
+            self.session_ack = Some(SessionAck {
+                msgid: msgid.to_string(),
+                call_id: call.as_ref().map(|c| c.id),
+                started: true,
+            });
+            self.call = call;
+            self.recover = true;
             self.event("reconnected", json!({})).await;
-            return wire::ack(msgid, None);
+            // The application again: on an ordinary reconnect the feature-server ignores the
+            // ack's data (`ws-requestor.js`, the reconnect's promise), but if our session:new
+            // ack was lost in flight, this ack is the one its session:new waits for, and
+            // `lib/middleware.js` rejects the call unless it is a verb array.
+            return wire::ack(
+                msgid,
+                Some(wire::session_verbs(
+                    &tenant,
+                    &call_sid,
+                    data.from.as_deref(),
+                )),
+            );
         }
 
         let call = match existing {
@@ -285,15 +567,26 @@ impl Session {
                     .await
             }
         };
-        match call {
+        let call_id = match call {
             Ok(call) => {
-                self.ack_in_flight = Some(call.id);
+                let id = call.id;
                 self.call = Some(Arc::new(call));
+                Some(id)
             }
             // The caller must still get the agent; tools will work without the call row
             // except transfers, which need it.
-            Err(e) => error!(error = %e, "could not record the call"),
-        }
+            Err(e) => {
+                error!(error = %e, "could not record the call");
+                None
+            }
+        };
+        self.session_ack = Some(SessionAck {
+            msgid: msgid.to_string(),
+            call_id,
+            started: false,
+        });
+        // A reconnect standing for a lost session:new ack: nothing ran yet, nothing to resend.
+        self.recover = false;
         info!(
             tenant = %tenant.id,
             from = %mask(data.from.as_deref().unwrap_or("")),
@@ -320,46 +613,50 @@ impl Session {
             ));
             return;
         };
-        let call = self.call.clone();
+        let control = Arc::new(JambonzCallControl::new());
+        let scope = CallScope {
+            tenant,
+            call: self.call.clone(),
+            control: control.clone(),
+        };
+        let invocation = ToolInvocation {
+            platform: Platform::Jambonz,
+            call_ref: call_sid.clone(),
+            invocation_id: Some(data.tool_call_id.clone()),
+            tool_name: data.name,
+            arguments: data.args,
+        };
         let pipeline = self.state.pipeline.clone();
-        let out = self.out.clone();
+        let calls = self.state.jambonz_calls.clone();
+        let tool_call_id = data.tool_call_id;
         let task = async move {
-            let control = JambonzCallControl::new();
-            let invocation = ToolInvocation {
-                platform: Platform::Jambonz,
-                call_ref: call_sid,
-                invocation_id: Some(data.tool_call_id.clone()),
-                tool_name: data.name,
-                arguments: data.args,
-            };
-            let ctx = CallContext {
-                tenant: &tenant,
-                call: call.as_deref(),
-                control: &control,
-            };
-            let result = pipeline.run(&invocation, &ctx).await;
-            let text = match &result {
+            // The effect runs in its own task; this one only delivers what it produces, to
+            // whichever socket the call is on by then.
+            let mut running = pipeline.start(invocation, scope);
+            let answer = running.answer().await;
+            let text = match &answer {
                 Ok(output) => output.message.clone(),
                 Err(e) => e.model_text(),
             };
             // The answer first, while the llm verb still runs; then the commands it asked for.
-            if out
-                .send(wire::tool_output(&data.tool_call_id, &text))
+            if !calls
+                .send(&call_sid, wire::tool_output(&tool_call_id, &text))
                 .await
-                .is_err()
             {
-                warn!("socket gone before the tool output was sent");
-                return;
+                warn!("no socket for the call; the answer goes again when Jambonz reconnects");
             }
+            // Commands follow the effect, even one that outlived its answer: a transfer that
+            // was recorded must reach its dial.
+            let _ = running.finished().await;
             for command in control.take_commands() {
-                if out.send(command).await.is_err() {
-                    warn!("socket gone before a call command was sent");
-                    return;
+                if !calls.send(&call_sid, command).await {
+                    warn!("no socket for the call; its command goes again when Jambonz reconnects");
                 }
             }
         };
-        // In the socket's span, which names the call: a lost answer is logged with its call.
-        tokio::spawn(task.in_current_span());
+        // Tracked, so a stopping process delivers it before closing the socket; in the
+        // socket's span, which names the call.
+        self.state.pipeline.tasks().spawn(task.in_current_span());
     }
 
     async fn on_verb_hook(&mut self, msgid: &str, env: &Envelope) -> String {
@@ -372,9 +669,11 @@ impl Session {
                     .unwrap_or("")
                     .to_string();
                 info!(completion_reason = %reason, "agent session ended");
-                self.event("llm_complete", json!({ "completion_reason": reason }))
+                // Also the sign that Jambonz ran our last redirect (see `recovery`).
+                self.event(LLM_COMPLETE_EVENT, json!({ "completion_reason": reason }))
                     .await;
-                if wire::is_agent_failure(&reason) {
+                if let AgentEnd::Failed(kind) = AgentEnd::classify(&reason) {
+                    warn!(?kind, "the agent failed; ringing the on-call team");
                     return wire::ack(msgid, self.on_agent_failure(&reason).await);
                 }
                 // Empty: verbs here would replace a transfer we just started.
@@ -387,6 +686,10 @@ impl Session {
                     .inspect_err(|e| warn!(category = ?e.classify(), "unreadable dial result"))
                     .unwrap_or_default();
                 let verbs = self.on_dial_action(&result).await;
+                if result.caller_gone() {
+                    // The caller hung up: Jambonz drops this ack's verbs, send none.
+                    return wire::ack(msgid, None);
+                }
                 wire::ack(msgid, Some(verbs))
             }
             other => {
@@ -401,16 +704,20 @@ impl Session {
             warn!("dial result for a call we do not know");
             return vec![wire::hangup()];
         };
-        let sip = result.dial_sip_status.and_then(|s| i32::try_from(s).ok());
-        let next = transfer::on_dial_result(
-            self.state.store.as_ref(),
-            &tenant,
-            &call,
-            result.answered(),
-            result.dial_call_status.as_deref(),
-            sip,
-        )
-        .await;
+        let outcome = DialOutcome {
+            answered: result.answered(),
+            dial_status: result.dial_call_status.as_deref(),
+            sip_status: result.dial_sip_status.and_then(|s| i32::try_from(s).ok()),
+            caller_gone: result.caller_gone(),
+        };
+        if outcome.caller_gone && !outcome.answered {
+            warn!(
+                dial_status = outcome.dial_status.unwrap_or(""),
+                "the caller hung up while the on-call phone rang"
+            );
+        }
+        let next =
+            transfer::on_dial_outcome(self.state.store.as_ref(), &tenant, &call, &outcome).await;
         match next {
             Ok(DialNext::Connected) => vec![wire::hangup()],
             Ok(DialNext::Ring(plan)) => vec![wire::say(&plan.announcement), wire::dial(&plan)],
@@ -470,10 +777,21 @@ impl Session {
             return wire::ack(msgid, None);
         };
         match self.state.store.dialing_transfer(call.id).await {
-            Ok(Some(attempt)) => wire::ack(
-                msgid,
-                Some(vec![wire::say(&transfer::whisper(tenant, &attempt))]),
-            ),
+            Ok(Some(attempt)) => {
+                // The on-call person picked up: the attempt is talking, not stuck.
+                if let Err(e) = self
+                    .state
+                    .store
+                    .mark_transfer_answered(attempt.id, Utc::now())
+                    .await
+                {
+                    error!(error = %e, "could not record that the transfer was picked up");
+                }
+                wire::ack(
+                    msgid,
+                    Some(vec![wire::say(&transfer::whisper(tenant, &attempt))]),
+                )
+            }
             Ok(None) => wire::ack(msgid, None),
             Err(e) => {
                 error!(error = %e, "could not load the transfer for the whisper");
@@ -498,6 +816,9 @@ impl Session {
             .is_none_or(|sid| sid == call.call_ref);
         if !own_leg {
             // The on-call person's leg, reported on the caller's socket.
+            if status == "in-progress" {
+                self.transfer_picked_up(call.id).await;
+            }
             self.event(
                 "transfer_leg_status",
                 json!({ "call_status": status, "sip_status": info.sip_status }),
@@ -520,6 +841,20 @@ impl Session {
         }
         if ended {
             info!(status = %status, "call ended");
+        }
+    }
+
+    /// Records that the attempt ringing for the call was picked up.
+    async fn transfer_picked_up(&self, call_id: Uuid) {
+        let store = self.state.store.as_ref();
+        match store.dialing_transfer(call_id).await {
+            Ok(Some(attempt)) => {
+                if let Err(e) = store.mark_transfer_answered(attempt.id, Utc::now()).await {
+                    error!(error = %e, "could not record that the transfer was picked up");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "could not look up the transfer that was picked up"),
         }
     }
 

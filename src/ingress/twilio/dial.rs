@@ -148,10 +148,21 @@ async fn whisper_text(state: &AppState, attempt: Option<Uuid>) -> Response {
         None => Ok(None),
     };
     let text = match attempt {
-        Ok(Some(attempt)) => state
-            .config
-            .tenant(&attempt.tenant_id)
-            .map(|tenant| transfer::whisper(tenant, &attempt)),
+        Ok(Some(attempt)) => {
+            // Twilio asks for the whisper when the on-call person picks up: from here the
+            // attempt is talking, not stuck (the reconciler leaves it alone).
+            if let Err(e) = state
+                .store
+                .mark_transfer_answered(attempt.id, chrono::Utc::now())
+                .await
+            {
+                error!(error = %e, "could not record that the transfer was picked up");
+            }
+            state
+                .config
+                .tenant(&attempt.tenant_id)
+                .map(|tenant| transfer::whisper(tenant, &attempt))
+        }
         Ok(None) => None,
         Err(e) => {
             error!(error = %e, "could not read the transfer attempt for its whisper");

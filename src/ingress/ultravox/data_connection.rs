@@ -23,7 +23,7 @@ use crate::AppState;
 use crate::config::Tenant;
 use crate::protocol::ultravox::{Incoming, ToolInvocationMessage, headers, verify_data_connection};
 use crate::store::CallRow;
-use crate::tools::pipeline::CallContext;
+use crate::tools::pipeline::CallScope;
 use crate::tools::{Platform, ToolInvocation};
 
 /// How long an upgrade waits for its call to be recorded: Ultravox may connect the moment the
@@ -78,7 +78,14 @@ pub async fn upgrade(
     };
     ws.max_message_size(MAX_INBOUND_MESSAGE)
         .max_frame_size(MAX_INBOUND_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, state, tenant, Arc::new(call)))
+        .on_upgrade(move |socket| {
+            // Counted until the socket task ends, so a stopping process waits for it.
+            let open = state.lifecycle.sockets.token();
+            async move {
+                serve(socket, state, tenant, Arc::new(call)).await;
+                drop(open);
+            }
+        })
 }
 
 async fn find_call(state: &AppState, ultravox_call_id: &str) -> Result<Option<CallRow>, ()> {
@@ -101,7 +108,7 @@ async fn find_call(state: &AppState, ultravox_call_id: &str) -> Result<Option<Ca
 /// Serves one call's data connection until Ultravox closes it or the process shuts down.
 async fn serve(mut socket: WebSocket, state: AppState, tenant: Arc<Tenant>, call: Arc<CallRow>) {
     let (out_tx, mut out_rx) = mpsc::channel::<String>(32);
-    let mut shutdown = state.shutdown.clone();
+    let close_sockets = state.lifecycle.close_sockets.clone();
     metrics::gauge!("lifeline_ultravox_connections_open").increment(1.0);
     let span = info_span!("ultravox_data_connection", tenant = %tenant.id, call = %call.call_ref);
     async {
@@ -127,7 +134,14 @@ async fn serve(mut socket: WebSocket, state: AppState, tenant: Arc<Tenant>, call
                         return;
                     }
                 }
-                _ = shutdown.changed() => {
+                // Only once this process's tool calls are done (see `Server::wait`): their
+                // results go out first.
+                _ = close_sockets.cancelled() => {
+                    while let Ok(frame) = out_rx.try_recv() {
+                        if socket.send(Message::Text(frame.into())).await.is_err() {
+                            return;
+                        }
+                    }
                     let _ = socket.send(Message::Close(Some(CloseFrame {
                         code: close_code::AWAY,
                         reason: "lifeline restarting".into(),
@@ -159,8 +173,9 @@ fn on_message(
                 message,
             );
             // In the connection's span, which names the call: what the task logs outside the
-            // pipeline's own span (a lost answer) still says which call it was.
-            tokio::spawn(task.in_current_span());
+            // pipeline's own span (a lost answer) still says which call it was. Tracked, so a
+            // stopping process sends the result before closing the connection.
+            state.pipeline.tasks().spawn(task.in_current_span());
         }
         Ok(Incoming::CallStarted { .. }) => debug!("Ultravox call started"),
         Ok(Incoming::Error(_)) => warn!("Ultravox reported an error on the data connection"),
@@ -187,12 +202,12 @@ async fn run_tool(
         arguments: message.parameters.clone(),
     };
     let control = control_for(&state, Some(&call));
-    let ctx = CallContext {
-        tenant: &tenant,
-        call: Some(&call),
-        control: control.as_ref(),
+    let scope = CallScope {
+        tenant,
+        call: Some(call),
+        control,
     };
-    let result = state.pipeline.run(&invocation, &ctx).await;
+    let result = state.pipeline.run(invocation, scope).await;
     if out.send(message.reply(&result).to_json()).await.is_err() {
         // A transfer ends the Ultravox call: its socket may be gone, and that is fine.
         debug!("data connection closed before the tool result");

@@ -27,7 +27,7 @@ use crate::AppState;
 use crate::config::{Config, Tenant};
 use crate::ingress::auth::secrets_equal;
 use crate::protocol::ultravox::{self as wire, ResponseType, headers};
-use crate::tools::pipeline::CallContext;
+use crate::tools::pipeline::CallScope;
 use crate::tools::{ErrorKind, Platform, ToolError, ToolInvocation, ToolResult};
 
 /// The header an HTTP tool's API key comes in.
@@ -209,18 +209,21 @@ async fn run(state: AppState, tool: &str, request_headers: &HeaderMap, body: &[u
         arguments,
     };
     let control = control_for(&state, call.as_ref());
-    let ctx = CallContext {
-        tenant: &tenant,
-        call: call.as_ref(),
-        control: control.as_ref(),
-    };
     let span = info_span!(
         "ultravox_http_tool",
         tenant = %tenant.id,
         call = %invocation.call_ref,
         tool
     );
-    let result = state.pipeline.run(&invocation, &ctx).instrument(span).await;
+    let scope = CallScope {
+        tenant,
+        call: call.map(Arc::new),
+        control,
+    };
+    // The effect runs in its own task: if Ultravox hangs up on this request (its tool timeout,
+    // a dropped connection), axum drops this handler, but a transfer that was started still
+    // reaches its dial and its outcome is still recorded.
+    let result = state.pipeline.run(invocation, scope).instrument(span).await;
     reply(&result)
 }
 

@@ -1,0 +1,97 @@
+//! What must hold in the database at the end of every black-box test, whatever the test did (as
+//! crates.io's test harness checks at teardown that no background job was left behind):
+//!
+//! - no `tool_call_logs` row is left `pending` (an effect that never recorded its outcome);
+//! - no `transfer_attempts` row is left `dialing` (a caller nobody is watching over);
+//! - every failed transfer has its critical callback request (on the attempt itself, or on the
+//!   secondary attempt that followed it);
+//! - every call that ended with a transfer has its `transfer_outcome`.
+//!
+//! The check waits (a generous deadline) for the state to settle, since the server's tasks may
+//! still be writing the last outcome when the test body returns.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// Each check: what it means, and a query listing the rows that break it (one text per row).
+const CHECKS: [(&str, &str); 4] = [
+    (
+        "tool_call_logs left pending",
+        "SELECT tool_name || ' on ' || call_ref FROM tool_call_logs WHERE status = 'pending'",
+    ),
+    (
+        "transfer_attempts left dialing",
+        "SELECT a.target_role || ' attempt to ' || a.target_number || ' on ' || c.call_ref \
+         FROM transfer_attempts a JOIN calls c ON c.id = a.call_id WHERE a.status = 'dialing'",
+    ),
+    (
+        "failed transfers without their critical callback request",
+        "SELECT a.target_role || ' attempt on ' || c.call_ref \
+         FROM transfer_attempts a JOIN calls c ON c.id = a.call_id \
+         WHERE a.status = 'failed' \
+         AND NOT EXISTS (SELECT 1 FROM callback_requests r WHERE r.transfer_attempt_id = a.id \
+                         AND r.urgency_level = 'critical' AND r.reason = 'failed_transfer') \
+         AND NOT EXISTS (SELECT 1 FROM transfer_attempts b WHERE b.call_id = a.call_id \
+                         AND a.target_role = 'primary' AND b.target_role = 'secondary' \
+                         AND b.id <> a.id AND b.started_at >= a.started_at \
+                         AND (b.tool_call_log_id = a.tool_call_log_id \
+                              OR (b.tool_call_log_id IS NULL AND a.tool_call_log_id IS NULL)))",
+    ),
+    (
+        "calls that ended with a transfer but have no transfer_outcome",
+        "SELECT c.call_ref FROM calls c WHERE c.ended_at IS NOT NULL \
+         AND c.transfer_outcome IS NULL \
+         AND EXISTS (SELECT 1 FROM transfer_attempts a WHERE a.call_id = c.id)",
+    ),
+];
+
+/// The broken invariants of the database at `url`, one line each (empty: all hold).
+pub async fn violations(url: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (what, sql) in CHECKS {
+        let rows: Vec<String> = if url.starts_with("sqlite:") {
+            let Ok(pool) = sqlx::SqlitePool::connect(url).await else {
+                return vec![format!("cannot open {url}")];
+            };
+            let rows = sqlx::query_scalar(sql).fetch_all(&pool).await;
+            pool.close().await;
+            rows.unwrap_or_else(|e| vec![format!("query failed: {e}")])
+        } else {
+            let pool = match sqlx::PgPool::connect(url).await {
+                Ok(pool) => pool,
+                // A test that dropped its own database (to see lifeline without one) leaves
+                // nothing to check.
+                Err(e) if e.to_string().contains("does not exist") => {
+                    eprintln!("invariants not checked: the test's database is gone ({e})");
+                    return Vec::new();
+                }
+                Err(e) => return vec![format!("cannot open the test database: {e}")],
+            };
+            let rows = sqlx::query_scalar(sql).fetch_all(&pool).await;
+            pool.close().await;
+            rows.unwrap_or_else(|e| vec![format!("query failed: {e}")])
+        };
+        if !rows.is_empty() {
+            found.push(format!("{what}: {rows:?}"));
+        }
+    }
+    found
+}
+
+/// Waits until every invariant holds; panics with what is still broken after the deadline.
+pub async fn assert_hold(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let broken = violations(url).await;
+        if broken.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "invariants broken at the end of the test:\n  - {}",
+                broken.join("\n  - ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
