@@ -300,7 +300,12 @@ impl Session {
             reconnect,
             "call started"
         );
-        let verbs = wire::session_verbs(&tenant, &call_sid, data.from.as_deref());
+        let facts = crate::prompt_context::CallFacts {
+            call_sid: &call_sid,
+            from: data.from.as_deref(),
+            to: data.to.as_deref(),
+        };
+        let verbs = wire::session_verbs(&tenant, &facts, Utc::now());
         wire::ack(msgid, Some(verbs))
     }
 
