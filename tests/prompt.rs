@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{Engine, FakeFeatureServer, HILLSIDE_PASS, HILLSIDE_USER, RIVERSIDE_PASS, RIVERSIDE_USER, TestDb};
+use common::{
+    Engine, FakeFeatureServer, HILLSIDE_PASS, HILLSIDE_USER, RIVERSIDE_PASS, RIVERSIDE_USER, TestDb,
+};
 use lifeline::Server;
 use lifeline::config::{Config, ProcessSettings};
 use lifeline::protocol::jambonz::{MAX_FRAME_BYTES, largest_session_ack};

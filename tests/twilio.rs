@@ -519,7 +519,10 @@ async fn incoming_call_creates_the_ultravox_call_records_the_mapping_and_connect
     assert_eq!(h.call(CALL_SID).await.id, call.id);
     assert_eq!(again, twiml);
     assert_eq!(h.ultravox.received_requests().await.unwrap().len(), 1);
-    assert_eq!(h.call(CALL_SID).await.ultravox_call_id, call.ultravox_call_id);
+    assert_eq!(
+        h.call(CALL_SID).await.ultravox_call_id,
+        call.ultravox_call_id
+    );
 }
 
 async fn agent_calls_send_only_the_prompts_variables_as_strings_and_the_agent_is_fetched_once(
@@ -1419,7 +1422,10 @@ async fn concurrent_repeats_of_a_recording_make_one_callback_request_with_or_wit
                 ("CallSid", call_sid),
                 ("From", CALLER),
                 ("To", LAKESIDE),
-                ("RecordingUrl", "https://api.twilio.com/recordings/RE-message"),
+                (
+                    "RecordingUrl",
+                    "https://api.twilio.com/recordings/RE-message",
+                ),
                 ("RecordingSid", recording_sid),
                 ("RecordingDuration", "21"),
             ];

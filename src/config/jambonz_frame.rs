@@ -78,7 +78,8 @@ mod tests {
         let problem = &problems[0];
         assert!(problem.starts_with("tenant \"riverside\": its Jambonz session ack can reach "));
         assert!(problem.contains(&format!("over the {MAX_FRAME_BYTES}-byte frame limit")));
-        let size: usize = problem["tenant \"riverside\": its Jambonz session ack can reach ".len()..]
+        let size: usize = problem
+            ["tenant \"riverside\": its Jambonz session ack can reach ".len()..]
             .split(' ')
             .next()
             .unwrap()

@@ -223,7 +223,11 @@ pub fn largest_session_ack(tenant: &Tenant) -> usize {
     let call_sid = "x".repeat(64);
     let msgid = "x".repeat(64);
     let context = prompt_context::longest_context(tenant, &call_sid);
-    ack(&msgid, Some(verbs_with_context(tenant, &call_sid, &context))).len()
+    ack(
+        &msgid,
+        Some(verbs_with_context(tenant, &call_sid, &context)),
+    )
+    .len()
 }
 
 fn verbs_with_context(

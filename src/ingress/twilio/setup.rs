@@ -174,7 +174,14 @@ async fn create_and_connect(
         }
         Err(_) => {
             error!("Ultravox call setup timed out; using the fallback");
-            return give_up(state, tenant, call, token, "Ultravox did not answer in time").await;
+            return give_up(
+                state,
+                tenant,
+                call,
+                token,
+                "Ultravox did not answer in time",
+            )
+            .await;
         }
     };
     // The mapping must be durable before the caller is connected: tools find the call by it.
@@ -219,8 +226,18 @@ async fn create_and_connect(
 
 /// Holding the claim, the Ultravox call could not be created: record that (so repeats answer
 /// the same) and give the caller the fallback.
-async fn give_up(state: &AppState, tenant: &Tenant, call: &CallRow, token: Uuid, why: &str) -> Step {
-    match state.store.fail_call_setup(call.id, token, Utc::now()).await {
+async fn give_up(
+    state: &AppState,
+    tenant: &Tenant,
+    call: &CallRow,
+    token: Uuid,
+    why: &str,
+) -> Step {
+    match state
+        .store
+        .fail_call_setup(call.id, token, Utc::now())
+        .await
+    {
         Ok(true) => {}
         // Taken over meanwhile: the taker's outcome is the call's.
         Ok(false) => return Step::Lost(claim(state, call, token).await),
