@@ -42,6 +42,7 @@ on_both_engines!(
     answered_transfer_ends_the_call_and_status_callbacks_close_it_in_sequence_order,
     a_repeat_while_the_first_creates_the_ultravox_call_joins_the_same_call,
     a_repeat_after_the_setup_fell_back_rings_the_same_attempt,
+    twilio_giving_up_on_the_first_request_does_not_lose_the_ultravox_call_it_creates,
     call_setup_is_claimed_once_and_a_dead_claim_is_taken_over,
     concurrent_repeats_of_a_recording_make_one_callback_request_with_or_without_a_call,
 );
@@ -1251,6 +1252,55 @@ async fn a_repeat_while_the_first_creates_the_ultravox_call_joins_the_same_call(
             .count(),
         2,
         "{kinds:?}"
+    );
+}
+
+/// Twilio gives up on a request whose answer is late (its read timeout) and closes the
+/// connection, then retries. The first request's Ultravox call is still created and recorded,
+/// so the retry answers with it at once — not after the claim goes stale, and not with a second
+/// Ultravox call.
+async fn twilio_giving_up_on_the_first_request_does_not_lose_the_ultravox_call_it_creates(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    ultravox_creates_distinct_calls(&h, "/api/calls", Duration::from_millis(800)).await;
+    let params = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", CALL_SID),
+        ("CallStatus", "ringing"),
+        ("From", CALLER),
+        ("To", RIVERSIDE),
+    ];
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let signature = compute_signature(TOKEN, &format!("{PUBLIC}/twilio/incoming"), &owned);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("http://{}/twilio/incoming", h.server.addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", &signature)
+        .body(serde_urlencoded::to_string(params).unwrap())
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    ultravox_received(&h, 1).await;
+    // Were the first request's work dropped with its connection, the retry would wait for the
+    // stale claim and then create a second Ultravox call.
+    let repeat = h.incoming(CALL_SID, RIVERSIDE).await;
+    assert_eq!(
+        h.ultravox.received_requests().await.unwrap().len(),
+        1,
+        "one Ultravox call"
+    );
+    let id = h.call(CALL_SID).await.ultravox_call_id.expect("mapped");
+    assert_eq!(
+        stream_url(&repeat),
+        format!("wss://example.ultravox.ai/calls/{id}/join")
     );
 }
 

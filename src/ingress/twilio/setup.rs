@@ -11,6 +11,7 @@
 //! `<Connect><Stream>` (or the same fallback). A claim whose request died is taken over once
 //! the setup timeout has passed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -64,7 +65,7 @@ pub async fn incoming(
     set_up(&state, &tenant, &call).instrument(span).await
 }
 
-async fn set_up(state: &AppState, tenant: &Tenant, incoming: &IncomingCall) -> Response {
+async fn set_up(state: &AppState, tenant: &Arc<Tenant>, incoming: &IncomingCall) -> Response {
     let now = Utc::now();
     let new = NewCall {
         id: Uuid::now_v7(),
@@ -96,9 +97,21 @@ async fn set_up(state: &AppState, tenant: &Tenant, incoming: &IncomingCall) -> R
                 return fallback(state, tenant, Some(&call), "the database is unavailable").await;
             }
             Ok(CallSetup::Claimed) => {
-                match create_and_connect(state, tenant, &call, incoming, token).await {
-                    Step::Answer(response) => return response,
-                    Step::Lost(now) => now,
+                // In its own task: when Twilio gives up on this request (its read timeout closes
+                // the connection, and the handler is dropped) the Ultravox call is still
+                // created and recorded, and Twilio's retry answers with it.
+                let work = {
+                    let (state, tenant, call) = (state.clone(), tenant.clone(), call.clone());
+                    let incoming = incoming.clone();
+                    async move { create_and_connect(&state, &tenant, &call, &incoming, token).await }
+                };
+                match tokio::spawn(work.in_current_span()).await {
+                    Ok(Step::Answer(response)) => return response,
+                    Ok(Step::Lost(now)) => now,
+                    Err(e) => {
+                        error!(error = %e, "the call setup task failed; using the fallback");
+                        return fallback(state, tenant, Some(&call), "the setup failed").await;
+                    }
                 }
             }
             Ok(CallSetup::InProgress) => {
@@ -144,7 +157,7 @@ async fn claim(
 ) -> Result<CallSetup, crate::store::StoreError> {
     let now = Utc::now();
     let stale = chrono::Duration::from_std(state.config.ultravox.setup_timeout + CLAIM_MARGIN)
-        .unwrap_or(chrono::Duration::MAX);
+        .unwrap_or_else(|_| chrono::Duration::minutes(1));
     state
         .store
         .claim_call_setup(call.id, token, now, now - stale)
