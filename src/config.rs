@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 mod admin;
 mod delivery;
+mod jambonz_frame;
 mod lifecycle;
 mod ops;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
@@ -326,6 +327,7 @@ impl Config {
                         ));
                     }
                 }
+                jambonz_frame::check_session_ack(&tenant, &mut problems);
                 tenants.push(Arc::new(tenant));
             }
         }
@@ -792,10 +794,6 @@ struct RawUltravox {
     temperature: Option<f64>,
 }
 
-/// Frames we send to Jambonz must stay under 24 KiB; the `llm` verb carries the system prompt, so
-/// a prompt this long would make the session:new ack too big (use an Ultravox agent instead).
-pub const MAX_INLINE_PROMPT_BYTES: usize = 16 * 1024;
-
 fn phone(label: &str, field: &str, raw: &str, problems: &mut Vec<String>) -> Option<E164> {
     match E164::parse(raw) {
         Ok(n) => Some(n),
@@ -911,14 +909,6 @@ impl RawTenant {
                         "{label}: set only one of ultravox.agent_id and ultravox.system_prompt"
                     )),
                     _ => {}
-                }
-                if let Some(p) = &system_prompt
-                    && p.len() > MAX_INLINE_PROMPT_BYTES
-                {
-                    problems.push(format!(
-                        "{label}: ultravox.system_prompt is {} bytes; Jambonz drops frames over 24 KiB, so keep it under {MAX_INLINE_PROMPT_BYTES} bytes or use an Ultravox agent (agent_id)",
-                        p.len()
-                    ));
                 }
                 if let Some(t) = u.temperature
                     && !(0.0..=1.0).contains(&t)

@@ -1,6 +1,12 @@
 //! Template variables for Ultravox prompts: the `{{variables}}` an agent's prompt may use, filled
 //! per call, the way the system being replaced filled them (`original-system.md` §1.1 step 3).
 //!
+//! This is the one implementation both platforms use: the Twilio call setup
+//! (`ingress/twilio/setup.rs`) and the Jambonz `llm` verb (`protocol::jambonz::session_verbs`)
+//! both build [`template_context`] from the call's facts and turn it into what the agent is
+//! given with [`agent_prompt`], so a clinic's agent hears the same about the clinic and the
+//! caller whichever platform carries the call.
+//!
 //! Differences from the original, each deliberate:
 //! - Business hours are evaluated ([`BusinessHours::template_context`]) instead of being
 //!   hard-coded "closed" (§7.2 item 6). A tenant without configured hours is an after-hours line:
@@ -30,15 +36,16 @@ const DEFAULT_AGENT_NAME: &str = "Jessica";
 /// The temperature the original used when a clinic had none configured.
 const DEFAULT_TEMPERATURE: f64 = 0.4;
 
-/// What Twilio's incoming-call webhook says about the call.
+/// What the platform says about the call: Twilio's incoming-call webhook, or Jambonz's
+/// `session:new`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CallFacts<'a> {
-    /// `CallSid`.
+    /// The platform's id of the call: Twilio's `CallSid`, Jambonz's `call_sid`.
     pub call_sid: &'a str,
-    /// `From` as Twilio sent it: E.164, a placeholder for a withheld number (`anonymous`,
-    /// `+266696687`…), or a SIP URI.
+    /// `From` as the platform sent it: E.164, a placeholder for a withheld number
+    /// (`anonymous`, `+266696687`…), or a SIP URI.
     pub from: Option<&'a str>,
-    /// `To` as Twilio sent it: normally the clinic's E.164 number, or a SIP URI.
+    /// `To` as the platform sent it: normally the clinic's E.164 number, or a SIP URI.
     pub to: Option<&'a str>,
 }
 
@@ -157,6 +164,17 @@ pub fn template_context(
     call: &CallFacts<'_>,
     now: DateTime<Utc>,
 ) -> BTreeMap<&'static str, String> {
+    context_with_hours(tenant, call, now, tenant.business_hours.as_ref())
+}
+
+/// [`template_context`] with the clock evaluated against `hours` (`None`: always closed, UTC)
+/// rather than the tenant's own, so [`longest_context`] can try every open/closed state.
+fn context_with_hours(
+    tenant: &Tenant,
+    call: &CallFacts<'_>,
+    now: DateTime<Utc>,
+    hours: Option<&BusinessHours>,
+) -> BTreeMap<&'static str, String> {
     let caller = number_of(call.from);
     let dialled = number_of(call.to);
     let clinic_line = dialled
@@ -232,7 +250,7 @@ pub fn template_context(
     // No configured hours: an empty week in UTC, which `BusinessHours` reports closed at every
     // instant, so the after-hours path and the date strings come from one implementation.
     let after_hours_only;
-    let hours = match &tenant.business_hours {
+    let hours = match hours {
         Some(hours) => hours,
         None => {
             after_hours_only = BusinessHours {
@@ -245,6 +263,130 @@ pub fn template_context(
     let clock = hours.template_context(now);
     context.extend(clock.entries().map(|(k, v)| (k, v.to_string())));
     context
+}
+
+/// What an Ultravox call is given of the clinic and the call, whichever platform carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentPrompt {
+    /// The template variables of the tenant's Ultravox agent (`templateContext`, strings only).
+    Agent(Map<String, Value>),
+    /// The tenant's own system prompt, filled.
+    Inline(String),
+}
+
+/// What the tenant's agent is given for a call whose variables are `context`: an agent gets the
+/// variables its prompt uses (`wanted`, see [`select`]; `None` sends them all), an inline
+/// prompt is rendered (see [`render`]). Both platforms call this, so neither can drift.
+pub fn agent_prompt(
+    tenant: &Tenant,
+    context: &BTreeMap<&'static str, String>,
+    wanted: Option<&BTreeSet<String>>,
+) -> AgentPrompt {
+    let ultravox = &tenant.ultravox;
+    match &ultravox.agent_id {
+        Some(_) => AgentPrompt::Agent(select(context, wanted)),
+        None => AgentPrompt::Inline(render(
+            ultravox.system_prompt.as_deref().unwrap_or_default(),
+            context,
+        )),
+    }
+}
+
+/// For each variable, the longest value it can take on any call this tenant gets, measured as
+/// the JSON text it becomes (escapes count), with `call_sid` standing for the platform's call
+/// id. Rendering a prompt with these values, or sending them as an agent's variables, gives an
+/// upper bound of what any call's request can grow to: start-up checks a frame limit with it.
+///
+/// Why the values tried cover every variable's longest value:
+/// - caller and dialled numbers: none; a 15-digit number (E.164's longest, so the longest
+///   national and formatted forms); a North American number whose digits are all spoken as
+///   five-letter words (the longest `caller_phone_digits`); each of the tenant's numbers (the
+///   only values `vetwise_phone` takes). Anything else the platform sends is normalised
+///   through [`E164::parse`] or becomes empty.
+/// - the clock: every hour of the week of Wednesday 30 September 2026 (the longest weekday
+///   and month names, a two-digit day, two-digit hours), in the tenant's zone and in UTC,
+///   with the clinic's own hours, always closed and always open (so both answers of
+///   `clinic_open` and friends are tried whatever the hours and closures say). Years stay four
+///   digits until 9999.
+/// - everything else is fixed by the tenant's configuration.
+pub fn longest_context(tenant: &Tenant, call_sid: &str) -> BTreeMap<&'static str, String> {
+    const LONGEST_E164: &str = "+882345678901234";
+    // 3, 7 and 8 are the digits spoken as five-letter words.
+    const LONGEST_SPOKEN: &str = "+13787387837";
+    let clinic_numbers: Vec<&str> = tenant.numbers.iter().map(E164::as_str).collect();
+    let callers = [None, Some(LONGEST_E164), Some(LONGEST_SPOKEN)];
+    let dialled: Vec<Option<&str>> = [None, Some(LONGEST_E164), Some(LONGEST_SPOKEN)]
+        .into_iter()
+        .chain(clinic_numbers.iter().map(|n| Some(*n)))
+        .collect();
+    let zone = tenant
+        .business_hours
+        .as_ref()
+        .map(|h| h.timezone.clone())
+        .unwrap_or_else(|| "UTC".into());
+    let always_open = always_open(&zone);
+    let hour_sets = [tenant.business_hours.as_ref(), None, always_open.as_ref()];
+    // Local Thursday 24 to Wednesday 30 September 2026, whatever the zone's offset (±14 h).
+    let start = DateTime::parse_from_rfc3339("2026-09-23T00:00:00Z")
+        .map(|t| t.to_utc())
+        .unwrap_or_default();
+    let instants: Vec<DateTime<Utc>> = (0..(9 * 24))
+        .map(|h| start + chrono::TimeDelta::hours(h))
+        .collect();
+
+    let mut longest: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
+    let mut consider = |context: BTreeMap<&'static str, String>| {
+        for (key, value) in context {
+            let size = json_len(&value);
+            match longest.get(key) {
+                Some((best, _)) if *best >= size => {}
+                _ => {
+                    longest.insert(key, (size, value));
+                }
+            }
+        }
+    };
+    // The clock and the numbers are independent parts of the context: vary one at a time.
+    let first = instants[0];
+    for from in callers {
+        for to in &dialled {
+            let facts = CallFacts {
+                call_sid,
+                from,
+                to: *to,
+            };
+            consider(template_context(tenant, &facts, first));
+        }
+    }
+    let facts = CallFacts {
+        call_sid,
+        from: None,
+        to: None,
+    };
+    for hours in hour_sets {
+        for now in &instants {
+            consider(context_with_hours(tenant, &facts, *now, hours));
+        }
+    }
+    longest.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+/// Open around the clock in `zone` (an unknown zone: UTC).
+fn always_open(zone: &str) -> Option<BusinessHours> {
+    let day = serde_json::json!({ "open": "00:00", "close": "24:00" });
+    serde_json::from_value(serde_json::json!({
+        "timezone": zone,
+        "hours": {
+            "monday": day, "tuesday": day, "wednesday": day, "thursday": day,
+            "friday": day, "saturday": day, "sunday": day,
+        },
+    }))
+    .ok()
+}
+
+/// The length of `value` as a JSON string.
+fn json_len(value: &str) -> usize {
+    serde_json::to_string(value).map_or(value.len(), |s| s.len())
 }
 
 /// Where `{{ name }}` placeholders are in `template`: the byte range of each whole placeholder
@@ -899,6 +1041,118 @@ mod tests {
         assert_eq!(
             render("{{office_name}} / {{secret}}", &ctx),
             "{{secret}} / leaked"
+        );
+    }
+
+    #[test]
+    fn agent_prompt_renders_inline_prompts_and_selects_agent_variables() {
+        let ctx = template_context(
+            &tenant(),
+            &call(Some("+14168189171"), Some("+16479526096")),
+            at("2026-01-05T15:30:00Z"),
+        );
+        let wanted = referenced_variables("{{agent_name}} {{clinic_open}}");
+        assert_eq!(
+            agent_prompt(&tenant(), &ctx, Some(&wanted)),
+            AgentPrompt::Agent(select(&ctx, Some(&wanted)))
+        );
+        assert_eq!(
+            agent_prompt(&tenant(), &ctx, None),
+            AgentPrompt::Agent(select(&ctx, None))
+        );
+        let mut inline = tenant();
+        inline.ultravox.agent_id = None;
+        inline.ultravox.system_prompt = Some("{{agent_name}} at {{office_name}}, {{x}}".into());
+        // An inline prompt names its own variables: `wanted` does not apply.
+        assert_eq!(
+            agent_prompt(&inline, &ctx, Some(&wanted)),
+            AgentPrompt::Inline("Nora at Humber Veterinary Clinic, {{x}}".into())
+        );
+    }
+
+    /// Every value a call can get is at most as long (as JSON) as `longest_context`'s, over a
+    /// year of instants, callers and dialled numbers of every kind, and tenants with and
+    /// without hours or numbers.
+    #[test]
+    fn longest_context_bounds_every_value_a_call_can_get() {
+        let mut uk = tenant();
+        uk.numbers = vec![n("+442079460958")];
+        uk.business_hours = Some(
+            serde_json::from_value(json!({
+                "timezone": "Pacific/Kiritimati",
+                "hours": {"saturday": {"open": "22:00", "close": "02:00"}},
+                // The whole scanned week closed: the bound must still allow "open".
+                "special_closures": ["2026-09-24", "2026-09-25", "2026-09-26", "2026-09-27",
+                                     "2026-09-28", "2026-09-29", "2026-09-30"],
+            }))
+            .unwrap(),
+        );
+        let mut no_numbers = bare_tenant();
+        no_numbers.numbers.clear();
+        let sid = "CA5f3c0b7d9e2a4c6b8d0f1e3a5c7b9d1f";
+        let parties: [Option<&str>; 12] = [
+            None,
+            Some("anonymous"),
+            Some("+14168189171"),
+            Some("+17777777777"),
+            Some("+13333333333"),
+            Some("+447911123456"),
+            Some("+999999999999999"),
+            Some("sip:+14168189171@humber.pstn.twilio.com;transport=udp"),
+            Some("+16479526096"),
+            Some("+12894730151"),
+            Some("+442079460958"),
+            Some("12345"),
+        ];
+        for t in [tenant(), bare_tenant(), uk, no_numbers] {
+            let longest = longest_context(&t, sid);
+            let check = |ctx: BTreeMap<&'static str, String>, what: &str| {
+                assert_eq!(
+                    ctx.keys().collect::<Vec<_>>(),
+                    longest.keys().collect::<Vec<_>>()
+                );
+                for (key, value) in &ctx {
+                    assert!(
+                        json_len(value) <= json_len(&longest[key]),
+                        "{}: {key} = {value:?} is longer than {:?} ({what})",
+                        t.id,
+                        longest[key]
+                    );
+                }
+            };
+            for from in parties {
+                for to in parties {
+                    let ctx = template_context(
+                        &t,
+                        &CallFacts {
+                            call_sid: sid,
+                            from,
+                            to,
+                        },
+                        at("2026-03-08T07:30:00Z"),
+                    );
+                    check(ctx, &format!("{from:?} to {to:?}"));
+                }
+            }
+            let start = at("2026-01-01T00:00:00Z");
+            for step in 0..(365 * 24 / 7) {
+                let now = start + chrono::TimeDelta::hours(step * 7);
+                let ctx = template_context(&t, &call(Some("+14168189171"), None), now);
+                check(ctx, &now.to_string());
+            }
+        }
+        // The bound is reached, not only safe.
+        let longest = longest_context(&tenant(), sid);
+        assert_eq!(
+            longest["current_date"].len(),
+            "Wednesday, September 30, 2026".len()
+        );
+        assert_eq!(longest["is_the_clinic_open"], "yes");
+        assert_eq!(longest["clinic_open"], "false");
+        assert_eq!(longest["callback_number"].len(), 16);
+        assert_eq!(
+            longest["caller_phone_digits"],
+            "three seven eight... pause... seven three eight... pause... seven eight three seven"
         );
     }
 

@@ -1728,7 +1728,13 @@ async fn repeated_call_setup_keeps_the_first_values(engine: Engine) {
         .await
         .unwrap();
     store.set_ultravox_call_id(first.id, "uv-1").await.unwrap();
-    store.set_ultravox_call_id(first.id, "uv-2").await.unwrap();
+    // Linking the same Ultravox call again is harmless; another one is a conflict the caller
+    // hears of (it used to succeed silently while keeping uv-1: issue 11, item 9).
+    store.set_ultravox_call_id(first.id, "uv-1").await.unwrap();
+    assert!(matches!(
+        store.set_ultravox_call_id(first.id, "uv-2").await,
+        Err(StoreError::Conflict(_))
+    ));
     let row = store
         .find_call(Platform::Jambonz, "call-setup")
         .await

@@ -40,6 +40,11 @@ on_both_engines!(
     http_hang_up_ends_the_call_and_collect_without_a_call_uses_the_tenant_key,
     call_the_platform_refuses_fails_at_once_with_a_critical_callback_request,
     answered_transfer_ends_the_call_and_status_callbacks_close_it_in_sequence_order,
+    a_repeat_while_the_first_creates_the_ultravox_call_joins_the_same_call,
+    a_repeat_after_the_setup_fell_back_rings_the_same_attempt,
+    twilio_giving_up_on_the_first_request_does_not_lose_the_ultravox_call_it_creates,
+    call_setup_is_claimed_once_and_a_dead_claim_is_taken_over,
+    concurrent_repeats_of_a_recording_make_one_callback_request_with_or_without_a_call,
 );
 
 const PUBLIC: &str = "https://example.com";
@@ -511,9 +516,16 @@ async fn incoming_call_creates_the_ultravox_call_records_the_mapping_and_connect
     assert_eq!(tools, ["collect_info", "transfer", "hang_up"]);
     assert_eq!(sent["metadata"]["lifeline_call_id"], call.id.to_string());
 
-    // Twilio repeats the webhook (its own retry): still one call row.
-    h.incoming(CALL_SID, RIVERSIDE).await;
+    // Twilio repeats the webhook (its own retry): still one call row, and the same answer for
+    // the same Ultravox call, which is created once.
+    let again = h.incoming(CALL_SID, RIVERSIDE).await;
     assert_eq!(h.call(CALL_SID).await.id, call.id);
+    assert_eq!(again, twiml);
+    assert_eq!(h.ultravox.received_requests().await.unwrap().len(), 1);
+    assert_eq!(
+        h.call(CALL_SID).await.ultravox_call_id,
+        call.ultravox_call_id
+    );
 }
 
 async fn agent_calls_send_only_the_prompts_variables_as_strings_and_the_agent_is_fetched_once(
@@ -623,6 +635,34 @@ async fn forged_or_missing_twilio_signatures_are_refused_and_nothing_happens(eng
             .is_none()
     );
     assert!(h.ultravox.received_requests().await.unwrap().is_empty());
+    // Every refusal is counted by route (the process's registry is shared by the tests of this
+    // binary when they run in one process: at least ours).
+    let metrics = h
+        .http
+        .get(format!("http://{}/metrics", h.server.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (route, refused) in [
+        ("/twilio/incoming", 5.0),
+        ("/twilio/dial-action", 1.0),
+        ("/twilio/status", 1.0),
+        ("/twilio/whisper", 1.0),
+        ("/twilio/recording", 1.0),
+    ] {
+        let series = format!("lifeline_twilio_webhooks_refused_total{{path=\"{route}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(count >= refused, "{route}: {count}");
+    }
 }
 
 async fn ultravox_down_at_setup_rings_the_on_call_team_and_no_answer_leaves_a_critical_callback(
@@ -1119,4 +1159,373 @@ async fn answered_transfer_ends_the_call_and_status_callbacks_close_it_in_sequen
     assert_eq!(row.status, "completed");
     assert_eq!(row.duration_seconds, Some(42));
     assert!(row.ended_at.is_some());
+}
+
+/// Ultravox creates calls, each with its own id and join URL, after `delay` (Twilio's repeat
+/// can then arrive while the first request waits).
+async fn ultravox_creates_distinct_calls(h: &Harness, route: &str, delay: Duration) {
+    Mock::given(method("POST"))
+        .and(path(route.to_string()))
+        .respond_with(move |_: &Request| {
+            let id = uuid::Uuid::new_v4();
+            ResponseTemplate::new(201)
+                .set_body_json(json!({
+                    "callId": id.to_string(),
+                    "joinUrl": format!("wss://example.ultravox.ai/calls/{id}/join"),
+                    "created": "2026-11-22T00:00:00Z",
+                }))
+                .set_delay(delay)
+        })
+        .mount(&h.ultravox)
+        .await;
+}
+
+/// Waits (5 s at most) until Ultravox has received `n` requests.
+async fn ultravox_received(h: &Harness, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.ultravox.received_requests().await.unwrap().len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Ultravox never got request {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The join URL in a `<Connect><Stream>` answer.
+fn stream_url(twiml: &str) -> String {
+    let doc = parse_xml(twiml.trim());
+    let stream = &doc.children[0].children[0].children[0];
+    assert_eq!(stream.name, "Stream", "{twiml}");
+    stream
+        .attrs
+        .iter()
+        .find(|(k, _)| k == "url")
+        .map(|(_, v)| v.clone())
+        .expect("url")
+}
+
+/// Twilio retries a voice webhook it got no answer to in time when the URL's connection
+/// overrides ask for it (`#rc=…&rp=rt` or `rp=all`, docs:
+/// https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides — retry count
+/// default 1, read timeout up to 15 s), and it uses the answer to the request it retried with.
+/// So the retry comes while the first request is still creating the Ultravox call: it must
+/// answer with that call, not create a second one the caller would join and lifeline could not
+/// map (HTTP tools 404, data connection refused).
+async fn a_repeat_while_the_first_creates_the_ultravox_call_joins_the_same_call(engine: Engine) {
+    let h = Harness::start(engine).await;
+    ultravox_creates_distinct_calls(&h, "/api/calls", Duration::from_millis(700)).await;
+    let (first, repeat) = tokio::join!(h.incoming(CALL_SID, RIVERSIDE), async {
+        // The first request is inside Ultravox's call creation.
+        ultravox_received(&h, 1).await;
+        h.incoming(CALL_SID, RIVERSIDE).await
+    });
+    assert_eq!(repeat, first, "the same TwiML for the same Ultravox call");
+    assert_eq!(
+        h.ultravox.received_requests().await.unwrap().len(),
+        1,
+        "one Ultravox call"
+    );
+    let call = h.call(CALL_SID).await;
+    let id = call.ultravox_call_id.clone().expect("mapped");
+    assert_eq!(
+        stream_url(&first),
+        format!("wss://example.ultravox.ai/calls/{id}/join"),
+        "the caller joins the call lifeline mapped"
+    );
+    // The agent's tools find the call by the id the caller joined.
+    let r = h
+        .tool("/twilio/hangUp", Some(TOOL_KEY), Some(&id), json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    // A later repeat too.
+    assert_eq!(h.incoming(CALL_SID, RIVERSIDE).await, first);
+    assert_eq!(h.ultravox.received_requests().await.unwrap().len(), 1);
+    let events = h.store.call_events(call.id).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "ultravox_call_created")
+            .count(),
+        1
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "twilio_incoming_repeated")
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
+/// Twilio gives up on a request whose answer is late (its read timeout) and closes the
+/// connection, then retries. The first request's Ultravox call is still created and recorded,
+/// so the retry answers with it at once — not after the claim goes stale, and not with a second
+/// Ultravox call.
+async fn twilio_giving_up_on_the_first_request_does_not_lose_the_ultravox_call_it_creates(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    ultravox_creates_distinct_calls(&h, "/api/calls", Duration::from_millis(800)).await;
+    let params = [
+        ("AccountSid", ACCOUNT),
+        ("CallSid", CALL_SID),
+        ("CallStatus", "ringing"),
+        ("From", CALLER),
+        ("To", RIVERSIDE),
+    ];
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let signature = compute_signature(TOKEN, &format!("{PUBLIC}/twilio/incoming"), &owned);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("http://{}/twilio/incoming", h.server.addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", &signature)
+        .body(serde_urlencoded::to_string(params).unwrap())
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    ultravox_received(&h, 1).await;
+    // Were the first request's work dropped with its connection, the retry would wait for the
+    // stale claim and then create a second Ultravox call.
+    let repeat = h.incoming(CALL_SID, RIVERSIDE).await;
+    assert_eq!(
+        h.ultravox.received_requests().await.unwrap().len(),
+        1,
+        "one Ultravox call"
+    );
+    let id = h.call(CALL_SID).await.ultravox_call_id.expect("mapped");
+    assert_eq!(
+        stream_url(&repeat),
+        format!("wss://example.ultravox.ai/calls/{id}/join")
+    );
+}
+
+/// A repeat after Ultravox failed: the same fallback (the same transfer attempt rings), not a
+/// second try the first answer did not promise, and not a second attempt.
+async fn a_repeat_after_the_setup_fell_back_rings_the_same_attempt(engine: Engine) {
+    let h = Harness::start(engine).await;
+    Mock::given(method("POST"))
+        .and(path("/api/calls"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&h.ultravox)
+        .await;
+    let first = h.incoming(CALL_SID, RIVERSIDE).await;
+    let creates = h.ultravox.received_requests().await.unwrap().len();
+    let repeat = h.incoming(CALL_SID, RIVERSIDE).await;
+    assert_eq!(attempt_of(&repeat), attempt_of(&first));
+    assert_same_twiml(&repeat, &first);
+    assert_eq!(
+        h.ultravox.received_requests().await.unwrap().len(),
+        creates,
+        "no new Ultravox call"
+    );
+    let call = h.call(CALL_SID).await;
+    assert_eq!(h.store.transfer_attempts(call.id).await.unwrap().len(), 1);
+}
+
+/// The claims behind call setup, on the store: one claimant; a claim left unfinished past the
+/// stale time (its process died) is taken over, and the old claimant can no longer finish;
+/// linking a call to a second Ultravox call is a conflict, not a silent no-op.
+async fn call_setup_is_claimed_once_and_a_dead_claim_is_taken_over(engine: Engine) {
+    use lifeline::store::{CallSetup, NewCall, StoreError};
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-22T03:00:00Z")
+        .unwrap()
+        .to_utc();
+    let s = chrono::TimeDelta::seconds;
+    let twilio_call = |call_ref: &str| NewCall {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: "riverside".into(),
+        platform: Platform::Twilio,
+        call_ref: call_ref.into(),
+        from_number: Some(CALLER.into()),
+        to_number: Some(RIVERSIDE.into()),
+        direction: "inbound".into(),
+        status: "ringing".into(),
+        account_sid: Some(ACCOUNT.into()),
+        application_sid: None,
+        started_at: t0,
+    };
+    let call = store.upsert_call(&twilio_call(CALL_SID)).await.unwrap();
+    let (a, b, c) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let claim = |token, now, stale_before| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_call_setup(call.id, token, now, stale_before)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim(a, t0, t0 - s(7)).await, CallSetup::Claimed);
+    assert_eq!(claim(b, t0 + s(1), t0 - s(6)).await, CallSetup::InProgress);
+    // A's request died; after the stale time B takes over.
+    assert_eq!(claim(b, t0 + s(8), t0 + s(1)).await, CallSetup::Claimed);
+    let connected_by_a = store
+        .connect_call_setup(call.id, a, "uv-a", "wss://uv/a", t0 + s(9))
+        .await
+        .unwrap();
+    assert_eq!(connected_by_a, CallSetup::InProgress, "A lost its claim");
+    assert!(!store.fail_call_setup(call.id, a, t0 + s(9)).await.unwrap());
+    let connected = CallSetup::Connected {
+        ultravox_call_id: "uv-b".into(),
+        join_url: "wss://uv/b".into(),
+    };
+    assert_eq!(
+        store
+            .connect_call_setup(call.id, b, "uv-b", "wss://uv/b", t0 + s(9))
+            .await
+            .unwrap(),
+        connected
+    );
+    assert_eq!(claim(c, t0 + s(60), t0 + s(50)).await, connected);
+    assert!(!store.fail_call_setup(call.id, b, t0 + s(61)).await.unwrap());
+    let row = store
+        .find_call(Platform::Twilio, CALL_SID)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.ultravox_call_id.as_deref(), Some("uv-b"));
+    assert_eq!(
+        store
+            .find_call_by_ultravox_id("uv-b")
+            .await
+            .unwrap()
+            .map(|c| c.id),
+        Some(call.id)
+    );
+    // The call's link is the one tools use: another Ultravox call is refused, loudly.
+    store.set_ultravox_call_id(call.id, "uv-b").await.unwrap();
+    match store.set_ultravox_call_id(call.id, "uv-a").await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    match store
+        .set_ultravox_call_id(uuid::Uuid::now_v7(), "uv-z")
+        .await
+    {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("expected not found, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .find_call(Platform::Twilio, CALL_SID)
+            .await
+            .unwrap()
+            .unwrap()
+            .ultravox_call_id
+            .as_deref(),
+        Some("uv-b")
+    );
+
+    // A second call whose setup fell back: repeats see it, a late connect cannot undo it.
+    let other = store
+        .upsert_call(&twilio_call("CA00000000000000000000000000000009"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_call_setup(other.id, a, t0, t0 - s(7))
+            .await
+            .unwrap(),
+        CallSetup::Claimed
+    );
+    assert!(store.fail_call_setup(other.id, a, t0 + s(1)).await.unwrap());
+    assert_eq!(
+        store
+            .claim_call_setup(other.id, b, t0 + s(30), t0 + s(20))
+            .await
+            .unwrap(),
+        CallSetup::FellBack
+    );
+    assert_eq!(
+        store
+            .connect_call_setup(other.id, a, "uv-late", "wss://uv/late", t0 + s(31))
+            .await
+            .unwrap(),
+        CallSetup::FellBack
+    );
+}
+
+/// Twilio posts a `<Record action>` again when it got no answer in time (the same retry rules
+/// as any voice webhook) — possibly while the first post is still being handled. One voice
+/// message is one callback request, also for a call lifeline has no row for (its database was
+/// down at setup, so the record fallback ran without one).
+async fn concurrent_repeats_of_a_recording_make_one_callback_request_with_or_without_a_call(
+    engine: Engine,
+) {
+    let h = Harness::start(engine).await;
+    let post_eight = |call_sid: &'static str, recording_sid: &'static str| {
+        let h = &h;
+        async move {
+            let recording = [
+                ("AccountSid", ACCOUNT),
+                ("CallSid", call_sid),
+                ("From", CALLER),
+                ("To", LAKESIDE),
+                (
+                    "RecordingUrl",
+                    "https://api.twilio.com/recordings/RE-message",
+                ),
+                ("RecordingSid", recording_sid),
+                ("RecordingDuration", "21"),
+            ];
+            let answers = futures_util::future::join_all(
+                (0..8).map(|_| h.webhook("/twilio/recording", &recording)),
+            )
+            .await;
+            for (status, body) in answers {
+                assert_eq!(status, 200);
+                assert!(body.contains("Your message has been recorded"), "{body}");
+            }
+        }
+    };
+
+    // No call row.
+    post_eight(
+        "CA00000000000000000000000000000077",
+        "RE00000000000000000000000000000001",
+    )
+    .await;
+    let callbacks = h.callbacks("lakeside").await;
+    assert_eq!(callbacks.len(), 1, "one request per recording");
+    assert_eq!(callbacks[0].call_id, None);
+    assert_eq!(callbacks[0].callback_number, CALLER);
+
+    // With a call row: Ultravox is down and Lakeside takes messages.
+    Mock::given(method("POST"))
+        .and(path("/api/agents/agent-lakeside/calls"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&h.ultravox)
+        .await;
+    let twiml = h.incoming(CALL_SID, LAKESIDE).await;
+    assert_same_twiml(&twiml, &fixture("lib-record-fallback.xml"));
+    post_eight(CALL_SID, "RE00000000000000000000000000000002").await;
+    let call = h.call(CALL_SID).await;
+    let callbacks = h.callbacks("lakeside").await;
+    assert_eq!(callbacks.len(), 2);
+    let of_call: Vec<_> = callbacks
+        .iter()
+        .filter(|c| c.call_id == Some(call.id))
+        .collect();
+    assert_eq!(of_call.len(), 1);
+    assert_eq!(
+        of_call[0].metadata.as_ref().unwrap().0["recording_sid"],
+        "RE00000000000000000000000000000002"
+    );
+    assert_eq!(of_call[0].urgency_level, "urgent");
 }

@@ -2,11 +2,14 @@
 //! `shared/reference/jambonz-protocol.md`): message envelopes, the data we read, and the acks,
 //! commands and verbs we send.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::Tenant;
-use crate::phone::E164;
+use crate::prompt_context::{self, AgentPrompt, CallFacts};
 use crate::telephony::TransferPlan;
 
 /// The only subprotocol the feature-server offers, and the one we must echo.
@@ -262,8 +265,35 @@ pub fn dial(plan: &TransferPlan) -> Value {
 }
 
 /// The verbs for a new call: answer, run the tenant's Ultravox agent with lifeline's tools as
-/// client tools, and hang up when the conversation ends.
-pub fn session_verbs(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> Vec<Value> {
+/// client tools, and hang up when the conversation ends. The agent gets the call's context from
+/// [`prompt_context`], as on Twilio: an inline prompt is sent rendered, an agent gets every
+/// template variable (Ultravox uses those its prompt names; reading the agent's prompt here
+/// would add a request to Ultravox inside jambonz's 5 s ack deadline).
+pub fn session_verbs(tenant: &Tenant, call: &CallFacts<'_>, now: DateTime<Utc>) -> Vec<Value> {
+    let context = prompt_context::template_context(tenant, call, now);
+    verbs_with_context(tenant, call.call_sid, &context)
+}
+
+/// An upper bound of the size of any `session:new` ack lifeline can send for this tenant: the
+/// ack of [`session_verbs`] with every template variable at its longest
+/// ([`prompt_context::longest_context`]) and the call sid and msgid longer than jambonz's own
+/// (a 36-character UUID and a 22-character short-uuid).
+pub fn largest_session_ack(tenant: &Tenant) -> usize {
+    let call_sid = "x".repeat(64);
+    let msgid = "x".repeat(64);
+    let context = prompt_context::longest_context(tenant, &call_sid);
+    ack(
+        &msgid,
+        Some(verbs_with_context(tenant, &call_sid, &context)),
+    )
+    .len()
+}
+
+fn verbs_with_context(
+    tenant: &Tenant,
+    call_sid: &str,
+    context: &BTreeMap<&'static str, String>,
+) -> Vec<Value> {
     let uv = &tenant.ultravox;
     let mut auth = json!({ "apiKey": uv.api_key });
     let metadata = json!({
@@ -271,17 +301,16 @@ pub fn session_verbs(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> V
         "jambonz_call_sid": call_sid,
     });
     let mut options = Map::new();
-    match (&uv.agent_id, &uv.system_prompt) {
-        (Some(agent_id), _) => {
+    match prompt_context::agent_prompt(tenant, context, None) {
+        AgentPrompt::Agent(variables) => {
             // Agent calls take template values (strings only); the agent's own tools apply,
             // and `selectedTools` would be refused.
-            auth["agent_id"] = json!(agent_id);
-            options.insert(
-                "templateContext".into(),
-                template_context(tenant, call_sid, caller),
-            );
+            if let Some(agent_id) = &uv.agent_id {
+                auth["agent_id"] = json!(agent_id);
+            }
+            options.insert("templateContext".into(), Value::Object(variables));
         }
-        (None, Some(prompt)) => {
+        AgentPrompt::Inline(prompt) => {
             options.insert("systemPrompt".into(), json!(prompt));
             options.insert("firstSpeaker".into(), json!("FIRST_SPEAKER_AGENT"));
             options.insert(
@@ -295,7 +324,6 @@ pub fn session_verbs(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> V
                 options.insert("temperature".into(), json!(t));
             }
         }
-        (None, None) => {}
     }
     options.insert("metadata".into(), metadata);
     let mut llm = json!({
@@ -313,18 +341,6 @@ pub fn session_verbs(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> V
     }
     vec![json!({ "verb": "answer" }), llm, hangup()]
 }
-
-fn template_context(tenant: &Tenant, call_sid: &str, caller: Option<&str>) -> Value {
-    let caller = caller.and_then(|c| E164::parse(c).ok());
-    json!({
-        "call_sid": call_sid,
-        "client_name": tenant.name,
-        "callback_number": caller.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-        "caller_phone_last4": caller.as_ref().map(|c| c.last4().to_string()).unwrap_or_default(),
-        "to_phone_number": tenant.numbers.first().map(|n| n.to_string()).unwrap_or_default(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

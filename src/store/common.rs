@@ -78,6 +78,15 @@ pub(crate) const INSERT_CALLBACK: &str = concat!(
      $16, $17, $18, $19, $20, $21)"
 );
 
+/// A voice message's callback request, keyed by its recording ($22): a repeat of the recording
+/// webhook inserts nothing, whichever unique key it meets.
+pub(crate) const INSERT_VOICE_MESSAGE: &str = concat!(
+    "INSERT INTO callback_requests (",
+    callback_insert_columns!(),
+    ", recording_sid) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING"
+);
+
 /// PostgreSQL: a log row and its callback request in one statement (the callback only if the log
 /// row was new); returns how many log rows were written.
 pub(crate) const INSERT_LOG_WITH_CALLBACK: &str = concat!(
@@ -430,15 +439,31 @@ macro_rules! impl_store {
                 call_id: Uuid,
                 ultravox_call_id: &str,
             ) -> Result<(), StoreError> {
-                sqlx::query(
+                // Linking the same call again is a no-op; another Ultravox call is a conflict
+                // the caller must hear of (tools could not find the call by the new id).
+                let linked = sqlx::query(
                     "UPDATE calls SET ultravox_call_id = $2 \
-                     WHERE id = $1 AND ultravox_call_id IS NULL",
+                     WHERE id = $1 AND (ultravox_call_id IS NULL OR ultravox_call_id = $2)",
                 )
                 .bind(call_id)
                 .bind(ultravox_call_id)
                 .execute(self.writer())
-                .await?;
-                Ok(())
+                .await?
+                .rows_affected();
+                if linked == 1 {
+                    return Ok(());
+                }
+                let exists: Option<(Option<String>,)> =
+                    sqlx::query_as("SELECT ultravox_call_id FROM calls WHERE id = $1")
+                        .bind(call_id)
+                        .fetch_optional(self.writer())
+                        .await?;
+                Err(match exists {
+                    None => StoreError::NotFound(format!("call {call_id}")),
+                    Some(_) => StoreError::Conflict(format!(
+                        "call {call_id} is already linked to another Ultravox call"
+                    )),
+                })
             }
 
             async fn append_call_event(&self, e: &NewCallEvent) -> Result<(), StoreError> {

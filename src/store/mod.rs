@@ -10,6 +10,7 @@ pub mod models;
 pub mod postgres;
 pub mod queue;
 pub mod sqlite;
+pub mod twilio_calls;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use uuid::Uuid;
 pub use admin::*;
 pub use models::*;
 pub use queue::*;
+pub use twilio_calls::{CallSetup, TwilioCallStore};
 
 use crate::tools::{Platform, ToolError};
 
@@ -32,6 +34,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("not found: {0}")]
     NotFound(String),
+    /// The write contradicts what is recorded (e.g. a call already linked to another Ultravox
+    /// call); nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// Where the database's schema stands against the migrations this build embeds, from
@@ -76,7 +82,7 @@ pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send
 
 /// The durable state of lifeline (the delivery queue included).
 #[async_trait]
-pub trait Store: DeliveryQueue + AdminStore + Send + Sync + 'static {
+pub trait Store: DeliveryQueue + AdminStore + TwilioCallStore + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 
@@ -114,7 +120,8 @@ pub trait Store: DeliveryQueue + AdminStore + Send + Sync + 'static {
         update: &CallStatusUpdate,
     ) -> Result<(), StoreError>;
 
-    /// Links the Ultravox call created for this call.
+    /// Links the Ultravox call created for this call. Linking the same one again is a no-op;
+    /// a call already linked to another is [`StoreError::Conflict`], and nothing changes.
     async fn set_ultravox_call_id(
         &self,
         call_id: Uuid,

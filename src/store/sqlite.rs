@@ -92,3 +92,4 @@ impl SqliteStore {
 crate::store::common::impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
 crate::store::queue::impl_delivery_queue!(SqliteStore, sqlx::Sqlite, "");
 crate::store::admin::impl_admin_store!(SqliteStore);
+crate::store::twilio_calls::impl_twilio_call_store!(SqliteStore);

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::breaker::{BreakerOpen, CircuitBreaker};
 use super::twilio::{error_chain, redact_phone_numbers};
+use crate::prompt_context::referenced_variables;
 
 /// How long one request may take; the caller bounds the whole call setup with its own,
 /// longer, timeout.
@@ -205,7 +206,7 @@ impl UltravoxApi {
     }
 
     /// The names of the `{{variables}}` the system prompt of agent `agent_id` uses (see
-    /// [`template_variables`]), from `GET /api/agents/{agent_id}`.
+    /// [`referenced_variables`]), from `GET /api/agents/{agent_id}`.
     ///
     /// Cached per API key and agent for the configured TTL: the agent changes rarely, and
     /// fetching it for every call would add a round trip to every call setup. When a refresh
@@ -451,56 +452,9 @@ fn parse_agent_variables(body: &[u8]) -> Result<BTreeSet<String>, String> {
         serde_json::from_slice(body).map_err(|e| format!("the agent is not JSON: {e}"))?;
     match agent.pointer("/callTemplate/systemPrompt") {
         None | Some(Value::Null) => Ok(BTreeSet::new()),
-        Some(Value::String(prompt)) => Ok(template_variables(prompt)),
+        Some(Value::String(prompt)) => Ok(referenced_variables(prompt)),
         Some(_) => Err("the agent's callTemplate.systemPrompt is not a string".to_owned()),
     }
-}
-
-/// The names used as `{{name}}` in `template` (Ultravox's template syntax): a name is ASCII
-/// letters, digits and `_`; spaces inside the braces are allowed (`{{ name }}`); anything
-/// else between the braces (`{{not a var}}`) is not a variable.
-pub fn template_variables(template: &str) -> BTreeSet<String> {
-    let bytes = template.as_bytes();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        if bytes[i] == b'{'
-            && bytes[i + 1] == b'{'
-            && let Some((name, end)) = variable_at(template, i + 2)
-        {
-            names.insert(name.to_owned());
-            i = end;
-            continue;
-        }
-        // Not a variable here; one may still start at the next brace (`{{{a}}}`).
-        i += 1;
-    }
-    names
-}
-
-/// The variable whose name starts, after optional spaces, at byte `start` and is closed by
-/// `}}`; with the byte index just after the braces.
-fn variable_at(template: &str, start: usize) -> Option<(&str, usize)> {
-    let bytes = template.as_bytes();
-    let skip_spaces = |mut i: usize| {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    let name_start = skip_spaces(start);
-    let mut name_end = name_start;
-    while name_end < bytes.len()
-        && (bytes[name_end].is_ascii_alphanumeric() || bytes[name_end] == b'_')
-    {
-        name_end += 1;
-    }
-    if name_end == name_start {
-        return None;
-    }
-    let close = skip_spaces(name_end);
-    (bytes.get(close..close + 2) == Some(b"}}"))
-        .then(|| (&template[name_start..name_end], close + 2))
 }
 
 #[cfg(test)]
@@ -809,8 +763,10 @@ mod tests {
         assert_eq!(requests(&server).await, 5, "nothing sent while open");
     }
 
+    /// Agents' prompts are read with the scanner inline prompts are rendered with.
     #[test]
     fn template_variable_names() {
+        let template_variables = referenced_variables;
         assert_eq!(
             template_variables(
                 "Hi {{client_name}} at {{ current_time }}, {{x}}{{y}} {{not a var}}"

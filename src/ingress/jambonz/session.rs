@@ -537,13 +537,14 @@ impl Session {
             // ack's data (`ws-requestor.js`, the reconnect's promise), but if our session:new
             // ack was lost in flight, this ack is the one its session:new waits for, and
             // `lib/middleware.js` rejects the call unless it is a verb array.
+            let facts = crate::prompt_context::CallFacts {
+                call_sid: &call_sid,
+                from: data.from.as_deref(),
+                to: data.to.as_deref(),
+            };
             return wire::ack(
                 msgid,
-                Some(wire::session_verbs(
-                    &tenant,
-                    &call_sid,
-                    data.from.as_deref(),
-                )),
+                Some(wire::session_verbs(&tenant, &facts, Utc::now())),
             );
         }
 
@@ -593,7 +594,12 @@ impl Session {
             reconnect,
             "call started"
         );
-        let verbs = wire::session_verbs(&tenant, &call_sid, data.from.as_deref());
+        let facts = crate::prompt_context::CallFacts {
+            call_sid: &call_sid,
+            from: data.from.as_deref(),
+            to: data.to.as_deref(),
+        };
+        let verbs = wire::session_verbs(&tenant, &facts, Utc::now());
         wire::ack(msgid, Some(verbs))
     }
 

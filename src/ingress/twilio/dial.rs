@@ -2,15 +2,14 @@
 //! pick up (`/twilio/whisper`), and the outcome (`/twilio/dial-action`), which either ends the
 //! call, rings the next target, or records a critical callback request and tells the caller.
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Query, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Query, State};
+use axum::response::Response;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{SORRY, ring, say_and_hang_up, twiml, verify};
+use super::{SORRY, SignedTwilio, ring, say_and_hang_up, twiml};
 use crate::AppState;
 use crate::protocol::twilio::{self as wire, DialAction, Say, Verb};
 use crate::tools::Platform;
@@ -26,21 +25,8 @@ pub struct AttemptQuery {
 pub async fn dial_action(
     State(state): State<AppState>,
     Query(query): Query<AttemptQuery>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedTwilio(action): SignedTwilio<DialAction>,
 ) -> Response {
-    let signed = match verify(&state, &uri, &headers, body) {
-        Ok(s) => s,
-        Err(refused) => return refused.into_response(),
-    };
-    let action: DialAction = match wire::parse_webhook(&signed.body) {
-        Ok(a) => a,
-        Err(e) => {
-            error!(error = %e, "unreadable dial-action webhook");
-            return say_and_hang_up(SORRY);
-        }
-    };
     let span = info_span!(
         "twilio_dial_action",
         call = %action.call_sid,
@@ -130,13 +116,9 @@ fn after_unrecorded_dial(succeeded: bool) -> Response {
 pub async fn whisper(
     State(state): State<AppState>,
     Query(query): Query<AttemptQuery>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    // Nothing in the form is needed: the attempt in the URL (which the signature covers) is.
+    _: SignedTwilio<IgnoredAny>,
 ) -> Response {
-    if let Err(refused) = verify(&state, &uri, &headers, body) {
-        return refused.into_response();
-    }
     // The on-call person's leg: its attempt names the call it belongs to.
     let span = info_span!("twilio_whisper", attempt = %query.attempt.map(|a| a.to_string()).unwrap_or_default());
     whisper_text(&state, query.attempt).instrument(span).await

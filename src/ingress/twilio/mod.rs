@@ -10,21 +10,20 @@
 
 mod dial;
 mod setup;
+mod signed;
 mod status;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::OriginalUri;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tracing::warn;
 
 use crate::AppState;
-use crate::config::TwilioSettings;
 use crate::protocol::twilio::{self as wire, Say, Verb};
 
 pub use setup::setup_body;
+pub(crate) use signed::SignedTwilio;
 
 /// The Twilio webhook routes.
 pub fn routes() -> Router<AppState> {
@@ -55,48 +54,41 @@ impl IntoResponse for Refused {
     }
 }
 
-/// A webhook whose signature checked out: its raw body.
-pub(crate) struct Signed {
-    pub body: Bytes,
-}
-
-/// Checks `X-Twilio-Signature`; the response to send when the request is not Twilio's.
+/// Checks `X-Twilio-Signature` of a request to `uri` (the path and query Twilio requested, on
+/// our public URL) with this form `body`; a refusal is logged and counted.
 pub(crate) fn verify(
     state: &AppState,
-    uri: &OriginalUri,
+    uri: &Uri,
     headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Signed, Refused> {
+    body: &[u8],
+) -> Result<(), Refused> {
     let (Some(settings), Some(public_url)) = (&state.config.twilio, &state.config.public_url)
     else {
         return Err(Refused::NotConfigured);
     };
     let path = uri
-        .0
         .path_and_query()
         .map(|pq| pq.as_str())
-        .unwrap_or_else(|| uri.0.path());
+        .unwrap_or_else(|| uri.path());
     let url = format!("{public_url}{path}");
     let signature = headers
         .get(wire::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let params = wire::form_params(&body).unwrap_or_default();
-    if signature.is_empty() || !valid(settings, &url, &params, signature) {
-        metrics::counter!("lifeline_twilio_webhooks_refused_total", "path" => uri.0.path().to_string())
+    let params = wire::form_params(body).unwrap_or_default();
+    if signature.is_empty()
+        || !wire::validate_signature(&settings.auth_token, &url, &params, signature)
+    {
+        metrics::counter!("lifeline_twilio_webhooks_refused_total", "path" => uri.path().to_string())
             .increment(1);
         warn!(
-            path = uri.0.path(),
+            path = uri.path(),
             signature_present = !signature.is_empty(),
             "Twilio webhook refused: the signature does not match (is server.public_url the URL Twilio calls?)"
         );
         return Err(Refused::BadSignature);
     }
-    Ok(Signed { body })
-}
-
-fn valid(settings: &TwilioSettings, url: &str, params: &[(String, String)], sig: &str) -> bool {
-    wire::validate_signature(&settings.auth_token, url, params, sig)
+    Ok(())
 }
 
 /// A TwiML answer.

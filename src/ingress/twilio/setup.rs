@@ -1,24 +1,34 @@
 //! `POST /twilio/incoming`: a call reaches one of our numbers. Find the clinic by the number
 //! dialled, record the call, create its Ultravox call and connect the caller to it; if anything
 //! fails, the caller still reaches a human (or leaves a message) — never an application error.
+//!
+//! Twilio repeats this webhook (a connection that failed, or with the connection overrides
+//! `rc`/`rp` a late answer: <https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides>),
+//! and a repeat can arrive while the first request is still creating the Ultravox call, on
+//! this instance or another. Twilio uses the answer to the last request it sent, so every
+//! request for a call answers the same: the first claims the call's setup in the database
+//! and creates the one Ultravox call; a repeat waits for that claim and answers with the same
+//! `<Connect><Stream>` (or the same fallback). A claim whose request died is taken over once
+//! the setup timeout has passed.
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Response;
 use chrono::Utc;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{SORRY, public, ring, say_and_hang_up, twiml, verify};
+use super::{SignedTwilio, public, ring, say_and_hang_up, twiml};
 use crate::AppState;
 use crate::config::{Config, Fallback, Tenant};
 use crate::phone::mask;
-use crate::prompt_context::{self, CallFacts};
+use crate::prompt_context::{self, AgentPrompt, CallFacts};
 use crate::protocol::twilio::{self as wire, IncomingCall, Record, Say, Stream, Verb};
 use crate::protocol::ultravox::data_connection_tools;
-use crate::store::{CallRow, NewCall, NewCallEvent};
+use crate::store::{CallRow, CallSetup, NewCall, NewCallEvent};
 use crate::telephony::ultravox::CreatedCall;
 use crate::tools::Platform;
 use crate::tools::transfer::{self, AgentFailure, MESSAGE_ALREADY_TAKEN};
@@ -26,24 +36,18 @@ use crate::tools::transfer::{self, AgentFailure, MESSAGE_ALREADY_TAKEN};
 /// What a caller hears when the number they dialled belongs to no clinic here.
 const NOT_IN_SERVICE: &str = "We're sorry, this number is not in service. Goodbye.";
 
+/// How long past the setup timeout a claim may stay unfinished before a repeat takes it over:
+/// room for the claimant's own database writes.
+const CLAIM_MARGIN: Duration = Duration::from_secs(2);
+
+/// How often a repeat looks whether the request that holds the claim has finished.
+const REPEAT_POLL: Duration = Duration::from_millis(100);
+
 /// The handler.
 pub async fn incoming(
     State(state): State<AppState>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedTwilio(call): SignedTwilio<IncomingCall>,
 ) -> Response {
-    let signed = match verify(&state, &uri, &headers, body) {
-        Ok(s) => s,
-        Err(refused) => return refused.into_response(),
-    };
-    let call: IncomingCall = match wire::parse_webhook(&signed.body) {
-        Ok(c) => c,
-        Err(e) => {
-            error!(error = %e, "unreadable incoming-call webhook");
-            return say_and_hang_up(SORRY);
-        }
-    };
     let Some(tenant) = call
         .to
         .as_deref()
@@ -61,7 +65,7 @@ pub async fn incoming(
     set_up(&state, &tenant, &call).instrument(span).await
 }
 
-async fn set_up(state: &AppState, tenant: &Tenant, incoming: &IncomingCall) -> Response {
+async fn set_up(state: &AppState, tenant: &Arc<Tenant>, incoming: &IncomingCall) -> Response {
     let now = Utc::now();
     let new = NewCall {
         id: Uuid::now_v7(),
@@ -83,55 +87,217 @@ async fn set_up(state: &AppState, tenant: &Tenant, incoming: &IncomingCall) -> R
             return fallback(state, tenant, None, "the database is unavailable").await;
         }
     };
+    let token = Uuid::now_v7();
+    let mut waiting = false;
+    let mut setup = claim(state, &call, token).await;
+    loop {
+        setup = match setup {
+            Err(e) => {
+                error!(error = %e, "could not claim the call's setup; using the fallback");
+                return fallback(state, tenant, Some(&call), "the database is unavailable").await;
+            }
+            Ok(CallSetup::Claimed) => {
+                // In its own task: when Twilio gives up on this request (its read timeout closes
+                // the connection, and the handler is dropped) the Ultravox call is still
+                // created and recorded, and Twilio's retry answers with it.
+                let work = {
+                    let (state, tenant, call) = (state.clone(), tenant.clone(), call.clone());
+                    let incoming = incoming.clone();
+                    async move { create_and_connect(&state, &tenant, &call, &incoming, token).await }
+                };
+                match tokio::spawn(work.in_current_span()).await {
+                    Ok(Step::Answer(response)) => return response,
+                    Ok(Step::Lost(now)) => now,
+                    Err(e) => {
+                        error!(error = %e, "the call setup task failed; using the fallback");
+                        return fallback(state, tenant, Some(&call), "the setup failed").await;
+                    }
+                }
+            }
+            Ok(CallSetup::InProgress) => {
+                if !waiting {
+                    waiting = true;
+                    info!("Twilio repeated the webhook while the call is being set up; waiting");
+                }
+                tokio::time::sleep(REPEAT_POLL).await;
+                claim(state, &call, token).await
+            }
+            Ok(CallSetup::Connected {
+                ultravox_call_id,
+                join_url,
+            }) => return answer_repeat(state, &call, &ultravox_call_id, join_url).await,
+            Ok(CallSetup::FellBack) => {
+                metrics::counter!("lifeline_twilio_incoming_repeats_total", "outcome" => "fallback")
+                    .increment(1);
+                return fallback(
+                    state,
+                    tenant,
+                    Some(&call),
+                    "Twilio repeated the webhook of a call whose setup fell back",
+                )
+                .await;
+            }
+        };
+    }
+}
+
+/// What this request does next after holding the claim.
+enum Step {
+    /// Its answer.
+    Answer(Response),
+    /// The claim was taken over meanwhile: how the setup stands now.
+    Lost(Result<CallSetup, crate::store::StoreError>),
+}
+
+/// Claims the call's setup; a claim unfinished since before the setup timeout is taken over.
+async fn claim(
+    state: &AppState,
+    call: &CallRow,
+    token: Uuid,
+) -> Result<CallSetup, crate::store::StoreError> {
+    let now = Utc::now();
+    let stale = chrono::Duration::from_std(state.config.ultravox.setup_timeout + CLAIM_MARGIN)
+        .unwrap_or_else(|_| chrono::Duration::minutes(1));
+    state
+        .store
+        .claim_call_setup(call.id, token, now, now - stale)
+        .await
+}
+
+/// Holding the claim: creates the Ultravox call and records it, or gives up to the fallback.
+async fn create_and_connect(
+    state: &AppState,
+    tenant: &Tenant,
+    call: &CallRow,
+    incoming: &IncomingCall,
+    token: Uuid,
+) -> Step {
     metrics::counter!("lifeline_calls_total", "platform" => "twilio").increment(1);
     info!(from = %incoming.from.as_deref().map(mask).unwrap_or_default(), "incoming call");
-
     let created = tokio::time::timeout(
         state.config.ultravox.setup_timeout,
-        create_ultravox_call(state, tenant, &call),
+        create_ultravox_call(state, tenant, call),
     )
     .await;
     let created = match created {
         Ok(Ok(created)) => created,
         Ok(Err(why)) => {
             error!(error = %why, "could not create the Ultravox call; using the fallback");
-            return fallback(state, tenant, Some(&call), &why).await;
+            return give_up(state, tenant, call, token, &why).await;
         }
         Err(_) => {
             error!("Ultravox call setup timed out; using the fallback");
-            return fallback(
+            return give_up(
                 state,
                 tenant,
-                Some(&call),
+                call,
+                token,
                 "Ultravox did not answer in time",
             )
             .await;
         }
     };
     // The mapping must be durable before the caller is connected: tools find the call by it.
-    if let Err(e) = state
+    let recorded = state
         .store
-        .set_ultravox_call_id(call.id, &created.call_id)
-        .await
-    {
-        error!(error = %e, "could not record the Ultravox call id; using the fallback");
-        return fallback(state, tenant, Some(&call), "the call could not be recorded").await;
+        .connect_call_setup(
+            call.id,
+            token,
+            &created.call_id,
+            &created.join_url,
+            Utc::now(),
+        )
+        .await;
+    match recorded {
+        Ok(CallSetup::Connected {
+            ultravox_call_id, ..
+        }) if ultravox_call_id == created.call_id => {}
+        Ok(other) => {
+            warn!(ultravox_call = %created.call_id, "the call's setup was taken over meanwhile; this Ultravox call is not used");
+            return Step::Lost(Ok(other));
+        }
+        Err(e) => {
+            error!(error = %e, "could not record the Ultravox call id; using the fallback");
+            return Step::Answer(
+                fallback(state, tenant, Some(call), "the call could not be recorded").await,
+            );
+        }
     }
-    let event = NewCallEvent {
-        id: Uuid::now_v7(),
-        call_id: call.id,
-        at: Utc::now(),
-        kind: "ultravox_call_created".into(),
-        detail: json!({ "ultravox_call_id": created.call_id }),
-    };
-    if let Err(e) = state.store.append_call_event(&event).await {
-        warn!(error = %e, "could not record the call event");
-    }
+    event(
+        state,
+        call,
+        "ultravox_call_created",
+        json!({ "ultravox_call_id": created.call_id }),
+    )
+    .await;
     if let Err(e) = state.store.mark_app_started(call.id, Utc::now()).await {
         warn!(error = %e, "could not mark the call started");
     }
     info!(ultravox_call = %created.call_id, "connecting the caller to the AI agent");
-    twiml(wire::Response::new().verb(Verb::Connect(Stream::new(created.join_url))))
+    Step::Answer(connect(created.join_url))
+}
+
+/// Holding the claim, the Ultravox call could not be created: record that (so repeats answer
+/// the same) and give the caller the fallback.
+async fn give_up(
+    state: &AppState,
+    tenant: &Tenant,
+    call: &CallRow,
+    token: Uuid,
+    why: &str,
+) -> Step {
+    match state
+        .store
+        .fail_call_setup(call.id, token, Utc::now())
+        .await
+    {
+        Ok(true) => {}
+        // Taken over meanwhile: the taker's outcome is the call's.
+        Ok(false) => return Step::Lost(claim(state, call, token).await),
+        Err(e) => warn!(error = %e, "could not record that the setup fell back"),
+    }
+    Step::Answer(fallback(state, tenant, Some(call), why).await)
+}
+
+/// A repeat of a call already connected: the same `<Connect><Stream>` as the first answer.
+async fn answer_repeat(
+    state: &AppState,
+    call: &CallRow,
+    ultravox_call_id: &str,
+    join_url: String,
+) -> Response {
+    metrics::counter!("lifeline_twilio_incoming_repeats_total", "outcome" => "connected")
+        .increment(1);
+    info!(ultravox_call = %ultravox_call_id, "Twilio repeated the webhook; answering with the same Ultravox call");
+    event(
+        state,
+        call,
+        "twilio_incoming_repeated",
+        json!({ "ultravox_call_id": ultravox_call_id }),
+    )
+    .await;
+    if let Err(e) = state.store.mark_app_started(call.id, Utc::now()).await {
+        warn!(error = %e, "could not mark the call started");
+    }
+    connect(join_url)
+}
+
+/// The caller joins the Ultravox call.
+fn connect(join_url: String) -> Response {
+    twiml(wire::Response::new().verb(Verb::Connect(Stream::new(join_url))))
+}
+
+async fn event(state: &AppState, call: &CallRow, kind: &str, detail: Value) {
+    let event = NewCallEvent {
+        id: Uuid::now_v7(),
+        call_id: call.id,
+        at: Utc::now(),
+        kind: kind.into(),
+        detail,
+    };
+    if let Err(e) = state.store.append_call_event(&event).await {
+        warn!(error = %e, kind, "could not record the call event");
+    }
 }
 
 async fn create_ultravox_call(
@@ -146,61 +312,42 @@ async fn create_ultravox_call(
         to: call.to_number.as_deref(),
     };
     let context = prompt_context::template_context(tenant, &facts, Utc::now());
+    // Only the variables the agent's prompt uses are sent, as the original did; the list is
+    // cached, so this is not a request per call.
+    let wanted = match &settings.agent_id {
+        Some(agent_id) => match state
+            .ultravox_api
+            .agent_prompt_variables(&settings.api_key, agent_id)
+            .await
+        {
+            Ok(vars) => Some(vars),
+            Err(e) => {
+                warn!(error = %e, "could not read the agent's prompt variables; sending all");
+                None
+            }
+        },
+        None => None,
+    };
+    let prompt = prompt_context::agent_prompt(tenant, &context, wanted.as_deref());
+    let body = setup_body(&state.config, tenant, call.id, prompt);
     match &settings.agent_id {
-        Some(agent_id) => {
-            // Only the variables the agent's prompt uses are sent, as the original did; the
-            // list is cached, so this is not a request per call.
-            let wanted = match state
-                .ultravox_api
-                .agent_prompt_variables(&settings.api_key, agent_id)
-                .await
-            {
-                Ok(vars) => Some(vars),
-                Err(e) => {
-                    warn!(error = %e, "could not read the agent's prompt variables; sending all");
-                    None
-                }
-            };
-            let variables = prompt_context::select(&context, wanted.as_deref());
-            let body = setup_body(
-                &state.config,
-                tenant,
-                call.id,
-                SetupPrompt::Agent(variables),
-            );
-            state
-                .ultravox_api
-                .create_agent_call(&settings.api_key, agent_id, &body)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        None => {
-            let prompt = prompt_context::render(
-                settings.system_prompt.as_deref().unwrap_or_default(),
-                &context,
-            );
-            let body = setup_body(&state.config, tenant, call.id, SetupPrompt::Inline(prompt));
-            state
-                .ultravox_api
-                .create_call(&settings.api_key, &body)
-                .await
-                .map_err(|e| e.to_string())
-        }
+        Some(agent_id) => state
+            .ultravox_api
+            .create_agent_call(&settings.api_key, agent_id, &body)
+            .await
+            .map_err(|e| e.to_string()),
+        None => state
+            .ultravox_api
+            .create_call(&settings.api_key, &body)
+            .await
+            .map_err(|e| e.to_string()),
     }
-}
-
-/// The prompt part of a call-creation request.
-pub enum SetupPrompt {
-    /// An Ultravox agent's template, filled with these variables (all strings).
-    Agent(Map<String, Value>),
-    /// A prompt of our own, already filled.
-    Inline(String),
 }
 
 /// The body of the Ultravox call-creation request for a Twilio call: the Twilio medium, the
 /// agent speaks first, and — when data-connection secrets are configured — a data connection to
 /// lifeline's `/ultravox` socket so tool calls arrive there, signed.
-pub fn setup_body(config: &Config, tenant: &Tenant, call_id: Uuid, prompt: SetupPrompt) -> Value {
+pub fn setup_body(config: &Config, tenant: &Tenant, call_id: Uuid, prompt: AgentPrompt) -> Value {
     let mut body = json!({
         "medium": { "twilio": {} },
         "firstSpeakerSettings": { "agent": {} },
@@ -215,11 +362,11 @@ pub fn setup_body(config: &Config, tenant: &Tenant, call_id: Uuid, prompt: Setup
         body["dataConnection"] = json!({ "websocketUrl": url });
     }
     match prompt {
-        SetupPrompt::Agent(variables) => {
+        AgentPrompt::Agent(variables) => {
             // An agent call accepts no tools and no secrets: they live on the agent's template.
             body["templateContext"] = Value::Object(variables);
         }
-        SetupPrompt::Inline(prompt) => {
+        AgentPrompt::Inline(prompt) => {
             let u = &tenant.ultravox;
             body["systemPrompt"] = Value::from(prompt);
             body["model"] = Value::from(u.model.clone());

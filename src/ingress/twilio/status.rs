@@ -2,42 +2,27 @@
 //! `POST /twilio/recording`: a message recorded by the setup fallback becomes a callback
 //! request.
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{SORRY, say_and_hang_up, twiml, verify};
+use super::{SORRY, SignedTwilio, say_and_hang_up, twiml};
 use crate::AppState;
 use crate::phone::{E164, mask};
 use crate::protocol::twilio::{self as wire, StatusCallback};
-use crate::store::{CallStatusUpdate, CallbackFilter, NewCallEvent, NewCallbackRequest};
+use crate::store::{CallStatusUpdate, NewCallEvent, NewCallbackRequest};
 use crate::tools::Platform;
 use crate::tools::urgency::Urgency;
 
 /// The handler of call progress events.
 pub async fn status(
     State(state): State<AppState>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedTwilio(event): SignedTwilio<StatusCallback>,
 ) -> Response {
-    let signed = match verify(&state, &uri, &headers, body) {
-        Ok(s) => s,
-        Err(refused) => return refused.into_response(),
-    };
-    let event: StatusCallback = match wire::parse_webhook(&signed.body) {
-        Ok(e) => e,
-        Err(e) => {
-            warn!(error = %e, "unreadable status callback");
-            return twiml(wire::Response::new());
-        }
-    };
     let span = info_span!("twilio_status", call = %event.call_sid);
     on_status(&state, &event).instrument(span).await
 }
@@ -105,7 +90,7 @@ async fn on_status(state: &AppState, event: &StatusCallback) -> Response {
 /// What Twilio sends to a `<Record action>` URL.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RecordingDone {
+pub(super) struct RecordingDone {
     call_sid: String,
     from: Option<String>,
     to: Option<String>,
@@ -117,21 +102,8 @@ struct RecordingDone {
 /// The handler of a finished recording.
 pub async fn recording(
     State(state): State<AppState>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedTwilio(done): SignedTwilio<RecordingDone>,
 ) -> Response {
-    let signed = match verify(&state, &uri, &headers, body) {
-        Ok(s) => s,
-        Err(refused) => return refused.into_response(),
-    };
-    let done: RecordingDone = match wire::parse_webhook(&signed.body) {
-        Ok(d) => d,
-        Err(e) => {
-            error!(error = %e, "unreadable recording webhook");
-            return say_and_hang_up(SORRY);
-        }
-    };
     let span = info_span!("twilio_recording", call = %done.call_sid);
     on_recording(&state, &done).instrument(span).await
 }
@@ -164,25 +136,6 @@ async fn on_recording(state: &AppState, done: &RecordingDone) -> Response {
         error!(call = %done.call_sid, "recorded message for a number no tenant answers");
         return say_and_hang_up(SORRY);
     };
-    // Twilio may repeat the webhook: one callback request per recording.
-    if let (Some(call), Some(sid)) = (&call, &done.recording_sid)
-        && let Ok(existing) = state
-            .store
-            .callback_requests(&CallbackFilter {
-                call_id: Some(call.id),
-                ..Default::default()
-            })
-            .await
-        && existing.iter().any(|r| {
-            r.metadata
-                .as_ref()
-                .and_then(|m| m.0.get("recording_sid"))
-                .and_then(|v| v.as_str())
-                == Some(sid.as_str())
-        })
-    {
-        return thank_you();
-    }
     let from = done.from.clone().unwrap_or_default();
     let callback = NewCallbackRequest {
         id: Uuid::now_v7(),
@@ -213,13 +166,20 @@ async fn on_recording(state: &AppState, done: &RecordingDone) -> Response {
             "recording_duration": done.recording_duration,
         }),
     };
-    match state.store.insert_callback_request(&callback).await {
-        Ok(()) => {
+    // Twilio may repeat the webhook, even concurrently: the recording's SID (its URL, which
+    // names it, if the SID is missing) is a unique key, so a repeat writes nothing.
+    let key = done.recording_sid.as_deref().unwrap_or(&url);
+    match state.store.insert_voice_message(&callback, key).await {
+        Ok(true) => {
             info!(
                 callback = %callback.id,
                 number = %mask(&callback.callback_number),
                 "voice message recorded as a callback request"
             );
+            thank_you()
+        }
+        Ok(false) => {
+            info!("Twilio repeated a recording already recorded");
             thank_you()
         }
         Err(e) => {
