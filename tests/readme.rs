@@ -167,3 +167,17 @@ fn the_readme_run_command_names_the_binary_cargo_run_picks() {
         "several binaries, so only default-run makes the bare command work"
     );
 }
+
+#[test]
+fn the_env_example_is_a_dotenv_file_lifeline_reads() {
+    // README: `cp .env.example .env`; lifeline reads it with dotenvy at start.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.example");
+    let vars: Vec<(String, String)> = dotenvy::from_path_iter(&path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!(".env.example: {e}"));
+    let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("LIFELINE_CONFIG"), Some("fixtures/demo.toml"));
+    assert_eq!(get("DATABASE_URL"), Some("sqlite://lifeline.db?mode=rwc"));
+    assert_eq!(get("PORT"), Some("8080"));
+}
