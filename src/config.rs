@@ -1276,6 +1276,52 @@ mod tests {
     }
 
     #[test]
+    fn a_demo_section_makes_a_staff_account_only_outside_production_settings() {
+        let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
+        let demo = "[demo]\nstaff_username = \"demo\"\nstaff_password = \"demo-password-123\"\n";
+        let cfg = Config::build(
+            &process(),
+            Some((&format!("{demo}{GOOD}"), Path::new("t.toml"))),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(cfg.demo.as_ref().unwrap().staff_username, "demo");
+        let account = cfg
+            .admin
+            .staff
+            .iter()
+            .find(|s| s.username == "demo")
+            .unwrap();
+        assert_eq!(account.tenant, None, "every clinic");
+        assert!(crate::ops::admin::auth::verify_password(
+            "demo-password-123",
+            &account.password_hash
+        ));
+
+        // No [demo], no account and no demo.
+        let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
+        assert!(cfg.demo.is_none() && cfg.admin.staff.is_empty());
+
+        let public =
+            format!("[server]\npublic_url = \"https://lifeline.example.com\"\n{demo}{GOOD}");
+        let err = Config::build(&process(), Some((&public, Path::new("t.toml"))), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[demo] cannot be used with an https server.public_url"),
+            "{err}"
+        );
+        let weak = format!("[demo]\nstaff_username = \"demo\"\nstaff_password = \"short\"\n{GOOD}");
+        let err = Config::build(&process(), Some((&weak, Path::new("t.toml"))), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("demo.staff_password must be at least 12"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redacts_passwords_in_urls() {
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/db"),

@@ -452,7 +452,11 @@ async fn database_settings_are_accepted_after_the_subcommand(engine: Engine) {
         let out = run(lifeline(args, &[])).await;
         if args[0] == "staff" {
             // Reaches the database: the account is looked up there.
-            assert!(out.stderr.contains("no account nobody"), "{args:?}: {}", out.stderr);
+            assert!(
+                out.stderr.contains("no account nobody"),
+                "{args:?}: {}",
+                out.stderr
+            );
         } else {
             assert!(out.status.success(), "{args:?}: {}", out.stderr);
         }
@@ -511,14 +515,24 @@ async fn callbacks_list_shows_requests_staff_resolved(engine: Engine) {
     store.insert_callback_request(&waiting).await.unwrap();
     let id = done.id.to_string();
     let out = run(lifeline(
-        &["callbacks", "resolve", &id, "--note", "called back, cat is fine"],
+        &[
+            "callbacks",
+            "resolve",
+            &id,
+            "--note",
+            "called back, cat is fine",
+        ],
         &[("DATABASE_URL", &db.url)],
     ))
     .await;
     assert!(out.status.success(), "{}", out.stderr);
 
     assert_eq!(listed(&db.url, &["--status", "resolved"]).await, vec![id]);
-    assert!(listed(&db.url, &["--status", "dead_letter"]).await.is_empty());
+    assert!(
+        listed(&db.url, &["--status", "dead_letter"])
+            .await
+            .is_empty()
+    );
     assert_eq!(listed(&db.url, &[]).await.len(), 2);
 }
 
@@ -662,13 +676,19 @@ async fn dotenv_fills_in_what_the_environment_does_not_set() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let read = wait_for_log_starting(&mut lines, "settings read from ./.env").await;
-    assert_eq!(read["fields"]["variables"], 3, "four in the file, PORT from the environment: {read}");
+    assert_eq!(
+        read["fields"]["variables"], 3,
+        "four in the file, PORT from the environment: {read}"
+    );
     let serving = wait_for_log(&mut lines, "lifeline serving").await;
     let addr: std::net::SocketAddr = serving["fields"]["addr"].as_str().unwrap().parse().unwrap();
     assert_ne!(addr.port(), 1);
     assert_ne!(addr.port(), 0);
     assert!(addr.ip().is_loopback(), "LIFELINE_BIND came from .env");
-    assert_eq!(serving["fields"]["tenants"], 1, "LIFELINE_CONFIG came from .env");
+    assert_eq!(
+        serving["fields"]["tenants"], 1,
+        "LIFELINE_CONFIG came from .env"
+    );
     assert!(db.exists(), "DATABASE_URL came from .env");
     terminate(&child);
     assert!(
@@ -779,7 +799,10 @@ async fn backup_copies_a_serving_sqlite_database() {
     .await;
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.contains("backup written to"), "{}", out.stdout);
-    assert_eq!(sqlite_rows_and_integrity(&copy).await, (3, "ok".to_string()));
+    assert_eq!(
+        sqlite_rows_and_integrity(&copy).await,
+        (3, "ok".to_string())
+    );
     // Never over an existing file.
     let again = run(lifeline(
         &["backup", copy.to_str().unwrap()],
@@ -787,7 +810,11 @@ async fn backup_copies_a_serving_sqlite_database() {
     ))
     .await;
     assert_eq!(again.status.code(), Some(1));
-    assert!(again.stderr.contains("never overwrites"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("never overwrites"),
+        "{}",
+        again.stderr
+    );
     terminate(&child);
     assert!(
         tokio::time::timeout(HANG_GUARD, child.wait())

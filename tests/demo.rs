@@ -157,20 +157,21 @@ async fn the_readme_run_command_serves_an_explorable_demo() {
         401,
         "a wrong password is refused"
     );
-    assert_eq!(visitor.login(user, password).await, 303, "the README's login");
+    assert_eq!(
+        visitor.login(user, password).await,
+        303,
+        "the README's login"
+    );
     let (status, page) = visitor.get("/admin").await;
     assert_eq!(status, 200);
     assert!(page.contains("Nobody is waiting for a callback."), "{page}");
 
     // A fake call from the demo clinic's Jambonz: accepted, and its message reaches the
     // dashboard.
-    let mut call = FakeFeatureServer::connect(
-        &format!("ws://{addr}/jambonz"),
-        "demo",
-        "demo-password-123",
-    )
-    .await
-    .expect("the demo clinic's Jambonz credentials are accepted");
+    let mut call =
+        FakeFeatureServer::connect(&format!("ws://{addr}/jambonz"), "demo", "demo-password-123")
+            .await
+            .expect("the demo clinic's Jambonz credentials are accepted");
     let output = call
         .collect_info_call("demo-call-1", "limping since this afternoon")
         .await;

@@ -15,7 +15,13 @@ fn root() -> &'static Path {
 /// `cargo metadata` of a manifest (no dependencies, no network).
 fn metadata(manifest: &Path) -> Result<Value, String> {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
         .arg("--manifest-path")
         .arg(manifest)
         .output()
@@ -131,7 +137,11 @@ fn railway_describes_a_web_service_gated_on_readiness_and_a_worker_service() {
     let web = railway("railway.toml");
     let worker = railway("railway.worker.toml");
     for (name, service) in [("web", &web), ("worker", &worker)] {
-        assert_eq!(service["build"]["builder"].as_str(), Some("DOCKERFILE"), "{name}");
+        assert_eq!(
+            service["build"]["builder"].as_str(),
+            Some("DOCKERFILE"),
+            "{name}"
+        );
         assert_eq!(
             service["build"]["dockerfilePath"].as_str(),
             Some("Dockerfile"),

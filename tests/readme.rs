@@ -122,14 +122,17 @@ fn every_toml_block_of_the_readme_loads_through_the_real_configuration_loader() 
 fn the_twilio_snippet_that_used_to_fail_is_refused_with_its_line_when_written_the_old_way() {
     // The README once put the clinic's `fallback` under [ultravox]: the loader must point at it.
     let text = format!("{BASE}\n[ultravox]\nsetup_timeout_ms = 5000\n\nfallback = \"dial\"\n");
-    let line = text.lines().position(|l| l.starts_with("fallback")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("fallback"))
+        .unwrap()
+        + 1;
     let err = Config::build(&process(), Some((&text, Path::new("x.toml"))), &env).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains(&format!(
             "x.toml, line {line}, column 1 (in [ultravox]): unknown field `fallback`"
-        ))
-            && msg.contains("[[tenants]] entry"),
+        )) && msg.contains("[[tenants]] entry"),
         "{msg}"
     );
 }
@@ -154,16 +157,19 @@ fn the_readme_run_command_names_the_binary_cargo_run_picks() {
     let text = readme();
     assert!(text.contains("\nLIFELINE_CONFIG=fixtures/demo.toml cargo run --release\n"));
     // `cargo run` without --bin runs the package's default-run binary.
-    let manifest: Value =
-        toml::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap())
-            .unwrap();
-    assert_eq!(manifest["package"]["default-run"].as_str(), Some("lifeline"));
+    let manifest: Value = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["package"]["default-run"].as_str(),
+        Some("lifeline")
+    );
     let bins = manifest["bin"].as_array().unwrap();
     assert!(
         bins.len() > 1
-            && bins
-                .iter()
-                .any(|b| b["name"].as_str() == Some("lifeline") && b["path"].as_str() == Some("src/main.rs")),
+            && bins.iter().any(|b| b["name"].as_str() == Some("lifeline")
+                && b["path"].as_str() == Some("src/main.rs")),
         "several binaries, so only default-run makes the bare command work"
     );
 }
