@@ -2,8 +2,9 @@
 # Fetches a headless Chromium and its ChromeDriver for the dashboard's browser test into the
 # project's own cache, without installing or upgrading any system package:
 #
-#   .cache/browser/debs/   the Debian packages, as downloaded (apt-get download)
-#   .cache/browser/root/   their files, unpacked (dpkg-deb -x): usr/lib/chromium/{chromium,chromedriver}
+#   .cache/browser/root/   the Debian packages' files, unpacked (dpkg-deb -x; the .debs, downloaded
+#                          with apt-get download, are deleted once unpacked):
+#                          usr/lib/chromium/{chromium,chromedriver}
 #   .cache/browser/bin/    chromium and chromedriver: wrappers that point LD_LIBRARY_PATH at root/
 #   .cache/browser/apt/    a private copy of the apt package lists (the system's are not touched)
 #   .cache/browser/VERSION the Chromium version in the cache
@@ -11,7 +12,7 @@
 # What is fetched: Debian's chromium, chromium-common and chromium-driver, plus the libraries
 # they need that this machine does not have (apt-get works that out from the system's package
 # database; packages the system has in an older version are used as they are, never upgraded).
-# About 130 MB on a machine with a desktop's libraries, more on a bare one.
+# About 130 MB to download and 400 MB unpacked.
 #
 # The cache is pinned: once filled it is used as it is (no network) until it is deleted or
 # LIFELINE_CHROMIUM_VERSION asks for another version. Needs apt-get and dpkg-deb (Debian or
@@ -84,6 +85,7 @@ for deb in "$CACHE"/debs/*.deb; do
 done
 [[ -x "$CACHE/root/usr/lib/chromium/chromium" && -x "$CACHE/root/usr/lib/chromium/chromedriver" ]] \
   || die "the packages hold no usr/lib/chromium/{chromium,chromedriver}"
+rm -rf "$CACHE/debs"
 
 # Every directory of the unpacked tree that holds shared libraries (some, like PulseAudio's,
 # live in subdirectories their library finds through its RUNPATH).

@@ -16,7 +16,7 @@ use crate::config::redact_url;
 
 /// How long the first PostgreSQL connection may take before the server is called unreachable
 /// (a firewall that drops packets gives no other answer).
-const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite URLs without a `mode` create their file: the embedded default must work in an empty
 /// directory. `mode=ro`, `rw` or `memory` are kept as written.
