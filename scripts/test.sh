@@ -5,7 +5,11 @@
 #   2. installs the jambonz verb validator (tools/verb-validator, @jambonz/verb-specifications)
 #      and runs its self-test                                     -> $LIFELINE_VERB_VALIDATOR,
 #                                                                    $LIFELINE_REQUIRE_VERB_VALIDATOR=1
-#   3. installs Debian's chromium and chromium-driver for the dashboard's browser test
+#   3. fetches a pinned Chromium + ChromeDriver into .cache/browser for the dashboard's browser
+#      test (scripts/fetch-browser.sh: apt-get download + dpkg-deb -x, no system package changed)
+#                                                                 -> $LIFELINE_CHROMIUM,
+#                                                                    $LIFELINE_CHROMEDRIVER
+#      LIFELINE_SKIP_BROWSER=1 skips this step and the browser test.
 #   4. runs the Rust tests (cargo nextest if installed, else cargo test)
 set -euo pipefail
 
@@ -58,14 +62,20 @@ export LIFELINE_VERB_VALIDATOR="$VV/validate.js"
 export LIFELINE_REQUIRE_VERB_VALIDATOR=1
 
 # --- c. Chromium for the dashboard's browser test ---------------------------------------------
-if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
-  step "chromium and chromedriver present"
+# A pinned Chromium and ChromeDriver in the project's cache (.cache/browser), fetched once with
+# `apt-get download` and unpacked there: no system package is installed or upgraded.
+if [[ "${LIFELINE_SKIP_BROWSER:-}" == 1 ]]; then
+  step "LIFELINE_SKIP_BROWSER=1: no Chromium fetched; the dashboard's browser test (tests/browser.rs) is skipped"
+elif [[ -n "${LIFELINE_CHROMIUM:-}" && -n "${LIFELINE_CHROMEDRIVER:-}" ]]; then
+  step "browser test uses LIFELINE_CHROMIUM=$LIFELINE_CHROMIUM and LIFELINE_CHROMEDRIVER=$LIFELINE_CHROMEDRIVER"
 else
-  command -v apt-get >/dev/null 2>&1 || die "chromium/chromedriver missing and apt-get is unavailable; install Chromium and ChromeDriver (or set LIFELINE_SKIP_BROWSER=1)"
-  step "installing chromium and chromium-driver with apt-get (browser test)"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || die "apt-get update failed"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2 \
-    || die "apt-get install chromium chromium-driver failed"
+  step "fetching Chromium + ChromeDriver into .cache/browser (scripts/fetch-browser.sh; set LIFELINE_SKIP_BROWSER=1 to skip the browser test)"
+  browser_paths="$("$ROOT/scripts/fetch-browser.sh")" \
+    || die "scripts/fetch-browser.sh failed (see above); set LIFELINE_SKIP_BROWSER=1 to run without the browser test"
+  while IFS='=' read -r name value; do
+    case "$name" in LIFELINE_CHROMIUM|LIFELINE_CHROMEDRIVER) export "$name=$value" ;; esac
+  done <<<"$browser_paths"
+  [[ -n "${LIFELINE_CHROMIUM:-}" && -n "${LIFELINE_CHROMEDRIVER:-}" ]] || die "scripts/fetch-browser.sh printed no paths"
 fi
 
 # --- d. Rust tests -----------------------------------------------------------------------------

@@ -15,13 +15,17 @@ use serde::Deserialize;
 
 mod admin;
 mod delivery;
+mod demo;
 mod jambonz_frame;
 mod lifecycle;
 mod ops;
+mod source;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
+pub use demo::DemoSettings;
 pub use lifecycle::LifecycleSettings;
 pub use ops::OpsSettings;
+pub use source::CONFIG_TOML_VAR;
 
 use crate::phone::E164;
 use crate::tools::business_hours::BusinessHours;
@@ -62,6 +66,9 @@ pub struct Config {
     pub ops: OpsSettings,
     /// Shutdown grace and the reconciler.
     pub lifecycle: LifecycleSettings,
+    /// `[demo]`: this configuration is a demonstration with a published dashboard login (the
+    /// account is in `admin.staff`). Never in production; start-up says so loudly.
+    pub demo: Option<DemoSettings>,
     pub tenants: Vec<Arc<Tenant>>,
 }
 
@@ -242,21 +249,24 @@ impl Config {
         let mut problems = Vec::new();
         let raw: RawFile = match file {
             None => RawFile::default(),
-            Some((text, path)) => match toml::from_str::<toml::Value>(text) {
-                Err(e) => {
-                    return Err(ConfigError(vec![format!("{}: {e}", path.display())]));
+            Some((text, path)) => {
+                // The structure is checked on the text itself, so that an unknown key or a value
+                // of the wrong type is reported with its line; `${NAME}` only ever stands for a
+                // string, so resolving it afterwards cannot change the structure.
+                if let Err(e) = toml::from_str::<RawFile>(text) {
+                    return Err(ConfigError(vec![source::located(path, text, &e)]));
                 }
-                Ok(value) => {
-                    let value = interpolate(value, env, &mut problems);
-                    match RawFile::deserialize(value) {
-                        Ok(raw) => raw,
-                        Err(e) => {
-                            problems.push(format!("{}: {e}", path.display()));
-                            return Err(ConfigError(problems));
-                        }
+                let value = toml::from_str::<toml::Value>(text)
+                    .map_err(|e| ConfigError(vec![source::located(path, text, &e)]))?;
+                let value = interpolate(value, "", env, &mut problems);
+                match RawFile::deserialize(value) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", path.display()));
+                        return Err(ConfigError(problems));
                     }
                 }
-            },
+            }
         };
 
         if !(process.database_url.starts_with("sqlite:")
@@ -371,9 +381,18 @@ impl Config {
             }
         }
         let tenant_ids: Vec<&str> = tenants.iter().map(|t| t.id.as_str()).collect();
-        let admin = raw.admin.validate(raw.staff, &tenant_ids, &mut problems);
+        let mut admin = raw.admin.validate(raw.staff, &tenant_ids, &mut problems);
+        let demo = raw.demo.map(|d| {
+            d.validate(
+                &mut admin,
+                twilio.is_some(),
+                public_url.as_deref(),
+                &mut problems,
+            )
+        });
         if problems.is_empty() {
             Ok(Self {
+                demo,
                 admin,
                 delivery,
                 worker,
@@ -407,17 +426,24 @@ impl Config {
         self.tenants.iter().find(|t| t.id == id)
     }
 
-    /// Reads the file named by `LIFELINE_CONFIG` (if any) and builds the configuration.
+    /// Reads the file named by `LIFELINE_CONFIG`, or the text of `LIFELINE_CONFIG_TOML` (one of
+    /// them, or neither: no tenants), and builds the configuration.
     pub fn load(process: &ProcessSettings) -> Result<Self, ConfigError> {
         let env = |name: &str| std::env::var(name).ok();
-        match &process.config_path {
+        match source::read(process.config_path.as_deref(), &env)? {
             None => Self::build(process, None, &env),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(vec![format!("cannot read {}: {e}", path.display())])
-                })?;
-                Self::build(process, Some((&text, path)), &env)
-            }
+            Some((text, label)) => Self::build(process, Some((&text, &label)), &env),
+        }
+    }
+
+    /// Where the configuration came from, for start-up logs (`None`: no file, no tenants).
+    pub fn source_label(process: &ProcessSettings) -> Option<String> {
+        match &process.config_path {
+            Some(path) => Some(path.display().to_string()),
+            None => std::env::var(CONFIG_TOML_VAR)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|_| CONFIG_TOML_VAR.to_string()),
         }
     }
 }
@@ -429,21 +455,22 @@ pub struct ProcessSettings {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://lifeline.db?mode=rwc"
+        default_value = "sqlite://lifeline.db?mode=rwc",
+        global = true
     )]
     pub database_url: String,
     /// Address to listen on.
-    #[arg(long, env = "LIFELINE_BIND", default_value = "0.0.0.0")]
+    #[arg(long, env = "LIFELINE_BIND", default_value = "0.0.0.0", global = true)]
     pub bind: IpAddr,
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "PORT", default_value_t = 8080)]
+    #[arg(long, env = "PORT", default_value_t = 8080, global = true)]
     pub port: u16,
-    /// TOML file with tenants and limits.
-    #[arg(long = "config", env = "LIFELINE_CONFIG")]
+    /// TOML file with tenants and limits (or its whole text in `LIFELINE_CONFIG_TOML`).
+    #[arg(long = "config", env = "LIFELINE_CONFIG", global = true)]
     pub config_path: Option<PathBuf>,
     /// Largest PostgreSQL connection pool of this process (mind the server's
     /// `max_connections` across instances).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true,
           value_parser = clap::value_parser!(u32).range(2..=512))]
     pub database_max_connections: u32,
 }
@@ -467,23 +494,36 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Replaces every `${NAME}` in the strings of `value` by environment variable `NAME`. `key` is
+/// where `value` sits (`tenants[0].jambonz.password`): a variable that is not set is a problem
+/// that names the key referencing it.
 fn interpolate(
     value: toml::Value,
+    key: &str,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> toml::Value {
     match value {
-        toml::Value::String(s) => toml::Value::String(interpolate_str(&s, env, problems)),
+        toml::Value::String(s) => toml::Value::String(interpolate_str(&s, key, env, problems)),
         toml::Value::Array(items) => toml::Value::Array(
             items
                 .into_iter()
-                .map(|v| interpolate(v, env, problems))
+                .enumerate()
+                .map(|(i, v)| interpolate(v, &format!("{key}[{i}]"), env, problems))
                 .collect(),
         ),
         toml::Value::Table(table) => toml::Value::Table(
             table
                 .into_iter()
-                .map(|(k, v)| (k, interpolate(v, env, problems)))
+                .map(|(k, v)| {
+                    let path = if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{key}.{k}")
+                    };
+                    let v = interpolate(v, &path, env, problems);
+                    (k, v)
+                })
                 .collect(),
         ),
         other => other,
@@ -492,6 +532,7 @@ fn interpolate(
 
 fn interpolate_str(
     s: &str,
+    key: &str,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> String {
@@ -505,7 +546,9 @@ fn interpolate_str(
                 let name = &after[..end];
                 match env(name) {
                     Some(v) => out.push_str(&v),
-                    None => problems.push(format!("environment variable {name} is not set")),
+                    None => problems.push(format!(
+                        "environment variable {name} is not set (referenced by {key})"
+                    )),
                 }
                 rest = &after[end + 1..];
             }
@@ -543,6 +586,7 @@ struct RawFile {
     staff: Vec<admin::RawStaff>,
     #[serde(default)]
     ops: ops::RawOps,
+    demo: Option<demo::RawDemo>,
     #[serde(default)]
     shutdown: lifecycle::RawShutdown,
     #[serde(default)]
@@ -1229,6 +1273,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_demo_section_makes_a_staff_account_only_outside_production_settings() {
+        let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
+        let demo = "[demo]\nstaff_username = \"demo\"\nstaff_password = \"demo-password-123\"\n";
+        let cfg = Config::build(
+            &process(),
+            Some((&format!("{demo}{GOOD}"), Path::new("t.toml"))),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(cfg.demo.as_ref().unwrap().staff_username, "demo");
+        let account = cfg
+            .admin
+            .staff
+            .iter()
+            .find(|s| s.username == "demo")
+            .unwrap();
+        assert_eq!(account.tenant, None, "every clinic");
+        assert!(crate::ops::admin::auth::verify_password(
+            "demo-password-123",
+            &account.password_hash
+        ));
+
+        // No [demo], no account and no demo.
+        let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
+        assert!(cfg.demo.is_none() && cfg.admin.staff.is_empty());
+
+        let public =
+            format!("[server]\npublic_url = \"https://lifeline.example.com\"\n{demo}{GOOD}");
+        let err = Config::build(&process(), Some((&public, Path::new("t.toml"))), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[demo] cannot be used with an https server.public_url"),
+            "{err}"
+        );
+        let weak = format!("[demo]\nstaff_username = \"demo\"\nstaff_password = \"short\"\n{GOOD}");
+        let err = Config::build(&process(), Some((&weak, Path::new("t.toml"))), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("demo.staff_password must be at least 12"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -116,7 +116,9 @@ impl Server {
     /// Serves with an already opened and migrated store.
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         ops::metrics::install();
-        let listener = TcpListener::bind((config.bind, config.port)).await?;
+        let listener = TcpListener::bind((config.bind, config.port))
+            .await
+            .map_err(|e| bind_error(config.bind, config.port, e))?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pipeline = Arc::new(Pipeline::new(store.clone(), config.limits.clone()));
@@ -239,4 +241,22 @@ impl Server {
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
+}
+
+/// Why the listening address cannot be used, naming it and the settings that choose it.
+fn bind_error(ip: std::net::IpAddr, port: u16, e: std::io::Error) -> anyhow::Error {
+    let addr = SocketAddr::new(ip, port);
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process listens there (an older lifeline?): stop it, or choose another PORT"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges: choose a PORT of 1024 or more"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address: fix LIFELINE_BIND (0.0.0.0 listens on every address)"
+        }
+        _ => "check PORT and LIFELINE_BIND",
+    };
+    anyhow::anyhow!("cannot listen on {addr}: {e}; {hint}")
 }

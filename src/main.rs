@@ -1,10 +1,20 @@
-//! The `lifeline` command: `serve` (the default), `worker`, `migrate`, `callbacks …`.
+//! The `lifeline` command: `serve` (the default), `worker`, `migrate`, `callbacks …`, `staff …`,
+//! `tools schema`, `backup`, `healthcheck`.
+//!
+//! Settings come from the environment; a `.env` file in the current directory fills in what the
+//! environment does not set (the environment wins). A setting that cannot work ends the process
+//! at once with one message that names it: exit code 2 for the configuration, 1 for anything
+//! else (a database that cannot be opened, an address in use).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use lifeline::config::{Config, ProcessSettings, redact_url};
+use lifeline::config::{CONFIG_TOML_VAR, Config, ProcessSettings, redact_url};
 use lifeline::ops::callbacks_cli::{self, CallbacksCommand};
 use lifeline::ops::staff_cli::{self, StaffCommand};
+use lifeline::ops::tools_cli::{self, ToolsCommand};
 use lifeline::worker::Worker;
 use lifeline::{Server, store, telemetry};
 
@@ -42,6 +52,16 @@ enum Command {
         #[command(subcommand)]
         command: StaffCommand,
     },
+    /// The tools lifeline serves, as Ultravox declarations (for an Ultravox agent).
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+    /// Copy the SQLite database to FILE while lifeline keeps running (`VACUUM INTO`).
+    Backup {
+        /// The new file (never overwritten).
+        file: PathBuf,
+    },
     /// Exit 0 if the local server answers `GET /healthz` (for container health checks).
     Healthcheck {
         /// URL to check; default `http://127.0.0.1:$PORT/healthz`.
@@ -50,107 +70,278 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// What happened to `./.env`.
+enum DotEnv {
+    Read(usize),
+    Absent,
+}
+
+/// Reads `./.env` into the environment, without replacing variables that are already set.
+/// Runs before any thread exists (changing the environment is only sound then).
+fn read_dotenv() -> Result<DotEnv, String> {
+    let path = std::path::Path::new(".env");
+    if !path.is_file() {
+        return Ok(DotEnv::Absent);
+    }
+    let items = dotenvy::from_path_iter(path).map_err(|e| format!(".env: {e}"))?;
+    let mut read = 0;
+    for item in items {
+        let (key, value) = item.map_err(|e| format!(".env: {e}"))?;
+        if std::env::var_os(&key).is_none() {
+            // SAFETY: called from `main` before the runtime (or any other thread) starts.
+            unsafe { std::env::set_var(&key, value) };
+            read += 1;
+        }
+    }
+    Ok(DotEnv::Read(read))
+}
+
+fn main() -> ExitCode {
+    let dotenv = match read_dotenv() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("lifeline: cannot read settings from {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
-    if let Some(Command::Healthcheck { url }) = &cli.command {
-        let url = url
-            .clone()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", cli.process.port));
-        return healthcheck(&url).await;
-    }
-    if let Some(Command::Callbacks { command }) = cli.command {
-        // Operators read the output: no JSON logs on top of it.
-        let store = store::connect(&cli.process.database_url).await?;
-        store.migrate().await?;
-        let code = callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await;
-        std::process::exit(code);
-    }
-    if let Some(Command::Staff { command }) = cli.command {
-        let store = match command {
-            StaffCommand::Hash => None,
-            StaffCommand::Add { .. } | StaffCommand::Remove { .. } => {
-                let store = store::connect(&cli.process.database_url).await?;
-                store.migrate().await?;
-                Some(store)
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lifeline: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli, dotenv))
+}
+
+/// Ends the process with `message` on standard error (and in the logs, when they are on).
+fn failed(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    let message = message.to_string();
+    tracing::error!(error = %message, "lifeline cannot run");
+    eprintln!("lifeline: error: {message}");
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let process = cli.process;
+    match command {
+        Command::Healthcheck { url } => {
+            let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}/healthz", process.port));
+            match healthcheck(&url).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(1, format!("{e:#}")),
             }
+        }
+        Command::Tools { command } => exit_code(tools_cli::run(command, &mut std::io::stdout())),
+        Command::Backup { file } => {
+            match lifeline::ops::backup::sqlite_backup(&process.database_url, &file).await {
+                Ok(bytes) => {
+                    println!("backup written to {} ({bytes} bytes)", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed(1, e),
+            }
+        }
+        // Operators read the output of these: no JSON logs on top of it.
+        Command::Callbacks { command } => {
+            let store = match open_store(&process.database_url, 16).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            exit_code(callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await)
+        }
+        Command::Staff { command } => staff(&process, command).await,
+        Command::Migrate => {
+            let _telemetry = telemetry::init(&cli.log_format);
+            log_dotenv(&dotenv);
+            if open_store(&process.database_url, 16).await.is_err() {
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(database = %redact_url(&process.database_url), "migrations applied");
+            ExitCode::SUCCESS
+        }
+        Command::Worker => {
+            let _telemetry = telemetry::init(&cli.log_format);
+            log_dotenv(&dotenv);
+            let config = match Config::load(&process) {
+                Ok(c) => c,
+                Err(e) => return config_failed(e),
+            };
+            worker(config).await
+        }
+        Command::Serve => {
+            let _telemetry = telemetry::init(&cli.log_format);
+            log_dotenv(&dotenv);
+            let config = match Config::load(&process) {
+                Ok(c) => c,
+                Err(e) => return config_failed(e),
+            };
+            serve(config, Config::source_label(&process)).await
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn config_failed(e: lifeline::config::ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
+}
+
+fn log_dotenv(dotenv: &DotEnv) {
+    match dotenv {
+        DotEnv::Read(n) => tracing::info!(
+            variables = n,
+            "settings read from ./.env (variables already in the environment win)"
+        ),
+        DotEnv::Absent => {}
+    }
+}
+
+/// Opens and migrates the database, or reports (exit 1) why it cannot be.
+async fn open_store(
+    url: &str,
+    max_connections: u32,
+) -> Result<std::sync::Arc<dyn store::Store>, ExitCode> {
+    let store = store::connect_with_pool(url, max_connections)
+        .await
+        .map_err(|e| failed(1, e))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| failed(1, format!("migrating {}: {e}", redact_url(url))))?;
+    Ok(store)
+}
+
+async fn staff(process: &ProcessSettings, command: StaffCommand) -> ExitCode {
+    if let StaffCommand::Add {
+        tenant: Some(tenant),
+        ..
+    } = &command
+    {
+        // The clinic must be one the service answers for: a typo would make an account that
+        // sees nothing.
+        let source = Config::source_label(process);
+        let config = match source {
+            None => None,
+            Some(_) => match Config::load(process) {
+                Ok(c) => Some(c),
+                Err(e) => return config_failed(e),
+            },
         };
-        let code = staff_cli::run(
+        let ids: Vec<&str> = config
+            .iter()
+            .flat_map(|c| c.tenants.iter().map(|t| t.id.as_str()))
+            .collect();
+        let known = source.as_deref().map(|s| (ids.as_slice(), s));
+        if let Err(e) = staff_cli::check_clinic(tenant, known) {
+            eprintln!("lifeline staff: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let store = match command {
+        StaffCommand::Hash => None,
+        StaffCommand::Add { .. } | StaffCommand::Remove { .. } => {
+            match open_store(&process.database_url, 16).await {
+                Ok(s) => Some(s),
+                Err(code) => return code,
+            }
+        }
+    };
+    exit_code(
+        staff_cli::run(
             store.as_deref(),
             command,
             &mut std::io::stdin().lock(),
             &mut std::io::stdout(),
         )
-        .await;
-        std::process::exit(code);
+        .await,
+    )
+}
+
+async fn worker(config: Config) -> ExitCode {
+    let signal = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => return failed(1, format!("cannot handle signals: {e}")),
+    };
+    let store = match open_store(&config.database_url, config.database_max_connections).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if config.database_url.starts_with("sqlite:") {
+        tracing::warn!(
+            "a separate worker on SQLite learns of new requests only by polling \
+             (worker.poll_interval_ms); the worker inside `lifeline serve` is woken at once"
+        );
     }
-    let _telemetry = telemetry::init(&cli.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck { .. } | Command::Callbacks { .. } | Command::Staff { .. } => {
-            unreachable!("handled above")
-        }
-        Command::Worker => {
-            let config = load_config(&cli.process);
-            let signal = shutdown_signal()?;
-            let store =
-                store::connect_with_pool(&config.database_url, config.database_max_connections)
-                    .await?;
-            store.migrate().await?;
-            if config.database_url.starts_with("sqlite:") {
-                tracing::warn!(
-                    "a separate worker on SQLite learns of new requests only by polling \
-                     (worker.poll_interval_ms); the worker inside `lifeline serve` is woken at once"
-                );
-            }
-            let worker = Worker::new(std::sync::Arc::new(config), store)?;
-            tracing::info!(worker = %worker.id(), "lifeline worker running");
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let running = tokio::spawn(worker.run(stopped));
-            signal.await;
-            tracing::info!("shutting down");
-            let _ = stop.send(true);
-            running.await?;
-            Ok(())
-        }
-        Command::Migrate => {
-            let store = store::connect(&cli.process.database_url).await?;
-            store.migrate().await?;
-            tracing::info!(database = %redact_url(&cli.process.database_url), "migrations applied");
-            Ok(())
-        }
-        Command::Serve => {
-            let config = load_config(&cli.process);
-            if config.tenants.is_empty() {
-                tracing::warn!(
-                    "no tenants configured: every call will be refused (set LIFELINE_CONFIG)"
-                );
-            }
-            let database = redact_url(&config.database_url);
-            let tenants = config.tenants.len();
-            // Listen before serving: a SIGTERM that arrives during start-up must still mean
-            // a graceful stop, not the default action (death).
-            let signal = shutdown_signal()?;
-            let server = Server::start(config).await?;
-            tracing::info!(addr = %server.addr, %database, tenants, "lifeline serving");
-            let stop = server.shutdown_handle();
-            tokio::spawn(async move {
-                signal.await;
-                tracing::info!("shutting down");
-                let _ = stop.send(true);
-            });
-            server.wait().await
-        }
+    let worker = match Worker::new(std::sync::Arc::new(config), store) {
+        Ok(w) => w,
+        Err(e) => return failed(1, format!("{e:#}")),
+    };
+    tracing::info!(worker = %worker.id(), "lifeline worker running");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(worker.run(stopped));
+    signal.await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    match running.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(1, format!("the worker failed: {e}")),
     }
 }
 
-/// The configuration, or exit 2 with every problem listed.
-fn load_config(process: &ProcessSettings) -> Config {
-    match Config::load(process) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
+async fn serve(config: Config, source: Option<String>) -> ExitCode {
+    if config.tenants.is_empty() {
+        // A service that can serve nobody must not look ready to a load balancer.
+        return failed(
+            2,
+            format!(
+                "no clinics configured, so every call would be refused: set LIFELINE_CONFIG to \
+                 a TOML file or {CONFIG_TOML_VAR} to its text (to try lifeline: \
+                 LIFELINE_CONFIG=fixtures/demo.toml){}",
+                source
+                    .map(|s| format!("; {s} has no [[tenants]]"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(demo) = &config.demo {
+        tracing::warn!(
+            staff = %demo.staff_username,
+            config = source.as_deref().unwrap_or("-"),
+            "DEMO MODE: the dashboard (/admin) accepts the [demo] login from the configuration \
+             file, whose password is public; never run this configuration in production"
+        );
+    }
+    let database = redact_url(&config.database_url);
+    let tenants = config.tenants.len();
+    // Listen before serving: a SIGTERM that arrives during start-up must still mean a graceful
+    // stop, not the default action (death).
+    let signal = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => return failed(1, format!("cannot handle signals: {e}")),
+    };
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => return failed(1, format!("{e:#}")),
+    };
+    tracing::info!(addr = %server.addr, %database, tenants, "lifeline serving");
+    let stop = server.shutdown_handle();
+    tokio::spawn(async move {
+        signal.await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    match server.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(1, format!("{e:#}")),
     }
 }
 

@@ -695,14 +695,19 @@ async fn the_live_feed_streams_new_requests_as_they_are_queued(engine: Engine) {
     assert!(!after.contains(&later.id.to_string()), "{after}");
 }
 
-/// `lifeline staff …` with `stdin` as standard input.
+/// `lifeline staff …` with `stdin` as standard input, run as an operator would: with the
+/// service's database and configuration (`staff add --tenant` checks the clinic against it).
 async fn staff_cli(app: &TestApp, args: &[&str], stdin: &str) -> (i32, String, String) {
     use tokio::io::AsyncWriteExt;
+    // A directory without a `.env`, so nothing but the settings below reaches the command.
+    let cwd = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
         .arg("staff")
         .args(args)
         .env_clear()
+        .current_dir(cwd.path())
         .env("DATABASE_URL", &app.db.url)
+        .env("LIFELINE_CONFIG_TOML", common::config_toml(""))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -2,8 +2,10 @@
 //! in, sees a new critical callback request appear without a reload, with its cue, and marks it
 //! done.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`scripts/test.sh` installs them). Without
-//! them this test fails, unless `LIFELINE_SKIP_BROWSER=1` says to skip it on purpose.
+//! Needs a Chromium and its ChromeDriver: `LIFELINE_CHROMIUM` and `LIFELINE_CHROMEDRIVER`, else
+//! the project cache `scripts/fetch-browser.sh` fills (`scripts/test.sh` runs it), else Debian's
+//! `/usr/bin/chromium` and `/usr/bin/chromedriver`. Without one this test fails;
+//! `LIFELINE_SKIP_BROWSER=1` skips it on purpose (and says so).
 
 mod common;
 
@@ -21,9 +23,22 @@ use uuid::Uuid;
 
 on_both_engines!(staff_see_a_new_critical_callback_live_and_mark_it_done);
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
 const WAIT: Duration = Duration::from_secs(30);
+
+/// `tool` (`chromium` or `chromedriver`): the environment variable, else the project cache,
+/// else the system's.
+fn browser_tool(variable: &str, tool: &str) -> String {
+    if let Ok(path) = std::env::var(variable) {
+        return path;
+    }
+    let cached = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/browser/bin")
+        .join(tool);
+    if cached.exists() {
+        return cached.display().to_string();
+    }
+    format!("/usr/bin/{tool}")
+}
 
 /// chromedriver on a free port, killed with the test.
 struct Driver {
@@ -33,15 +48,16 @@ struct Driver {
 }
 
 async fn start_driver() -> Option<Driver> {
-    let driver = std::env::var("LIFELINE_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.into());
+    if std::env::var("LIFELINE_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("LIFELINE_SKIP_BROWSER=1: browser test skipped on purpose");
+        return None;
+    }
+    let driver = browser_tool("LIFELINE_CHROMEDRIVER", "chromedriver");
     if !std::path::Path::new(&driver).exists() {
-        if std::env::var("LIFELINE_SKIP_BROWSER").as_deref() == Ok("1") {
-            eprintln!("LIFELINE_SKIP_BROWSER=1: browser test skipped on purpose");
-            return None;
-        }
         panic!(
-            "{driver} not found: install Debian's chromium and chromium-driver (scripts/test.sh \
-             does), or set LIFELINE_SKIP_BROWSER=1 to skip this test on purpose"
+            "{driver} not found: run scripts/fetch-browser.sh (scripts/test.sh does) to fetch \
+             Chromium into .cache/browser, or set LIFELINE_CHROMIUM and LIFELINE_CHROMEDRIVER, \
+             or set LIFELINE_SKIP_BROWSER=1 to skip this test on purpose"
         );
     }
     let port = {
@@ -75,7 +91,7 @@ async fn start_driver() -> Option<Driver> {
 }
 
 async fn browser(driver: &Driver) -> Client {
-    let binary = std::env::var("LIFELINE_CHROMIUM").unwrap_or_else(|_| CHROMIUM.into());
+    let binary = browser_tool("LIFELINE_CHROMIUM", "chromium");
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),

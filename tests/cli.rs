@@ -19,6 +19,10 @@ on_both_engines!(
     migrate_creates_the_schema_and_can_run_again,
     serve_answers_health_checks_and_exits_zero_on_sigterm,
     sigterm_right_after_serving_is_logged_still_shuts_down_gracefully,
+    database_settings_are_accepted_after_the_subcommand,
+    callbacks_list_shows_requests_staff_resolved,
+    staff_add_refuses_a_clinic_the_configuration_does_not_have,
+    the_whole_configuration_can_come_from_one_environment_variable,
 );
 
 /// How long a process may take before the test calls it hung.
@@ -33,11 +37,13 @@ const TABLES: [&str; 5] = [
     "callback_requests",
 ];
 
-/// The binary with an empty environment (nothing from the developer's shell leaks in) plus `env`.
+/// The binary with an empty environment (nothing from the developer's shell leaks in) plus `env`,
+/// run in a directory without a `.env` (nor one from the developer's checkout).
 fn lifeline(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
     cmd.args(args)
         .env_clear()
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -427,4 +433,402 @@ async fn sigterm_right_after_serving_is_logged_still_shuts_down_gracefully(engin
              {status:?} instead of a graceful exit"
         );
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+
+fn demo_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo.toml")
+}
+
+async fn database_settings_are_accepted_after_the_subcommand(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    for args in [
+        &["callbacks", "list", "--json", "--database-url", &db.url][..],
+        &["--database-url", &db.url, "callbacks", "list", "--json"][..],
+        &["migrate", "--database-url", &db.url][..],
+        &["staff", "remove", "nobody", "--database-url", &db.url][..],
+    ] {
+        let out = run(lifeline(args, &[])).await;
+        if args[0] == "staff" {
+            // Reaches the database: the account is looked up there.
+            assert!(
+                out.stderr.contains("no account nobody"),
+                "{args:?}: {}",
+                out.stderr
+            );
+        } else {
+            assert!(out.status.success(), "{args:?}: {}", out.stderr);
+        }
+    }
+    assert_eq!(existing_tables(engine, &db.url).await, all_tables());
+}
+
+fn new_request(tenant: &str) -> lifeline::store::NewCallbackRequest {
+    lifeline::store::NewCallbackRequest {
+        id: uuid::Uuid::new_v4(),
+        created_at: chrono::Utc::now(),
+        tenant_id: tenant.into(),
+        call_id: None,
+        call_sid: None,
+        tool_call_log_id: None,
+        transfer_attempt_id: None,
+        reason: "message",
+        callback_number: "+14168189171".into(),
+        caller_name: Some("Jeremy Greven".into()),
+        first_name: None,
+        last_name: None,
+        pet_name: Some("Tommie".into()),
+        species: Some("Cat".into()),
+        breed: None,
+        age: None,
+        concern_description: Some("vomiting since this evening".into()),
+        urgency_reason: None,
+        urgency: lifeline::tools::urgency::Urgency::Normal,
+        metadata: serde_json::json!({}),
+    }
+}
+
+/// The ids `callbacks list --json ARGS` prints.
+async fn listed(url: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["callbacks", "list", "--json"];
+    all.extend_from_slice(args);
+    let out = run(lifeline(&all, &[("DATABASE_URL", url)])).await;
+    assert!(out.status.success(), "{all:?}: {}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("one JSON object per line")["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+async fn callbacks_list_shows_requests_staff_resolved(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let done = new_request("riverside");
+    let waiting = new_request("riverside");
+    store.insert_callback_request(&done).await.unwrap();
+    store.insert_callback_request(&waiting).await.unwrap();
+    let id = done.id.to_string();
+    let out = run(lifeline(
+        &[
+            "callbacks",
+            "resolve",
+            &id,
+            "--note",
+            "called back, cat is fine",
+        ],
+        &[("DATABASE_URL", &db.url)],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+
+    assert_eq!(listed(&db.url, &["--status", "resolved"]).await, vec![id]);
+    assert!(
+        listed(&db.url, &["--status", "dead_letter"])
+            .await
+            .is_empty()
+    );
+    assert_eq!(listed(&db.url, &[]).await.len(), 2);
+}
+
+async fn staff_add_refuses_a_clinic_the_configuration_does_not_have(engine: Engine) {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(engine).await;
+    let demo = demo_path();
+    let add = |tenant: &'static str, with_config: bool| {
+        let mut env = vec![("DATABASE_URL", db.url.clone())];
+        if with_config {
+            env.push(("LIFELINE_CONFIG", demo.display().to_string()));
+        }
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut cmd = lifeline(&["staff", "add", "night-nurse", "--tenant", tenant], &env);
+            let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"a long enough password\n")
+                .await
+                .unwrap();
+            let out = tokio::time::timeout(HANG_GUARD, child.wait_with_output())
+                .await
+                .expect("lifeline hung")
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, stderr) = add("nosuch", true).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no clinic \"nosuch\"") && stderr.contains("demo-clinic"),
+        "names the clinic and the known ones: {stderr}"
+    );
+    let (code, stderr) = add("nosuch", false).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no configuration is loaded"), "{stderr}");
+    let store = db.store().await;
+    assert!(
+        store.staff_account("night-nurse").await.unwrap().is_none(),
+        "no account was made for a clinic that does not exist"
+    );
+
+    let (code, stderr) = add("demo-clinic", true).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let account = store.staff_account("night-nurse").await.unwrap().unwrap();
+    assert_eq!(account.tenant_id.as_deref(), Some("demo-clinic"));
+}
+
+async fn the_whole_configuration_can_come_from_one_environment_variable(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let text = std::fs::read_to_string(demo_path()).unwrap();
+    let mut child = lifeline(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("LIFELINE_CONFIG_TOML", &text),
+            ("PORT", "0"),
+            ("LIFELINE_BIND", "127.0.0.1"),
+        ],
+    )
+    .spawn()
+    .expect("spawn lifeline serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let demo = wait_for_log_starting(&mut lines, "DEMO MODE").await;
+    assert_eq!(demo["level"], "WARN", "{demo}");
+    assert_eq!(demo["fields"]["config"], "LIFELINE_CONFIG_TOML", "{demo}");
+    let serving = wait_for_log(&mut lines, "lifeline serving").await;
+    assert_eq!(serving["fields"]["tenants"], 1, "{serving}");
+    let addr = serving["fields"]["addr"].as_str().unwrap().to_string();
+    // The clinic of the variable answers its Jambonz credentials.
+    assert_eq!(
+        common::try_connect(
+            &format!("ws://{addr}/jambonz"),
+            Some(("demo", "demo-password-123")),
+            Some("ws.jambonz.org"),
+        )
+        .await,
+        Ok(())
+    );
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    terminate(&child);
+    let status = tokio::time::timeout(HANG_GUARD, child.wait())
+        .await
+        .expect("exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Like `wait_for_log`, for a message that starts with `prefix`.
+async fn wait_for_log_starting(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> Value {
+    tokio::time::timeout(HANG_GUARD, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(prefix))
+            {
+                return v;
+            }
+        }
+        panic!("lifeline exited before logging {prefix:?}")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {prefix:?} log"))
+}
+
+#[tokio::test]
+async fn dotenv_fills_in_what_the_environment_does_not_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("from-dotenv.db");
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "# as .env.example suggests\nLIFELINE_CONFIG={}\nDATABASE_URL=sqlite://{}\n\
+             LIFELINE_BIND=127.0.0.1\nPORT=1\n",
+            demo_path().display(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    // The environment wins over the file: PORT=0, not the file's 1.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .env_clear()
+        .env("PORT", "0")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let read = wait_for_log_starting(&mut lines, "settings read from ./.env").await;
+    assert_eq!(
+        read["fields"]["variables"], 3,
+        "four in the file, PORT from the environment: {read}"
+    );
+    let serving = wait_for_log(&mut lines, "lifeline serving").await;
+    let addr: std::net::SocketAddr = serving["fields"]["addr"].as_str().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 1);
+    assert_ne!(addr.port(), 0);
+    assert!(addr.ip().is_loopback(), "LIFELINE_BIND came from .env");
+    assert_eq!(
+        serving["fields"]["tenants"], 1,
+        "LIFELINE_CONFIG came from .env"
+    );
+    assert!(db.exists(), "DATABASE_URL came from .env");
+    terminate(&child);
+    assert!(
+        tokio::time::timeout(HANG_GUARD, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn tools_schema_prints_what_call_setup_declares() {
+    use lifeline::protocol::ultravox::{client_tools, data_connection_tools};
+    let json = |out: &Finished| -> Value {
+        assert!(out.status.success(), "{}", out.stderr);
+        serde_json::from_str(&out.stdout).expect("JSON")
+    };
+    let agent = json(&run(lifeline(&["tools", "schema"], &[])).await);
+    assert_eq!(
+        agent["callTemplate"]["selectedTools"],
+        Value::from(data_connection_tools()),
+        "the default is an agent body with data-connection tools (Twilio calls)"
+    );
+    let client = json(
+        &run(lifeline(
+            &[
+                "tools",
+                "schema",
+                "--implementation",
+                "client",
+                "--format",
+                "selected-tools",
+            ],
+            &[],
+        ))
+        .await,
+    );
+    assert_eq!(client, Value::from(client_tools()));
+    // What an operator pastes declares every tool and its required parameters.
+    let tools = agent["callTemplate"]["selectedTools"].as_array().unwrap();
+    let names: Vec<&str> = tools
+        .iter()
+        .map(|t| t["temporaryTool"]["modelToolName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["collect_info", "transfer", "hang_up"]);
+    let required = |tool: usize| -> Vec<&str> {
+        tools[tool]["temporaryTool"]["dynamicParameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["required"] == true)
+            .map(|p| p["name"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(required(0), ["callback_number", "concern_description"]);
+    assert_eq!(required(1), ["urgency_reason"]);
+    assert!(tools[0]["temporaryTool"]["dataConnection"].is_object());
+}
+
+/// Rows of `callback_requests` in the SQLite file at `path`, and its integrity check.
+async fn sqlite_rows_and_integrity(path: &Path) -> (i64, String) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect("open backup");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM callback_requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    (rows, check)
+}
+
+#[tokio::test]
+async fn backup_copies_a_serving_sqlite_database() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let demo = demo_path();
+    let mut child = lifeline(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("LIFELINE_CONFIG", demo.to_str().unwrap()),
+            ("PORT", "0"),
+            ("LIFELINE_BIND", "127.0.0.1"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    wait_for_log(&mut lines, "lifeline serving").await;
+    let store = db.store().await;
+    for _ in 0..3 {
+        store
+            .insert_callback_request(&new_request("demo-clinic"))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("backup.db");
+    let out = run(lifeline(
+        &["backup", copy.to_str().unwrap()],
+        &[("DATABASE_URL", &db.url)],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("backup written to"), "{}", out.stdout);
+    assert_eq!(
+        sqlite_rows_and_integrity(&copy).await,
+        (3, "ok".to_string())
+    );
+    // Never over an existing file.
+    let again = run(lifeline(
+        &["backup", copy.to_str().unwrap()],
+        &[("DATABASE_URL", &db.url)],
+    ))
+    .await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        again.stderr.contains("never overwrites"),
+        "{}",
+        again.stderr
+    );
+    terminate(&child);
+    assert!(
+        tokio::time::timeout(HANG_GUARD, child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn backup_of_postgres_points_at_pg_dump() {
+    let db = TestDb::new(Engine::Postgres).await;
+    let out = run(lifeline(&["backup", "x.db"], &[("DATABASE_URL", &db.url)])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("pg_dump"), "{}", out.stderr);
 }

@@ -341,8 +341,10 @@ async fn assert_delivered_once(
     in_flight: Option<usize>,
 ) -> HashMap<String, usize> {
     let got = frontend.wait_for(kinds.len()).await;
-    // Late duplicates would arrive now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The frontend sees a POST before the worker records its answer: wait until every request
+    // is recorded as posted and released. Then no worker holds a claim, so none can still be
+    // posting, and a duplicate would already be in `received`.
+    let rows = wait_until_posted_and_released(store, kinds.len()).await;
     let got_after = frontend.received();
     assert_eq!(got_after.len(), got.len(), "no request is posted twice");
     let keys: HashSet<&str> = got_after.iter().map(|r| r.key.as_str()).collect();
@@ -353,13 +355,6 @@ async fn assert_delivered_once(
         assert_urgency_order(&got_after, kinds, in_flight);
     }
 
-    let rows = store
-        .callback_requests(&CallbackFilter {
-            limit: Some(10_000),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     assert_eq!(rows.len(), kinds.len());
     let mut per_worker: HashMap<String, usize> = HashMap::new();
     for r in &rows {
@@ -373,6 +368,32 @@ async fn assert_delivered_once(
         *per_worker.entry(attempts[0].worker_id.clone()).or_default() += 1;
     }
     per_worker
+}
+
+/// Every callback request, once all `n` are `posted` with no lease held (or, after the hang
+/// guard, as they are: the caller's assertions then say what is wrong).
+async fn wait_until_posted_and_released(
+    store: &Arc<dyn Store>,
+    n: usize,
+) -> Vec<lifeline::store::CallbackRequestRow> {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let rows = store
+            .callback_requests(&CallbackFilter {
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let settled = rows.len() == n
+            && rows
+                .iter()
+                .all(|r| r.status == "posted" && r.lease_owner.is_none());
+        if settled || tokio::time::Instant::now() >= deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Critical before urgent before normal; only requests in flight together may overtake.

@@ -16,8 +16,9 @@ use crate::store::{ActionError, CallbackFilter, CallbackRequestRow, StaffAction,
 pub enum CallbacksCommand {
     /// List callback requests, most urgent first, then oldest.
     List {
-        /// pending, posted, failed, cancelled or dead_letter.
-        #[arg(long, value_parser = ["pending", "posted", "failed", "cancelled", "dead_letter"])]
+        /// pending, posted, failed, cancelled, dead_letter, or resolved (marked done by staff,
+        /// whatever its delivery status).
+        #[arg(long, value_parser = crate::store::REQUEST_STATUSES)]
         status: Option<String>,
         /// critical, urgent or normal.
         #[arg(long, value_parser = ["critical", "urgent", "normal"])]

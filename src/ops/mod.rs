@@ -1,9 +1,12 @@
 //! What operators and on-call staff use: the dashboard, health and readiness, Prometheus
-//! metrics, the security headers every response carries, the `callbacks` and `staff` CLIs.
+//! metrics, the security headers every response carries, the `callbacks`, `staff`, `tools` and
+//! `backup` commands.
 
 pub mod admin;
+pub mod backup;
 pub mod callbacks_cli;
 pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod staff_cli;
+pub mod tools_cli;

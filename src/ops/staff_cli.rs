@@ -30,6 +30,25 @@ pub enum StaffCommand {
     Hash,
 }
 
+/// Checks that `tenant` is a clinic of the configuration the service runs with. `known` is that
+/// configuration's clinic ids and where it came from, or `None` when none was given.
+pub fn check_clinic(tenant: &str, known: Option<(&[&str], &str)>) -> Result<(), String> {
+    match known {
+        None => Err(format!(
+            "cannot check that clinic {tenant:?} exists: no configuration is loaded; run with the \
+             service's LIFELINE_CONFIG (or LIFELINE_CONFIG_TOML) and its secrets"
+        )),
+        Some((ids, _)) if ids.contains(&tenant) => Ok(()),
+        Some(([], source)) => Err(format!(
+            "no clinic {tenant:?}: the configuration ({source}) has no clinics"
+        )),
+        Some((ids, source)) => Err(format!(
+            "no clinic {tenant:?} in the configuration ({source}); its clinics are: {}",
+            ids.join(", ")
+        )),
+    }
+}
+
 fn read_password(input: &mut dyn BufRead) -> Result<String, String> {
     let mut line = String::new();
     input

@@ -835,7 +835,8 @@ macro_rules! impl_store {
                     "SELECT ",
                     callback_columns!(),
                     " FROM callback_requests \
-                     WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2) \
+                     WHERE ($1 IS NULL OR tenant_id = $1) \
+                     AND ($2 IS NULL OR status = $2 OR ($2 = 'resolved' AND resolved_at IS NOT NULL)) \
                      AND ($3 IS NULL OR call_id = $3) AND ($5 IS NULL OR urgency_level = $5) \
                      ORDER BY urgency_rank, created_at, id LIMIT $4"
                 ))

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod common;
+mod connect_check;
 pub mod models;
 pub mod postgres;
 pub mod queue;
@@ -38,6 +39,9 @@ pub enum StoreError {
     /// call); nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The database cannot be opened; the message names it and says why.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Where the database's schema stands against the migrations this build embeds, from
@@ -256,8 +260,18 @@ pub async fn connect_with_pool(
     max_connections: u32,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(database_url).await?))
+        let url = connect_check::sqlite_url_creating_file(database_url);
+        match sqlite::SqliteStore::connect(&url).await {
+            Ok(store) => Ok(Arc::new(store)),
+            Err(StoreError::Database(e)) => Err(StoreError::Unavailable(
+                connect_check::explain_sqlite(&url, &e),
+            )),
+            Err(e) => Err(e),
+        }
     } else {
+        connect_check::check_postgres(database_url)
+            .await
+            .map_err(StoreError::Unavailable)?;
         Ok(Arc::new(
             postgres::PgStore::connect_with_pool(database_url, max_connections).await?,
         ))

@@ -315,6 +315,7 @@ pub struct CallbackRequestRow {
 #[derive(Debug, Clone, Default)]
 pub struct CallbackFilter {
     pub tenant_id: Option<String>,
+    /// A stored status, or `resolved`: requests staff marked done, whatever their status.
     pub status: Option<String>,
     /// `critical`, `urgent` or `normal`.
     pub urgency: Option<String>,
