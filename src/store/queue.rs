@@ -501,6 +501,7 @@ macro_rules! impl_delivery_queue {
                 }
 
                 async fn record_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+                    crate::store::text::escape!(r, "delivery");
                     if let DeliveryOutcome::Deferred { at } = &r.outcome {
                         let applied = sqlx::query(
                             "UPDATE callback_requests SET lease_owner = NULL, \
@@ -684,6 +685,7 @@ macro_rules! impl_delivery_queue {
                     alert: &AlertRow,
                     send: &AlertSend,
                 ) -> Result<(), StoreError> {
+                    crate::store::text::escape!(send, "alert");
                     sqlx::query(
                         "INSERT INTO alert_sends (id, callback_request_id, kind, round, channel, \
                          target, attempt, at, ok, status_code, error) \
@@ -706,6 +708,7 @@ macro_rules! impl_delivery_queue {
                 }
 
                 async fn record_alert(&self, r: &AlertRecord) -> Result<bool, StoreError> {
+                    crate::store::text::escape!(r, "alert");
                     let (status, failed, next, error, sent_at) = match &r.outcome {
                         AlertOutcome::Sent => ("sent", 0, None, None, Some(r.at)),
                         AlertOutcome::Skipped { reason } => {
@@ -823,6 +826,7 @@ macro_rules! impl_delivery_queue {
                     actor: &str,
                     now: DateTime<Utc>,
                 ) -> Result<CallbackRequestRow, ActionError> {
+                    crate::store::text::escape!(action, "staff_action");
                     let mut tx = self.writer().begin().await.map_err(StoreError::from)?;
                     let current: Option<(String, Option<String>, Option<DateTime<Utc>>)> =
                         sqlx::query_as(
