@@ -9,7 +9,8 @@
 //!
 //! A stray NUL in what a caller said is almost always garbage from a client, and the caller's
 //! request matters far more than that one character. So lifeline never refuses a write because
-//! of it: every value the store writes goes through [`escaped`] first, on both engines, and
+//! of it: every value the call path, the delivery worker and staff actions write goes through
+//! [`escaped`] first (one line at the top of each store method), on both engines, and
 //! U+0000 becomes U+FFFD (the replacement character, which shows staff that something was
 //! there). Which fields changed is logged (their names, never their content), counted in
 //! `lifeline_text_sanitized_total{kind}`, and for a tool call kept in its row's
@@ -166,13 +167,20 @@ pub fn key<'a>(kind: &'static str, s: &'a str) -> Cow<'a, str> {
     escaped
 }
 
-/// Logs and counts escaped fields: names only, as the content may be a caller's words.
+/// Logs and counts escaped fields. The log names lifeline's own fields only (`tool_parameters`,
+/// not `tool_parameters.<key>`): keys inside JSON are the model's, and may be a caller's words.
 fn note(kind: &'static str, changed: &[String]) {
     metrics::counter!("lifeline_text_sanitized_total", "kind" => kind)
         .increment(changed.len() as u64);
+    let mut fields: Vec<&str> = changed
+        .iter()
+        .map(|p| p.split(['.', '[']).next().unwrap_or(""))
+        .collect();
+    fields.dedup();
     tracing::warn!(
         kind,
-        fields = ?changed,
+        count = changed.len(),
+        ?fields,
         "text the database cannot store (NUL) was stored with U+FFFD in its place"
     );
 }
