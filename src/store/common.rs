@@ -324,6 +324,7 @@ macro_rules! impl_store {
             }
 
             async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
+                crate::store::text::escape!(call, "call");
                 // The no-op update makes RETURNING give the existing row on a repeat.
                 Ok(sqlx::query_as(concat!(
                     "INSERT INTO calls (id, tenant_id, platform, call_ref, from_number, \
@@ -354,6 +355,7 @@ macro_rules! impl_store {
                 platform: Platform,
                 call_ref: &str,
             ) -> Result<Option<CallRow>, StoreError> {
+                crate::store::text::escape!(key call_ref, "call");
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     call_columns!(),
@@ -369,6 +371,7 @@ macro_rules! impl_store {
                 &self,
                 ultravox_call_id: &str,
             ) -> Result<Option<CallRow>, StoreError> {
+                crate::store::text::escape!(key ultravox_call_id, "call");
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     call_columns!(),
@@ -400,6 +403,7 @@ macro_rules! impl_store {
                 call_id: Uuid,
                 u: &CallStatusUpdate,
             ) -> Result<(), StoreError> {
+                crate::store::text::escape!(u, "call_status");
                 let mut tx = self.writer().begin().await?;
                 // A call that ended stays ended, whatever arrives late; and an event older
                 // (by the platform's sequence number) than the one applied changes nothing:
@@ -439,6 +443,7 @@ macro_rules! impl_store {
                 call_id: Uuid,
                 ultravox_call_id: &str,
             ) -> Result<(), StoreError> {
+                crate::store::text::escape!(key ultravox_call_id, "call");
                 // Linking the same call again is a no-op; another Ultravox call is a conflict
                 // the caller must hear of (tools could not find the call by the new id).
                 let linked = sqlx::query(
@@ -467,6 +472,7 @@ macro_rules! impl_store {
             }
 
             async fn append_call_event(&self, e: &NewCallEvent) -> Result<(), StoreError> {
+                crate::store::text::escape!(e, "call_event");
                 sqlx::query(
                     "INSERT INTO call_events (id, call_id, at, kind, detail) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -498,6 +504,9 @@ macro_rules! impl_store {
                 windows: &CountWindows,
                 check: LimitCheck<'_>,
             ) -> Result<Begun, StoreError> {
+                // Text the database cannot store is escaped, and the escaped paths noted in the row.
+                let (log, plan) = crate::store::text::escaped_invocation(log, plan);
+                let (log, plan) = (log.as_ref(), plan.as_ref());
                 let platform = log.platform.as_str();
                 // Invocations of one call are serialised from here to the commit, so the
                 // limit holds exactly even when a model fires tools in parallel, and a repeat
@@ -560,6 +569,7 @@ macro_rules! impl_store {
                 log_id: Uuid,
                 o: &Recorded,
             ) -> Result<(), StoreError> {
+                crate::store::text::escape!(o, "tool_call");
                 sqlx::query(
                     "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
                      error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
@@ -594,6 +604,8 @@ macro_rules! impl_store {
                 call_ref: &str,
                 invocation_key: &str,
             ) -> Result<Option<ToolCallLogRow>, StoreError> {
+                crate::store::text::escape!(key call_ref, "tool_call");
+                crate::store::text::escape!(key invocation_key, "tool_call");
                 let mut conn = self.reader().acquire().await?;
                 Ok(find_log(&mut conn, platform.as_str(), call_ref, invocation_key).await?)
             }
@@ -603,6 +615,7 @@ macro_rules! impl_store {
                 platform: Platform,
                 call_ref: &str,
             ) -> Result<Vec<ToolCallLogRow>, StoreError> {
+                crate::store::text::escape!(key call_ref, "tool_call");
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     log_columns!(),
@@ -619,6 +632,7 @@ macro_rules! impl_store {
                 &self,
                 attempt: &NewTransferAttempt,
             ) -> Result<TransferStart, StoreError> {
+                crate::store::text::escape!(attempt, "transfer");
                 let mut conn = self.writer().acquire().await?;
                 if insert_attempt(&mut conn, attempt).await? {
                     return Ok(TransferStart::Started);
@@ -744,6 +758,7 @@ macro_rules! impl_store {
                 &self,
                 request: &NewCallbackRequest,
             ) -> Result<(), StoreError> {
+                crate::store::text::escape!(request, "callback_request");
                 let mut conn = self.writer().acquire().await?;
                 insert_callback(&mut conn, request).await?;
                 self.bump_queue();
@@ -765,6 +780,7 @@ macro_rules! impl_store {
             }
 
             async fn finish_transfer(&self, f: &TransferFinish) -> Result<bool, StoreError> {
+                crate::store::text::escape!(f, "transfer");
                 let mut tx = self.writer().begin().await?;
                 let ended = sqlx::query(
                     "UPDATE transfer_attempts SET status = $2, dial_call_status = $3, \
@@ -831,6 +847,7 @@ macro_rules! impl_store {
                 &self,
                 filter: &CallbackFilter,
             ) -> Result<Vec<CallbackRequestRow>, StoreError> {
+                crate::store::text::escape!(filter, "callback_filter");
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     callback_columns!(),

@@ -11,6 +11,7 @@ pub mod models;
 pub mod postgres;
 pub mod queue;
 pub mod sqlite;
+pub mod text;
 pub mod twilio_calls;
 
 use std::sync::Arc;
@@ -30,7 +31,12 @@ use crate::tools::{Platform, ToolError};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The database refused text it cannot store (NUL). Permanent: the same write fails again,
+    /// and the database itself is fine (never a sign of an outage). The store escapes such text
+    /// before writing it (see [`text`]), so this only means some text escaped the escaping.
+    #[error("the database cannot store this text (it holds a NUL character): {0}")]
+    Unstorable(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("not found: {0}")]
@@ -42,6 +48,38 @@ pub enum StoreError {
     /// The database cannot be opened; the message names it and says why.
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if text::is_unstorable(&e) {
+            Self::Unstorable(e)
+        } else {
+            Self::Database(e)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether this is the refusal of text the database cannot store: retrying the same write
+    /// cannot help, and the database is not down.
+    pub fn is_unstorable(&self) -> bool {
+        matches!(self, Self::Unstorable(_))
+    }
+
+    /// What to tell a model whose tool call could not be recorded because of this error.
+    pub fn tool_error(&self) -> ToolError {
+        match self {
+            Self::Unstorable(_) => ToolError::validation(
+                "the request contains characters that cannot be stored (a NUL character); \
+                 call the tool again without it",
+            ),
+            _ => ToolError::new(
+                crate::tools::ErrorKind::Database,
+                "the request could not be recorded; try the same tool again",
+            ),
+        }
+    }
 }
 
 /// Where the database's schema stands against the migrations this build embeds, from

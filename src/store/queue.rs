@@ -47,8 +47,10 @@ impl QueueSignal {
 pub enum DeliveryOutcome {
     /// The frontend answered 2xx.
     Delivered,
-    /// A transient failure; try again at `at`.
-    Retry { at: DateTime<Utc> },
+    /// A transient failure; try again at `at`. `counted` adds it to the request's failed
+    /// attempts (`retry_count`), which the retry schedule runs on; a failed half-open trial of
+    /// a frontend that is down is not counted: the frontend failed, not the request.
+    Retry { at: DateTime<Utc>, counted: bool },
     /// Given up: the frontend refused the request (`rejected`, e.g. a 400) or the last attempt
     /// of the schedule failed. The request becomes a dead letter and is never retried by itself.
     DeadLetter { reason: String, rejected: bool },
@@ -70,6 +72,15 @@ impl DeliveryOutcome {
             Self::Deferred { .. } => "deferred",
         }
     }
+}
+
+/// The tenants whose requests go to one frontend (see [`DeliveryQueue::align_retries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantScope {
+    /// These tenants.
+    Only(Vec<String>),
+    /// Every tenant but these (the default frontend's: every tenant without one of its own).
+    AllExcept(Vec<String>),
 }
 
 /// The result of one POST to the frontend, to record on the claimed request.
@@ -357,6 +368,19 @@ pub trait DeliveryQueue: Send + Sync {
     /// its outcome to the request. Returns whether the outcome was applied.
     async fn record_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError>;
 
+    /// Makes the waiting, unleased requests of the tenants in `scope` due at `at`: those due
+    /// later are moved to `at` and, with `hold_sooner`, those due sooner wait until `at` too.
+    /// Used when a frontend's circuit opens (every waiting request is then due when trials are
+    /// let through, and claim order alone, urgency then age, decides which go first) and while
+    /// it is half-open with every trial slot taken. Returns how many requests moved.
+    async fn align_retries(
+        &self,
+        scope: &TenantScope,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        hold_sooner: bool,
+    ) -> Result<u64, StoreError>;
+
     /// Gives a claimed request back untouched (shutdown before its POST finished).
     async fn release_callback(
         &self,
@@ -454,7 +478,7 @@ macro_rules! impl_delivery_queue {
                 ActionError, AlertCount, AlertOutcome, AlertRecord, AlertRow, AlertSend,
                 AlertSendRow, AuditRow, ClaimedAlert, DeliveryAttemptRow, DeliveryOutcome,
                 DeliveryQueue, DeliveryRecord, QueueStats, RequestCount, StaffAction,
-                alert_columns,
+                TenantScope, alert_columns,
             };
             use crate::store::{CallbackRequestRow, StoreError};
 
@@ -501,6 +525,7 @@ macro_rules! impl_delivery_queue {
                 }
 
                 async fn record_delivery(&self, r: &DeliveryRecord) -> Result<bool, StoreError> {
+                    crate::store::text::escape!(r, "delivery");
                     if let DeliveryOutcome::Deferred { at } = &r.outcome {
                         let applied = sqlx::query(
                             "UPDATE callback_requests SET lease_owner = NULL, \
@@ -541,7 +566,9 @@ macro_rules! impl_delivery_queue {
                     .await?;
                     let (status, failed, next_retry_at, dead_reason) = match &r.outcome {
                         DeliveryOutcome::Delivered => ("posted", 0, None, None),
-                        DeliveryOutcome::Retry { at } => ("failed", 1, Some(*at), None),
+                        DeliveryOutcome::Retry { at, counted } => {
+                            ("failed", i32::from(*counted), Some(*at), None)
+                        }
                         DeliveryOutcome::DeadLetter { reason, .. } => {
                             ("dead_letter", 1, None, Some(reason.as_str()))
                         }
@@ -580,6 +607,44 @@ macro_rules! impl_delivery_queue {
                         self.bump_queue();
                     }
                     Ok(applied)
+                }
+
+                async fn align_retries(
+                    &self,
+                    scope: &TenantScope,
+                    at: DateTime<Utc>,
+                    now: DateTime<Utc>,
+                    hold_sooner: bool,
+                ) -> Result<u64, StoreError> {
+                    let (tenants, negate) = match scope {
+                        TenantScope::Only(t) if t.is_empty() => return Ok(0),
+                        TenantScope::Only(t) => (t.as_slice(), ""),
+                        TenantScope::AllExcept(t) => (t.as_slice(), "NOT "),
+                    };
+                    let mut sql = String::from(
+                        "UPDATE callback_requests SET next_retry_at = $1, updated_at = $2 \
+                         WHERE status IN ('pending', 'failed') AND lease_owner IS NULL \
+                         AND resolved_at IS NULL",
+                    );
+                    sql.push_str(if hold_sooner {
+                        " AND (next_retry_at IS NULL OR next_retry_at <> $1)"
+                    } else {
+                        " AND next_retry_at > $1"
+                    });
+                    if !tenants.is_empty() {
+                        let placeholders: Vec<String> =
+                            (0..tenants.len()).map(|i| format!("${}", i + 3)).collect();
+                        sql.push_str(&format!(
+                            " AND tenant_id {negate}IN ({})",
+                            placeholders.join(", ")
+                        ));
+                    }
+                    // Only placeholders are added to the text; every value is bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at).bind(now);
+                    for tenant in tenants {
+                        query = query.bind(tenant);
+                    }
+                    Ok(query.execute(self.writer()).await?.rows_affected())
                 }
 
                 async fn release_callback(
@@ -684,6 +749,7 @@ macro_rules! impl_delivery_queue {
                     alert: &AlertRow,
                     send: &AlertSend,
                 ) -> Result<(), StoreError> {
+                    crate::store::text::escape!(send, "alert");
                     sqlx::query(
                         "INSERT INTO alert_sends (id, callback_request_id, kind, round, channel, \
                          target, attempt, at, ok, status_code, error) \
@@ -706,6 +772,7 @@ macro_rules! impl_delivery_queue {
                 }
 
                 async fn record_alert(&self, r: &AlertRecord) -> Result<bool, StoreError> {
+                    crate::store::text::escape!(r, "alert");
                     let (status, failed, next, error, sent_at) = match &r.outcome {
                         AlertOutcome::Sent => ("sent", 0, None, None, Some(r.at)),
                         AlertOutcome::Skipped { reason } => {
@@ -823,6 +890,7 @@ macro_rules! impl_delivery_queue {
                     actor: &str,
                     now: DateTime<Utc>,
                 ) -> Result<CallbackRequestRow, ActionError> {
+                    crate::store::text::escape!(action, "staff_action");
                     let mut tx = self.writer().begin().await.map_err(StoreError::from)?;
                     let current: Option<(String, Option<String>, Option<DateTime<Utc>>)> =
                         sqlx::query_as(

@@ -261,6 +261,20 @@ impl CircuitBreaker {
         })
     }
 
+    /// The state with the number of transitions so far, read at once: two readings with the
+    /// same `epoch` are of the same closed, open or half-open period.
+    pub fn phase(&self) -> BreakerPhase {
+        let inner = self.lock();
+        BreakerPhase {
+            state: inner.state.public(),
+            epoch: inner.epoch,
+            retry_in: match inner.state {
+                State::Open { until } => Some(until.saturating_duration_since(self.clock.now())),
+                State::Closed { .. } | State::HalfOpen { .. } => None,
+            },
+        }
+    }
+
     /// The breaker as operators see it.
     pub fn status(&self) -> BreakerStatus {
         status_of(self.api, self.clock.as_ref(), &self.inner)
@@ -365,6 +379,16 @@ fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     // The state is a few integers updated in single assignments; a panic elsewhere while
     // holding the lock cannot leave it half-written, so a poisoned lock is still usable.
     inner.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a breaker stands, from [`CircuitBreaker::phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPhase {
+    pub state: BreakerState,
+    /// Bumped on every transition: identifies the period the state belongs to.
+    pub epoch: u64,
+    /// Open: how long until a trial call is let through. `None` when not open.
+    pub retry_in: Option<Duration>,
 }
 
 /// One breaker as operators see it (from [`snapshot`] or [`CircuitBreaker::status`]).
@@ -682,6 +706,36 @@ mod tests {
         clock.advance(OPEN_FOR);
         assert!(breaker.acquire().is_ok());
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn the_phase_names_each_period() {
+        let (breaker, clock) = breaker();
+        let closed = breaker.phase();
+        assert_eq!(
+            (closed.state, closed.retry_in),
+            (BreakerState::Closed, None)
+        );
+        fail(&breaker, 5);
+        clock.advance(Duration::from_secs(10));
+        let open = breaker.phase();
+        assert_eq!(open.state, BreakerState::Open);
+        assert_eq!(open.retry_in, Some(Duration::from_secs(20)));
+        assert_ne!(open.epoch, closed.epoch);
+        // The same period reads the same epoch, however late.
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(breaker.phase().epoch, open.epoch);
+        clock.advance(Duration::from_secs(15));
+        let trial = breaker.acquire().unwrap();
+        let half_open = breaker.phase();
+        assert_eq!(
+            (half_open.state, half_open.retry_in),
+            (BreakerState::HalfOpen, None)
+        );
+        trial.failure();
+        let reopened = breaker.phase();
+        assert_eq!(reopened.state, BreakerState::Open);
+        assert!(reopened.epoch > half_open.epoch && half_open.epoch > open.epoch);
     }
 
     #[test]

@@ -60,6 +60,17 @@ impl<'a> Fields<'a> {
         Ok(Some(s))
     }
 
+    /// A text argument cut to at most `max` characters (the last one an ellipsis) instead of
+    /// refused for its length: for text lifeline only keeps, where a refusal would cost more
+    /// than the lost tail (the log row keeps the arguments as they came).
+    pub fn text_truncated(&self, name: &str, max: usize) -> Result<Option<String>, ToolError> {
+        let s = match self.map.get(name) {
+            Some(Value::String(s)) if s.trim().chars().count() > max => s.trim(),
+            _ => return self.text(name),
+        };
+        Ok(Some(truncate(s, max)))
+    }
+
     /// The first present text among several names (the original tools used different names for
     /// the same thing over time).
     pub fn first_text(&self, names: &[&str]) -> Result<Option<String>, ToolError> {
@@ -104,6 +115,20 @@ pub fn caller_name(
     })
 }
 
+/// `s` cut on a character boundary to at most `max` characters, the last one an ellipsis when
+/// anything was cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some(_) if max == 0 => String::new(),
+        Some(_) => {
+            // The byte offset of the character that leaves room for the ellipsis.
+            let end = s.char_indices().nth(max - 1).map_or(s.len(), |(i, _)| i);
+            format!("{}\u{2026}", &s[..end])
+        }
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -128,6 +153,29 @@ mod tests {
         assert_eq!(f.text("name").unwrap().as_deref(), Some("Max"));
         assert_eq!(f.text("empty").unwrap(), None);
         assert_eq!(f.phone("n").unwrap().unwrap().as_str(), "+14168189171");
+    }
+
+    #[test]
+    fn long_text_is_truncated_on_a_character_boundary() {
+        // Two-byte and four-byte characters: a cut by bytes would split one.
+        let long = "é🐈".repeat(1500);
+        let v = json!({ "reason": long, "short": " fine ", "o": {"x": 1} });
+        let f = Fields::new(&v).unwrap();
+        let cut = f.text_truncated("reason", MAX_TEXT).unwrap().unwrap();
+        assert_eq!(cut.chars().count(), MAX_TEXT);
+        assert!(cut.ends_with('…'));
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(
+            f.text_truncated("short", MAX_TEXT).unwrap().as_deref(),
+            Some("fine")
+        );
+        assert_eq!(f.text_truncated("missing", MAX_TEXT).unwrap(), None);
+        // Only the length is forgiven.
+        assert!(f.text_truncated("o", MAX_TEXT).is_err());
+        assert!(f.text("reason").is_err());
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "ab…");
+        assert_eq!(truncate("abcd", 0), "");
     }
 
     #[test]

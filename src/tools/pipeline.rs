@@ -304,10 +304,8 @@ impl Pipeline {
                     inv,
                     canonical,
                     started,
-                    Err(ToolError::new(
-                        ErrorKind::Database,
-                        "the request could not be recorded; try the same tool again",
-                    )),
+                    // A NUL the store could not escape is permanent, not an outage.
+                    Err(e.tool_error()),
                 );
             }
         };

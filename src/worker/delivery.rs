@@ -153,13 +153,13 @@ pub async fn post(
     // even if its body never finishes.
     let bytes = response.bytes().await.unwrap_or_default();
     let latency = started.elapsed();
-    // Kept for operators, within limits the database accepts: a small JSON answer as it is, the
-    // start of anything else as text; never a NUL character (PostgreSQL refuses it in text and
-    // JSON), so no answer can make the attempt unrecordable.
+    // Kept for operators: a small JSON answer as it is, the start of anything else as text. A
+    // NUL in a JSON answer (which PostgreSQL refuses) is stored as U+FFFD by the store
+    // (`store::text`), so no answer can make the attempt unrecordable; NUL bytes in a text
+    // answer are binary noise and are left out of the excerpt.
     let json = (bytes.len() <= MAX_JSON_BYTES)
         .then(|| serde_json::from_slice::<Value>(&bytes).ok())
-        .flatten()
-        .filter(|v| !v.to_string().contains("\\u0000"));
+        .flatten();
     let excerpt = (!bytes.is_empty()).then(|| {
         let end = bytes.len().min(EXCERPT_BYTES);
         String::from_utf8_lossy(&bytes[..end]).replace('\0', "")

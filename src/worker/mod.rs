@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod clock;
 pub mod delivery;
+pub mod gate;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -18,25 +19,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::config::{Config, Frontend};
+use crate::config::{Config, DeliverySettings, Frontend};
 use crate::store::{
     AlertOutcome, AlertRecord, CallbackRequestRow, ClaimedAlert, DeliveryOutcome, DeliveryRecord,
     Store, StoreError,
 };
-use crate::telephony::breaker::CircuitBreaker;
+use crate::telephony::breaker::{CircuitBreaker, Clock, SystemClock};
 
-use clock::{SystemWallClock, WallClock};
+use clock::{InstantsOf, SystemWallClock, WallClock};
 use delivery::Verdict;
+use gate::{FrontendLine, frontend_unavailable};
 
 /// Alerts claimed per query (they are few, and each may send several messages).
 const ALERT_BATCH: i64 = 10;
-
-/// The shortest time a request waits for an open circuit.
-const MIN_DEFERRAL: Duration = Duration::from_secs(5);
 
 /// One delivery worker.
 #[derive(Clone)]
@@ -50,9 +50,10 @@ struct Inner {
     store: Arc<dyn Store>,
     http: reqwest::Client,
     clock: Arc<dyn WallClock>,
-    /// One breaker per frontend URL: a frontend that is down is left alone for a while
-    /// instead of being sent every due request.
-    breakers: HashMap<String, Arc<CircuitBreaker>>,
+    /// One breaker per frontend URL (a frontend that is down is left alone for a while instead
+    /// of being sent every due request), with the due time its waiting requests share while
+    /// it is down (see [`gate`]).
+    lines: HashMap<String, Arc<FrontendLine>>,
     /// Whether any frontend is configured; without one, requests wait for staff (and the
     /// dashboard) and only alerts are sent.
     delivers: bool,
@@ -134,19 +135,7 @@ impl Worker {
             .pool_max_idle_per_host(config.worker.concurrency)
             .user_agent(concat!("lifeline/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let mut breakers = HashMap::new();
-        if let Some(f) = &config.delivery.frontend {
-            breakers.insert(f.url.clone(), Arc::new(CircuitBreaker::new("frontend")));
-        }
-        for t in &config.tenants {
-            if let Some(f) = &t.frontend {
-                breakers.entry(f.url.clone()).or_insert_with(|| {
-                    // Metric labels are &'static; tenants are few and fixed at start-up.
-                    let name: &'static str = Box::leak(format!("frontend:{}", t.id).into());
-                    Arc::new(CircuitBreaker::new(name))
-                });
-            }
-        }
+        let lines = gate::lines(&config, &(Arc::new(SystemClock) as Arc<dyn Clock>));
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "lifeline".into());
         let id = format!(
             "{host}-{}-{}",
@@ -156,23 +145,42 @@ impl Worker {
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
-                delivers: !breakers.is_empty(),
+                delivers: !lines.is_empty(),
                 config,
                 store,
                 http,
                 clock: Arc::new(SystemWallClock),
-                breakers,
+                lines,
             }),
         })
     }
 
-    /// The same worker reading time from `clock` (tests move it instead of waiting).
+    /// The same worker reading time from `clock` (tests move it instead of waiting), its
+    /// frontends' circuit breakers included.
     pub fn with_clock(self, clock: Arc<dyn WallClock>) -> Self {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
             panic!("with_clock must be called before the worker is cloned or started")
         });
+        let instants: Arc<dyn Clock> = Arc::new(InstantsOf::new(clock.clone()));
+        let lines = inner
+            .lines
+            .iter()
+            .map(|(url, line)| {
+                let breaker = CircuitBreaker::with_clock(
+                    line.breaker.api(),
+                    line.breaker.settings(),
+                    instants.clone(),
+                );
+                let line = FrontendLine::new(Arc::new(breaker), line.scope.clone());
+                (url.clone(), Arc::new(line))
+            })
+            .collect();
         Self {
-            inner: Arc::new(Inner { clock, ..inner }),
+            inner: Arc::new(Inner {
+                clock,
+                lines,
+                ..inner
+            }),
         }
     }
 
@@ -434,31 +442,28 @@ impl Inner {
             self.save(&record, &mut report).await;
             return report;
         };
-        let breaker = self.breakers.get(&frontend.url);
-        let permit = match breaker.map(|b| b.acquire()).transpose() {
+        let line = self.lines.get(&frontend.url);
+        let permit = match line.map(|l| l.breaker.acquire()).transpose() {
             Ok(p) => p,
             Err(open) => {
-                // Left alone until the circuit lets a trial through (at least a few seconds,
-                // so a half-open circuit is not spun on) ...
-                let wait = open.retry_in.max(MIN_DEFERRAL);
-                let age = started_at - request.created_at;
-                let patience = settings.retry_schedule.iter().sum::<Duration>();
-                let outcome = if age.to_std().unwrap_or_default() > patience {
+                let line = line.expect("a refusal comes from a breaker");
+                // Left alone until the circuit lets trials through, due with every other
+                // waiting request of this frontend (see `gate`) ...
+                let mut gate = line.hold().await;
+                let now = self.clock.now();
+                let at = gate.deferred_until(self.store.as_ref(), now).await;
+                let outcome = if past_patience(settings, request.created_at, now) {
                     // ... but not past the whole retry schedule: a request that would have been
                     // a dead letter by now becomes one, so that staff are alerted.
                     DeliveryOutcome::DeadLetter {
                         reason: format!(
                             "frontend unreachable ({open}) and the request is {} minutes old, past its retry schedule",
-                            age.num_minutes()
+                            (now - request.created_at).num_minutes()
                         ),
                         rejected: false,
                     }
                 } else {
-                    DeliveryOutcome::Deferred {
-                        at: started_at
-                            + chrono::Duration::from_std(wait)
-                                .unwrap_or(chrono::Duration::seconds(30)),
-                    }
+                    DeliveryOutcome::Deferred { at }
                 };
                 let mut record = self.record(request, started_at, None, outcome);
                 record.error = Some(open.to_string());
@@ -475,11 +480,17 @@ impl Inner {
             started_at,
         )
         .await;
+        let trial = permit.as_ref().is_some_and(|p| p.is_trial());
         if let Some(p) = permit {
             // A refusal means the frontend is up: only no answer, 408, 429 and 5xx count
             // against it.
             p.record(!matches!(answer.verdict, Verdict::Retry { .. }));
         }
+        // A failure's due time depends on the circuit: decided and saved with the gate held.
+        let mut held = match (&answer.verdict, line) {
+            (Verdict::Retry { .. }, Some(line)) => Some(line.hold().await),
+            _ => None,
+        };
         let finished = self.clock.now();
         let outcome = match &answer.verdict {
             Verdict::Delivered => DeliveryOutcome::Delivered,
@@ -491,27 +502,23 @@ impl Inner {
                 rejected: true,
             },
             Verdict::Retry { retry_after } => {
-                let failures = u32::try_from(request.retry_count).unwrap_or(0) + 1;
-                match schedule::next_wait(
-                    &settings.retry_schedule,
-                    failures,
-                    settings.jitter,
-                    *retry_after,
-                    settings.max_retry_after,
-                ) {
-                    Some(wait) => DeliveryOutcome::Retry {
-                        at: finished
-                            + chrono::Duration::from_std(wait)
-                                .unwrap_or(chrono::Duration::hours(1)),
+                let gate = match held.as_mut() {
+                    Some(held) => held.due_at(self.store.as_ref(), finished).await,
+                    None => None,
+                };
+                failure_outcome(
+                    settings,
+                    request.retry_count,
+                    request.created_at,
+                    &Failure {
+                        at: finished,
+                        retry_after: *retry_after,
+                        trial,
+                        unavailable: frontend_unavailable(answer.status),
+                        gate,
+                        error: answer.error.as_deref().unwrap_or("failed"),
                     },
-                    None => DeliveryOutcome::DeadLetter {
-                        reason: format!(
-                            "gave up after {failures} failed attempts; last: {}",
-                            answer.error.as_deref().unwrap_or("failed")
-                        ),
-                        rejected: false,
-                    },
-                }
+                )
             }
         };
         let mut record = self.record(request, started_at, answer.status, outcome);
@@ -527,6 +534,7 @@ impl Inner {
         metrics::histogram!("lifeline_delivery_latency_seconds")
             .record(answer.latency.as_secs_f64());
         self.save(&record, &mut report).await;
+        drop(held);
         report
     }
 
@@ -701,6 +709,89 @@ impl Inner {
     }
 }
 
+/// A failed POST, as [`failure_outcome`] weighs it.
+struct Failure<'a> {
+    at: DateTime<Utc>,
+    retry_after: Option<Duration>,
+    /// The POST was a half-open trial of the frontend's circuit.
+    trial: bool,
+    /// The failure says the frontend as a whole is unavailable ([`gate::frontend_unavailable`]).
+    unavailable: bool,
+    /// While the frontend's circuit is not closed, when its waiting requests are due.
+    gate: Option<DateTime<Utc>>,
+    error: &'a str,
+}
+
+/// What a failed POST comes to.
+///
+/// - A half-open trial the frontend failed as a whole (no answer, 502, 503…) tested the
+///   frontend, not the request: not counted, due again when the next trials are let through.
+/// - Any other failure is counted and normally waits out the retry schedule; while the circuit
+///   is not closed it is due at the gate instead, with every other waiting request of the
+///   frontend, so that backoff from attempts made while the frontend was down never puts a
+///   critical request behind normal ones. A trial that failed on this request alone (a 500)
+///   keeps its backoff, so that it does not take the first trial slot of every period.
+/// - A request past its whole retry schedule, in failures or (uncounted) in age, is a dead
+///   letter, and staff are alerted.
+fn failure_outcome(
+    settings: &DeliverySettings,
+    retry_count: i32,
+    created_at: DateTime<Utc>,
+    f: &Failure<'_>,
+) -> DeliveryOutcome {
+    if f.trial && f.unavailable {
+        if past_patience(settings, created_at, f.at) {
+            return DeliveryOutcome::DeadLetter {
+                reason: format!(
+                    "frontend unreachable ({}) and the request is {} minutes old, past its retry schedule",
+                    f.error,
+                    (f.at - created_at).num_minutes()
+                ),
+                rejected: false,
+            };
+        }
+        return DeliveryOutcome::Retry {
+            at: f.gate.unwrap_or(f.at),
+            counted: false,
+        };
+    }
+    let failures = u32::try_from(retry_count).unwrap_or(0) + 1;
+    let Some(wait) = schedule::next_wait(
+        &settings.retry_schedule,
+        failures,
+        settings.jitter,
+        f.retry_after,
+        settings.max_retry_after,
+    ) else {
+        return DeliveryOutcome::DeadLetter {
+            reason: format!(
+                "gave up after {failures} failed attempts; last: {}",
+                f.error
+            ),
+            rejected: false,
+        };
+    };
+    let backoff = f.at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+    DeliveryOutcome::Retry {
+        at: match f.gate {
+            Some(gate) if !f.trial => gate,
+            _ => backoff,
+        },
+        counted: true,
+    }
+}
+
+/// Whether a request waiting for its frontend is older than its whole retry schedule: it would
+/// have been a dead letter by now had it been tried.
+fn past_patience(
+    settings: &DeliverySettings,
+    created_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    let patience = settings.retry_schedule.iter().sum::<Duration>();
+    (now - created_at).to_std().unwrap_or_default() > patience
+}
+
 /// An alert outcome's name, for logs (its error text may quote what it was sent to).
 fn outcome_name(outcome: &AlertOutcome) -> &'static str {
     match outcome {
@@ -708,5 +799,121 @@ fn outcome_name(outcome: &AlertOutcome) -> &'static str {
         AlertOutcome::Retry { .. } => "retry",
         AlertOutcome::Failed { .. } => "failed",
         AlertOutcome::Skipped { .. } => "skipped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The production settings: 5, 15 and 60 minutes, 10 % jitter.
+    fn production() -> DeliverySettings {
+        DeliverySettings {
+            frontend: None,
+            timeout: Duration::from_secs(10),
+            retry_schedule: vec![
+                Duration::from_secs(300),
+                Duration::from_secs(900),
+                Duration::from_secs(3600),
+            ],
+            jitter: 0.1,
+            max_retry_after: Duration::from_secs(6 * 3600),
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn failure(trial: bool, status: Option<u16>, gate: Option<DateTime<Utc>>) -> Failure<'static> {
+        Failure {
+            at: at("2026-12-01T23:00:40Z"),
+            retry_after: None,
+            trial,
+            unavailable: frontend_unavailable(
+                status.map(|s| reqwest::StatusCode::from_u16(s).unwrap()),
+            ),
+            gate,
+            error: "frontend answered 503",
+        }
+    }
+
+    #[test]
+    fn with_the_production_schedule_a_frontend_outage_costs_no_request_its_place() {
+        let settings = production();
+        let created = at("2026-12-01T22:59:50Z");
+        let reopen = at("2026-12-01T23:01:10Z");
+        // A failure met while the circuit is open (the attempts that opened it): counted, but
+        // due when trials are let through, not 5 minutes (±30 s) later.
+        assert_eq!(
+            failure_outcome(&settings, 0, created, &failure(false, None, Some(reopen))),
+            DeliveryOutcome::Retry {
+                at: reopen,
+                counted: true
+            }
+        );
+        // A trial of a frontend that is down (no answer, 503): not counted, due at the next
+        // trials, however many periods the outage lasts.
+        for status in [None, Some(503), Some(502), Some(429)] {
+            assert_eq!(
+                failure_outcome(&settings, 1, created, &failure(true, status, Some(reopen))),
+                DeliveryOutcome::Retry {
+                    at: reopen,
+                    counted: false
+                },
+                "{status:?}"
+            );
+        }
+        // A trial the frontend failed on this request alone (500) waits out its backoff, so it
+        // does not take the first trial slot of every period.
+        let DeliveryOutcome::Retry { at: later, counted } = failure_outcome(
+            &settings,
+            0,
+            created,
+            &failure(true, Some(500), Some(reopen)),
+        ) else {
+            panic!("a retry")
+        };
+        assert!(counted);
+        let wait = (later - at("2026-12-01T23:00:40Z")).num_seconds();
+        assert!((270..=330).contains(&wait), "{wait}");
+        // Circuit closed: the schedule, as always.
+        let DeliveryOutcome::Retry { at: later, counted } =
+            failure_outcome(&settings, 1, created, &failure(false, Some(503), None))
+        else {
+            panic!("a retry")
+        };
+        assert!(counted);
+        let wait = (later - at("2026-12-01T23:00:40Z")).num_seconds();
+        assert!((810..=990).contains(&wait), "{wait}");
+    }
+
+    #[test]
+    fn the_schedule_still_ends_in_a_dead_letter() {
+        let settings = production();
+        // Counted failures past the schedule.
+        let dead = failure_outcome(
+            &settings,
+            3,
+            at("2026-12-01T22:00:00Z"),
+            &failure(false, Some(503), Some(at("2026-12-01T23:01:10Z"))),
+        );
+        assert!(
+            matches!(&dead, DeliveryOutcome::DeadLetter { reason, rejected: false }
+                if reason.starts_with("gave up after 4 failed attempts")),
+            "{dead:?}"
+        );
+        // Uncounted trials of a frontend down for longer than the schedule's 80 minutes.
+        let dead = failure_outcome(
+            &settings,
+            1,
+            at("2026-12-01T21:39:00Z"),
+            &failure(true, None, Some(at("2026-12-01T23:01:10Z"))),
+        );
+        assert!(
+            matches!(&dead, DeliveryOutcome::DeadLetter { reason, .. }
+                if reason.contains("past its retry schedule")),
+            "{dead:?}"
+        );
     }
 }

@@ -819,7 +819,7 @@ impl Session {
         let own_leg = info
             .call_sid
             .as_deref()
-            .is_none_or(|sid| sid == call.call_ref);
+            .is_none_or(|sid| crate::store::text::storable(sid) == call.call_ref);
         if !own_leg {
             // The on-call person's leg, reported on the caller's socket.
             if status == "in-progress" {
