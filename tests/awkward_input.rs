@@ -431,6 +431,8 @@ async fn nul_in_call_data_from_the_wire_is_stored_escaped_and_the_call_still_tra
     let status = events.iter().find(|e| e.kind == "status").unwrap();
     assert_eq!(status.detail.0["call_status"], "in-progress\u{FFFD}");
     assert_eq!(app.call(&call_sid).await.status, "in-progress\u{FFFD}");
+    // The on-call person answered and the bridged call ended: the transfer has its outcome.
+    fs.dial_result("completed", 200).await;
 }
 
 /// A platform id holding a NUL is stored escaped and found again by the id as the platform

@@ -1330,6 +1330,8 @@ async fn a_repeat_after_the_setup_fell_back_rings_the_same_attempt(engine: Engin
     );
     let call = h.call(CALL_SID).await;
     assert_eq!(h.store.transfer_attempts(call.id).await.unwrap().len(), 1);
+    // The on-call person answers and the bridged call ends: the transfer has its outcome.
+    dial_action(&h, &attempt_of(&first), "completed", true).await;
 }
 
 /// The claims behind call setup, on the store: one claimant; a claim left unfinished past the
