@@ -69,8 +69,8 @@ pub fn raise_open_files_limit() {
     let (soft_before, hard) = before;
     // An unlimited hard limit cannot be the soft one on Linux (fs.nr_open caps it): the
     // kernel's default ceiling is the next best.
-    let raised = rlimit::increase_nofile_limit(u64::MAX)
-        .or_else(|_| rlimit::increase_nofile_limit(1 << 20));
+    let raised =
+        rlimit::increase_nofile_limit(u64::MAX).or_else(|_| rlimit::increase_nofile_limit(1 << 20));
     match raised {
         Ok(soft_after) if soft_after > soft_before => {
             info!(soft_before, soft_after, hard, "open files limit raised");
@@ -141,7 +141,8 @@ pub async fn serve(
             // The peer gave up before we took its connection: nothing to do.
             Err(e) if is_peer_error(&e) => continue,
             Err(e) => {
-                let out_of_descriptors = matches!(e.raw_os_error(), Some(24 /* EMFILE */ | 23 /* ENFILE */));
+                let out_of_descriptors =
+                    matches!(e.raw_os_error(), Some(24 /* EMFILE */ | 23 /* ENFILE */));
                 let evicted = if out_of_descriptors {
                     table.evict_oldest(EVICT_ON_EMFILE, Eviction::Descriptors)
                 } else {

@@ -425,7 +425,11 @@ mod tests {
         let (_newer, _g5) = t.admit(ip(3)).unwrap();
         assert!(_new.evicted.is_cancelled());
         drop(_request);
-        assert_eq!(t.counts().1, 2, "a served keep-alive connection waits again");
+        assert_eq!(
+            t.counts().1,
+            2,
+            "a served keep-alive connection waits again"
+        );
     }
 
     #[test]
