@@ -22,6 +22,7 @@ on_both_engines!(
     half_open_connections_time_out_and_a_call_is_still_answered,
     with_a_hard_limit_of_1024_the_oldest_half_open_connections_make_room_for_a_call,
     half_open_connections_from_one_address_are_capped,
+    a_burst_on_one_call_is_refused_in_memory_and_other_calls_are_answered,
 );
 
 const TOOL_KEY: &str = "riverside-tool-key-0123456789";
@@ -299,4 +300,142 @@ async fn half_open_connections_from_one_address_are_capped(engine: Engine) {
         .await
             >= (HALF_OPEN - 256) as f64
     );
+}
+
+/// Issue 12: 1,000 tool calls at once on one call socket. What the per-call limit refuses is
+/// refused in memory (no log row, no database connection: one `tool_calls_refused` event on the
+/// call's timeline counts them), what was admitted runs and is logged once, a repeat of an
+/// admitted call gets its original's answer, and another call's tool calls meanwhile are
+/// answered normally.
+async fn a_burst_on_one_call_is_refused_in_memory_and_other_calls_are_answered(engine: Engine) {
+    const BURST: usize = 1000;
+    let app = TestApp::start(engine).await;
+    let mut burst = FakeFeatureServer::connect_as(
+        &app.ws_url(),
+        common::RIVERSIDE_USER,
+        common::RIVERSIDE_PASS,
+        "burst-call",
+    )
+    .await
+    .unwrap();
+    burst.session_new().await;
+    let mut quiet = FakeFeatureServer::connect_as(
+        &app.ws_url(),
+        common::RIVERSIDE_USER,
+        common::RIVERSIDE_PASS,
+        "quiet-call",
+    )
+    .await
+    .unwrap();
+    quiet.session_new().await;
+    let args = |i: usize| json!({"callback_number": "4168189171", "concern_description": format!("burst {i}")});
+
+    let (_, quiet_took) = tokio::join!(
+        async {
+            for i in 0..BURST {
+                burst
+                    .tool_call(&format!("burst-{i}"), "collect_info", args(i))
+                    .await;
+            }
+        },
+        async {
+            let mut slowest = Duration::ZERO;
+            for i in 0..5 {
+                let started = Instant::now();
+                quiet
+                    .tool_call(&format!("quiet-{i}"), "collect_info", args(i))
+                    .await;
+                let out = quiet.tool_output(&format!("quiet-{i}")).await;
+                slowest = slowest.max(started.elapsed());
+                assert!(
+                    out["result"].as_str().unwrap().starts_with("Recorded"),
+                    "the other call is answered: {out}"
+                );
+            }
+            slowest
+        }
+    );
+    println!(
+        "{engine:?}: during a burst of {BURST} tool calls on one call, the slowest of the other call's 5 tool calls took {quiet_took:?}"
+    );
+
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..BURST {
+        let id = format!("burst-{i}");
+        let out = burst.tool_output(&id).await;
+        let text = out["result"].as_str().unwrap();
+        if text.starts_with("Recorded") {
+            admitted.push((id, text.to_string()));
+        } else {
+            let error: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(error["error"], "rate_limited", "{error}");
+            refused.push(id);
+        }
+    }
+    assert_eq!(admitted.len() + refused.len(), BURST);
+    println!(
+        "{engine:?}: {} admitted, {} refused in memory",
+        admitted.len(),
+        refused.len()
+    );
+    assert!(
+        (1..=30).contains(&admitted.len()),
+        "{} admitted (the per-call limit is 30)",
+        admitted.len()
+    );
+
+    // Only admitted calls reached the database: one row each, all succeeded.
+    let logs = app
+        .store
+        .tool_call_logs_for_call(lifeline::tools::Platform::Jambonz, "burst-call")
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), admitted.len());
+    assert!(logs.iter().all(|l| l.status == "success"), "{logs:?}");
+    let call = app.call("burst-call").await;
+    assert_eq!(app.callbacks_of(call.id).await.len(), admitted.len());
+    let quiet_call = app.call("quiet-call").await;
+    assert_eq!(app.callbacks_of(quiet_call.id).await.len(), 5);
+
+    // The refusals are on the call's timeline, counted (polled: written once the burst settles).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = app.store.call_events(call.id).await.unwrap();
+        let counted: u64 = events
+            .iter()
+            .filter(|e| e.kind == "tool_calls_refused")
+            .map(|e| e.detail.0["count"].as_u64().unwrap())
+            .sum();
+        if counted == refused.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} refusals recorded of {}",
+            refused.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&app.http_url(""), "lifeline_tool_calls_refused_total").await,
+        refused.len() as f64
+    );
+
+    // A repeat of an admitted call gets its original's answer, and runs nothing again.
+    let (id, original) = &admitted[0];
+    let i: usize = id.trim_start_matches("burst-").parse().unwrap();
+    burst.tool_call(id, "collect_info", args(i)).await;
+    let again = burst.tool_output(id).await;
+    assert_eq!(again["result"].as_str().unwrap(), original);
+    assert_eq!(
+        app.store
+            .tool_call_logs_for_call(lifeline::tools::Platform::Jambonz, "burst-call")
+            .await
+            .unwrap()
+            .len(),
+        admitted.len()
+    );
+    burst.close().await;
+    quiet.close().await;
 }

@@ -507,13 +507,19 @@ async fn runaway_model_is_rate_limited(engine: Engine) {
             assert_eq!(err["error"], "rate_limited", "{err}");
         }
     }
+    // Issue 12: a call over its limit is refused before it takes a database connection, so it
+    // has no log row of its own; it is recorded on the call's timeline instead.
     let logs = app
         .store
         .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
         .await
         .unwrap();
-    assert_eq!(logs.len(), 4, "the refused call is logged too");
-    assert_eq!(logs[3].error_kind.as_deref(), Some("rate_limited"));
+    assert_eq!(logs.len(), 3, "only the admitted calls have log rows");
+    let call = app.call(&fs.call_sid).await;
+    let refused = wait_for_event(&app, call.id, "tool_calls_refused").await;
+    assert_eq!(refused["count"], 1, "{refused}");
+    assert_eq!(refused["invocations"][0]["invocation_id"], "inv-rl-3");
+    assert_eq!(refused["reasons"]["per_call"], 1, "{refused}");
     assert_eq!(
         app.store
             .callback_requests(&CallbackFilter::default())
@@ -522,6 +528,23 @@ async fn runaway_model_is_rate_limited(engine: Engine) {
             .len(),
         3
     );
+}
+
+/// The detail of the call's event of `kind`, once it is written (polled, 10 s at most).
+async fn wait_for_event(app: &TestApp, call_id: uuid::Uuid, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = app.store.call_events(call_id).await.unwrap();
+        if let Some(e) = events.iter().find(|e| e.kind == kind) {
+            return e.detail.0.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} event; events: {:?}",
+            events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn hang_up_ends_the_call_after_the_answer(engine: Engine) {
