@@ -23,6 +23,7 @@ on_both_engines!(
     with_a_hard_limit_of_1024_the_oldest_half_open_connections_make_room_for_a_call,
     half_open_connections_from_one_address_are_capped,
     a_burst_on_one_call_is_refused_in_memory_and_other_calls_are_answered,
+    out_of_descriptors_the_oldest_half_open_connections_are_closed,
 );
 
 const TOOL_KEY: &str = "riverside-tool-key-0123456789";
@@ -265,6 +266,41 @@ async fn with_a_hard_limit_of_1024_the_oldest_half_open_connections_make_room_fo
         )
         .await
             >= (HALF_OPEN - 512) as f64
+    );
+    lifeline.terminate();
+    let status = lifeline.exit_status(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// A `max_connections` set above what the process can open (hard limit 1024): `accept` runs out
+/// of descriptors, and instead of waiting, the connections that waited longest are closed so a
+/// call still gets in.
+async fn out_of_descriptors_the_oldest_half_open_connections_are_closed(engine: Engine) {
+    raise_own_limit();
+    let db = TestDb::new(engine).await;
+    let toml = config(
+        "request_header_timeout_secs = 300\nmax_connections = 4000\n\
+         max_pending_connections = 4000\nmax_pending_per_address = 0",
+    );
+    let mut lifeline = LifelineProcess::serve_limited(&db.url, &toml, Some("-n 1024")).await;
+    let http = format!("http://{}", lifeline.addr);
+    let sockets = half_open(lifeline.addr, [127, 0, 0, 1].into(), HALF_OPEN, false).await;
+    let took = valid_calls(&lifeline.ws_url(), &http, "hostile-emfile").await;
+    println!(
+        "{engine:?}: out of descriptors with {HALF_OPEN} half-open connections, the valid \
+         Jambonz call and HTTP tool call took {took:?}"
+    );
+    // Each time `accept` finds no descriptor, 16 waiting connections are closed.
+    let evicted = metric(
+        &http,
+        "lifeline_connections_evicted_total{reason=\"descriptors\"}",
+    )
+    .await as usize;
+    assert!(evicted >= 16, "{evicted} evicted");
+    let closed = wait_closed(sockets, evicted).await;
+    assert!(
+        closed >= evicted,
+        "{closed} half-open connections were closed, {evicted} evicted"
     );
     lifeline.terminate();
     let status = lifeline.exit_status(Duration::from_secs(30)).await;
