@@ -12,7 +12,7 @@
 //!   here never exceed the durable ones (every invocation admitted here is logged there), so a
 //!   refusal here is one the durable check would make too;
 //! - at most [`MAX_IN_FLIGHT_PER_CALL`] of the call's invocations running at once, so one call
-//!   never holds more than that many pooled connections.
+//!   never holds more than that many pooled connections (for calls lifeline has a row of).
 //!
 //! A repeat of an invocation admitted here (same invocation key) is never refused by the
 //! window: it goes on to the durable path, which answers it with the original's result.
@@ -141,7 +141,9 @@ impl Admission {
         {
             entry.admitted.pop_front();
         }
-        let refusal = if entry.in_flight >= MAX_IN_FLIGHT_PER_CALL {
+        // Tool calls with no call row (a tenant's HTTP tool that names no call) share one
+        // key per clinic and ten minutes: they are not "one call" to cap at once.
+        let refusal = if scope.call.is_some() && entry.in_flight >= MAX_IN_FLIGHT_PER_CALL {
             Some((
                 "in_flight",
                 ToolError::new(
