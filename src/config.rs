@@ -19,12 +19,14 @@ mod demo;
 mod jambonz_frame;
 mod lifecycle;
 mod ops;
+mod server;
 mod source;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
 pub use demo::DemoSettings;
 pub use lifecycle::LifecycleSettings;
 pub use ops::OpsSettings;
+pub use server::{ConnectionSettings, RESERVED_DESCRIPTORS};
 pub use source::CONFIG_TOML_VAR;
 
 use crate::phone::E164;
@@ -44,6 +46,8 @@ pub struct Config {
     pub database_max_connections: u32,
     pub bind: IpAddr,
     pub port: u16,
+    /// How the listener treats connections (`[server]`): timeouts and caps.
+    pub connections: ConnectionSettings,
     pub limits: Limits,
     pub jambonz: JambonzSettings,
     /// Where Twilio and Ultravox reach this service (`https://lifeline.example.com`, no trailing
@@ -287,6 +291,7 @@ impl Config {
             problems.push("jambonz.ping_interval_secs must be at least 1".into());
         }
 
+        let connections = server::validate(&raw.server, &mut problems);
         let public_url =
             non_empty(raw.server.public_url).map(|u| u.trim_end_matches('/').to_string());
         if let Some(u) = &public_url
@@ -403,6 +408,7 @@ impl Config {
                 database_max_connections: process.database_max_connections,
                 bind: process.bind,
                 port: process.port,
+                connections,
                 limits,
                 jambonz,
                 public_url,
@@ -599,6 +605,11 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     public_url: Option<String>,
+    request_header_timeout_secs: Option<u64>,
+    request_body_timeout_secs: Option<u64>,
+    max_connections: Option<u64>,
+    max_pending_connections: Option<u64>,
+    max_pending_per_address: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

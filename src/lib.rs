@@ -13,6 +13,7 @@ pub mod phone;
 pub mod prompt_context;
 pub mod protocol;
 pub mod reconciler;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod telephony;
@@ -26,7 +27,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -57,8 +57,9 @@ pub struct AppState {
     pub jambonz_calls: Arc<ingress::jambonz::CallSockets>,
 }
 
-/// What a stopping process waits for beyond axum's own graceful shutdown, which neither waits
-/// for upgraded WebSockets (tokio-rs/axum#3003) nor for the tool tasks they spawn.
+/// What a stopping process waits for beyond the HTTP server's own graceful shutdown
+/// ([`serve::serve`]), which waits neither for upgraded WebSockets nor for the tool tasks they
+/// spawn.
 #[derive(Clone, Default)]
 pub struct Lifecycle {
     /// Cancelled once in-flight tool calls are done (or the grace period ran out): call sockets
@@ -160,22 +161,15 @@ impl Server {
             lifecycle: Lifecycle::default(),
             jambonz_calls: Arc::new(ingress::jambonz::CallSockets::default()),
         };
-        // The peer address tells /metrics whether a scraper is local.
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(state.clone());
+        let connections = state.config.connections.clone();
         let mut stop = shutdown_rx;
-        // Tool answers are single small frames: without TCP_NODELAY, Nagle's algorithm and
-        // delayed ACKs hold some of them back for tens of milliseconds.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
+        // Our own accept loop (header-read timeout, connection caps); see `serve`.
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            serve::serve(listener, app, &connections, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         });
         Ok(Self {
             addr,

@@ -328,6 +328,8 @@ async fn serve(config: Config, source: Option<String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return failed(1, format!("cannot handle signals: {e}")),
     };
+    // Before the listener exists: its connection cap is derived from this limit.
+    lifeline::serve::raise_open_files_limit();
     let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => return failed(1, format!("{e:#}")),

@@ -45,6 +45,8 @@ on_both_engines!(
     the_reconciler_ends_a_transfer_nobody_reports_and_the_call_can_transfer_again,
     a_crash_mid_transfer_is_settled_by_another_instance,
     sigterm_lets_the_transfer_in_flight_finish_then_closes_sockets_with_1001,
+    // Issue 12.
+    a_tool_call_that_cannot_be_read_gets_an_error_answer,
 );
 
 fn verb_names(verbs: &[Value]) -> Vec<&str> {
@@ -507,13 +509,19 @@ async fn runaway_model_is_rate_limited(engine: Engine) {
             assert_eq!(err["error"], "rate_limited", "{err}");
         }
     }
+    // Issue 12: a call over its limit is refused before it takes a database connection, so it
+    // has no log row of its own; it is recorded on the call's timeline instead.
     let logs = app
         .store
         .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
         .await
         .unwrap();
-    assert_eq!(logs.len(), 4, "the refused call is logged too");
-    assert_eq!(logs[3].error_kind.as_deref(), Some("rate_limited"));
+    assert_eq!(logs.len(), 3, "only the admitted calls have log rows");
+    let call = app.call(&fs.call_sid).await;
+    let refused = wait_for_event(&app, call.id, "tool_calls_refused").await;
+    assert_eq!(refused["count"], 1, "{refused}");
+    assert_eq!(refused["invocations"][0]["invocation_id"], "inv-rl-3");
+    assert_eq!(refused["reasons"]["per_call"], 1, "{refused}");
     assert_eq!(
         app.store
             .callback_requests(&CallbackFilter::default())
@@ -522,6 +530,23 @@ async fn runaway_model_is_rate_limited(engine: Engine) {
             .len(),
         3
     );
+}
+
+/// The detail of the call's event of `kind`, once it is written (polled, 10 s at most).
+async fn wait_for_event(app: &TestApp, call_id: uuid::Uuid, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = app.store.call_events(call_id).await.unwrap();
+        if let Some(e) = events.iter().find(|e| e.kind == kind) {
+            return e.detail.0.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} event; events: {:?}",
+            events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn hang_up_ends_the_call_after_the_answer(engine: Engine) {
@@ -620,6 +645,107 @@ async fn malformed_frames_do_not_kill_the_socket(engine: Engine) {
     // Idle sockets are pinged (1 s in the test configuration) to keep load balancers open.
     fs.expect_silence(Duration::from_millis(2500)).await;
     assert!(fs.pings >= 1, "lifeline pings idle sockets");
+}
+
+/// Issue 12: an `llm:tool-call` that cannot be read (cut short, invalid JSON, no tool name) is
+/// answered with an `llm:tool-output` error whenever its `tool_call_id` can be recovered, instead
+/// of leaving the model waiting; nothing runs, and sent again intact it works. One without a
+/// readable id is only counted.
+async fn a_tool_call_that_cannot_be_read_gets_an_error_answer(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    let hook = fs.tool_hook.clone().unwrap();
+    let error_of =
+        |out: &Value| -> Value { serde_json::from_str(out["result"].as_str().unwrap()).unwrap() };
+
+    // Cut short mid-arguments (what a truncated frame looks like on the wire).
+    fs.send_text(&format!(
+        r#"{{"type":"llm:tool-call","msgid":"m1","call_sid":"{}","hook":"{hook}","data":{{"tool_call_id":"broken-cut","name":"collect_info","args":{{"callback_number":"41681"#,
+        fs.call_sid
+    ))
+    .await;
+    let error = error_of(&fs.tool_output("broken-cut").await);
+    assert_eq!(error["error"], "validation", "{error}");
+    assert_eq!(error["retryable"], true, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("could not be read (the message was cut short)"),
+        "{error}"
+    );
+
+    // Invalid JSON inside the arguments.
+    fs.send_text(&format!(
+        r#"{{"type":"llm:tool-call","msgid":"m2","call_sid":"{}","hook":"{hook}","data":{{"tool_call_id":"broken-json","name":"collect_info","args":{{"concern_description":"x" "pet_name":"Max"}}}}}}"#,
+        fs.call_sid
+    ))
+    .await;
+    let error = error_of(&fs.tool_output("broken-json").await);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{error}"
+    );
+
+    // Valid JSON without a tool name.
+    fs.send(
+        &json!({"type": "llm:tool-call", "msgid": "m3", "call_sid": fs.call_sid, "hook": hook,
+        "data": {"tool_call_id": "broken-name", "args": {}}}),
+    )
+    .await;
+    let error = error_of(&fs.tool_output("broken-name").await);
+    assert!(
+        error["message"].as_str().unwrap().contains("no tool name"),
+        "{error}"
+    );
+
+    // Nothing ran.
+    let logs = app
+        .store
+        .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap();
+    assert!(logs.is_empty(), "{logs:?}");
+
+    // Without a readable id there is nothing to answer.
+    fs.send_text(r#"{"type":"llm:tool-call","data":{"tool_call_id":42,"name":"#)
+        .await;
+    fs.expect_silence(Duration::from_millis(300)).await;
+
+    // Sent again intact, it works.
+    fs.tool_call(
+        "broken-cut",
+        "collect_info",
+        json!({"callback_number": "4168189171", "concern_description": "limping"}),
+    )
+    .await;
+    let out = fs.tool_output("broken-cut").await;
+    assert!(
+        out["result"].as_str().unwrap().starts_with("Recorded"),
+        "{out}"
+    );
+
+    let metrics = reqwest::get(app.http_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |answered: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("lifeline_malformed_frames_total{"))
+            .filter(|l| {
+                l.contains("socket=\"jambonz\"") && l.contains(&format!("answered=\"{answered}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(count("true"), 3.0, "{metrics}");
+    assert_eq!(count("false"), 1.0, "{metrics}");
+    fs.close().await;
 }
 
 async fn agent_failure_rings_the_team_and_never_drops_the_caller(engine: Engine) {

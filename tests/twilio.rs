@@ -45,6 +45,9 @@ on_both_engines!(
     twilio_giving_up_on_the_first_request_does_not_lose_the_ultravox_call_it_creates,
     call_setup_is_claimed_once_and_a_dead_claim_is_taken_over,
     concurrent_repeats_of_a_recording_make_one_callback_request_with_or_without_a_call,
+    // Issue 12: what cannot be read is still answered in the caller's protocol.
+    dial_webhooks_with_an_unreadable_attempt_answer_twiml,
+    unreadable_data_connection_tool_invocations_get_an_error_result,
 );
 
 const PUBLIC: &str = "https://example.com";
@@ -1530,4 +1533,180 @@ async fn concurrent_repeats_of_a_recording_make_one_callback_request_with_or_wit
         "RE00000000000000000000000000000002"
     );
     assert_eq!(of_call[0].urgency_level, "urgent");
+}
+
+/// Issue 12: a dial webhook whose `attempt` cannot be read (not a UUID, repeated) is answered in
+/// TwiML, never with a 400 (a Twilio caller would hear "an application error has occurred"): it
+/// is taken as the attempt ringing for its call. The signature is still checked first.
+async fn dial_webhooks_with_an_unreadable_attempt_answer_twiml(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.twilio_updates(CALL_SID, 1).await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let call = h.call(CALL_SID).await;
+    let mut ws = h
+        .data_connection(call.ultravox_call_id.as_deref().unwrap())
+        .await;
+    let invocation = json!({
+        "type": "data_connection_tool_invocation",
+        "toolName": "transfer",
+        "invocationId": "inv-unreadable-attempt",
+        "parameters": {
+            "urgency_reason": "my dog is limping", "first_name": "Jeremy",
+            "last_name": "Greven", "callback_number": "4168189171",
+        },
+    });
+    ws.send(Message::Text(invocation.to_string().into()))
+        .await
+        .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert!(
+        reply["result"].as_str().unwrap().contains("Transferring"),
+        "{reply}"
+    );
+
+    // Unsigned: refused before anything is read, whatever the query.
+    let (status, _) = h
+        .post_form(
+            "/twilio/dial-action?attempt=not-a-uuid",
+            &[("CallSid", CALL_SID), ("DialCallStatus", "no-answer")],
+            Some("forged"),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // The whisper with an unreadable attempt: the on-call person is simply connected.
+    let (status, whisper) = h
+        .webhook(
+            "/twilio/whisper?attempt=not-a-uuid",
+            &[("CallSid", "CA2"), ("AccountSid", ACCOUNT)],
+        )
+        .await;
+    assert_eq!(status, 200, "{whisper}");
+    assert!(whisper.contains("<Say"), "{whisper}");
+
+    // The primary did not answer: the ringing attempt is the one that ended, so the secondary
+    // rings (a 200 with TwiML, not a 400).
+    let next = dial_action(&h, "not-a-uuid", "no-answer", false).await;
+    assert!(next.contains("<Dial"), "{next}");
+    assert!(next.contains("+15557654322"), "the secondary rings: {next}");
+    // The same with the attempt given twice, differently: the secondary's attempt ends.
+    let other = "0190a0b1-0000-7000-8000-000000000001";
+    let last = dial_action(
+        &h,
+        &format!("{}&attempt={other}", attempt_of(&next)),
+        "no-answer",
+        false,
+    )
+    .await;
+    assert!(last.contains("<Hangup"), "{last}");
+    assert!(last.contains("9 1 7 1"), "a callback is promised: {last}");
+    let callbacks = h.callbacks("riverside").await;
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].urgency_level, "critical");
+}
+
+/// Issue 12: a `data_connection_tool_invocation` that cannot be read gets a
+/// `data_connection_tool_result` with an error the model can act on, whenever its
+/// `invocationId` can be recovered (from the JSON, or from the text of a frame that is not
+/// JSON); nothing runs. Sent again intact, the same invocation works.
+async fn unreadable_data_connection_tool_invocations_get_an_error_result(engine: Engine) {
+    let h = Harness::start(engine).await;
+    h.ultravox_creates_calls("/api/calls").await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let call = h.call(CALL_SID).await;
+    let mut ws = h
+        .data_connection(call.ultravox_call_id.as_deref().unwrap())
+        .await;
+    let error_of = |reply: &Value, id: &str| -> Value {
+        assert_eq!(reply["type"], "data_connection_tool_result", "{reply}");
+        assert_eq!(reply["invocationId"], id, "{reply}");
+        serde_json::from_str(reply["result"].as_str().unwrap()).unwrap()
+    };
+    // Parameters that are not an object.
+    let frame = json!({
+        "type": "data_connection_tool_invocation",
+        "toolName": "collect_info",
+        "invocationId": "inv-bad-params",
+        "parameters": "{\"callback_number\": \"41681",
+    });
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    let error = error_of(&next_json(&mut ws).await, "inv-bad-params");
+    assert_eq!(error["error"], "validation", "{error}");
+    assert_eq!(error["retryable"], true, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("parameters must be a JSON object"),
+        "{error}"
+    );
+    // Cut short: not JSON at all.
+    let cut = r#"{"type":"data_connection_tool_invocation","toolName":"collect_info","invocationId":"inv-cut","parameters":{"callback_number":"4168"#;
+    ws.send(Message::Text(cut.into())).await.unwrap();
+    let error = error_of(&next_json(&mut ws).await, "inv-cut");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{error}"
+    );
+    // No tool name.
+    let frame = json!({
+        "type": "data_connection_tool_invocation",
+        "invocationId": "inv-no-name",
+        "parameters": {},
+    });
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    let error = error_of(&next_json(&mut ws).await, "inv-no-name");
+    assert!(
+        error["message"].as_str().unwrap().contains("no toolName"),
+        "{error}"
+    );
+    // Nothing ran, nothing was logged.
+    let logs = h
+        .store
+        .tool_call_logs_for_call(Platform::Twilio, CALL_SID)
+        .await
+        .unwrap();
+    assert!(logs.is_empty(), "{logs:?}");
+
+    // Sent again intact, it works.
+    let frame = json!({
+        "type": "data_connection_tool_invocation",
+        "toolName": "collect_info",
+        "invocationId": "inv-cut",
+        "parameters": {"callback_number": "4168189171", "concern_description": "limping"},
+    });
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["invocationId"], "inv-cut");
+    assert!(
+        reply["result"].as_str().unwrap().starts_with("Recorded"),
+        "{reply}"
+    );
+    // Counted.
+    let metrics = h
+        .http
+        .get(format!("http://{}/metrics", h.server.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("lifeline_malformed_frames_total{"))
+        .filter(|l| l.contains("socket=\"ultravox\"") && l.contains("answered=\"true\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(count, 3.0);
 }

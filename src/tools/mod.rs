@@ -3,6 +3,7 @@
 //! An ingress adapter turns a platform message into a [`ToolInvocation`], hands it to the
 //! [`pipeline`], and turns the `Result<ToolOutput, ToolError>` back into its own format.
 
+pub mod admission;
 pub mod args;
 pub mod business_hours;
 pub mod collect_info;

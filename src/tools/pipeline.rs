@@ -1,5 +1,7 @@
 //! The platform-neutral path of every tool call:
 //!
+//! 0. admission: what is certainly over the call's limits is refused at once, in memory, before
+//!    any database work ([`super::admission`]);
 //! 1. validate the arguments;
 //! 2. commit the `tool_call_logs` row (a repeat of a logged invocation stops here and gets the
 //!    recorded result);
@@ -40,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use super::admission::Admission;
 use super::{
     ErrorKind, ToolError, ToolInvocation, ToolName, ToolOutput, ToolResult, collect_info, hang_up,
     transfer,
@@ -108,6 +111,8 @@ pub struct Pipeline {
     /// Every effect running on this instance (and whatever an adapter spawns to deliver an
     /// effect's answer and commands), so a stopping process can wait for them.
     tasks: TaskTracker,
+    /// Refuses what is over a call's limits before it takes a database connection.
+    admission: Admission,
 }
 
 /// A started invocation: the answer for the model, and the effect's own result.
@@ -118,6 +123,12 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// An invocation answered before it started (refused on admission).
+    fn settled(answer_by: tokio::time::Instant, result: ToolResult) -> Self {
+        let (_, result) = watch::channel(Some(result));
+        Self { answer_by, result }
+    }
+
     /// The answer for the model: the effect's result if it is in by the answer deadline,
     /// otherwise a timeout error that tells the model not to call again. The effect is not
     /// cancelled either way; its real outcome is recorded when it comes.
@@ -158,12 +169,14 @@ impl Pipeline {
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
         let per_minute =
             NonZeroU32::new(limits.tool_calls_per_tenant_per_minute).unwrap_or(NonZeroU32::MIN);
+        let tasks = TaskTracker::new();
         Self {
+            admission: Admission::new(store.clone(), limits.clone(), tasks.clone()),
             store,
             per_tenant: RateLimiter::keyed(Quota::per_minute(per_minute)),
             limits,
             inflight: Mutex::new(HashMap::new()),
-            tasks: TaskTracker::new(),
+            tasks,
         }
     }
 
@@ -182,6 +195,11 @@ impl Pipeline {
     /// answer deadline starts now.
     pub fn start(self: &Arc<Self>, inv: ToolInvocation, scope: CallScope) -> Invocation {
         let answer_by = tokio::time::Instant::now() + self.limits.tool_timeout;
+        // Over the call's limits: answered at once, with no database connection taken.
+        let ticket = match self.admission.admit(&inv, &scope) {
+            Ok(ticket) => ticket,
+            Err(refusal) => return Invocation::settled(answer_by, Err(refusal)),
+        };
         let (tx, rx) = watch::channel(None);
         let span = info_span!(
             "tool_call",
@@ -195,6 +213,7 @@ impl Pipeline {
         self.tasks.spawn(
             async move {
                 let result = pipeline.effect(&inv, &scope).await;
+                drop(ticket);
                 let _ = tx.send(Some(result));
             }
             .instrument(span),
@@ -465,7 +484,7 @@ fn prepare(
 }
 
 /// The limit an invocation breaks, if any. Counts exclude the invocation itself.
-fn limit_refusal(
+pub(super) fn limit_refusal(
     limits: &Limits,
     tenant_allowed: bool,
     is_transfer: bool,

@@ -17,6 +17,8 @@ pub struct LifelineProcess {
     pub addr: SocketAddr,
     /// Its JSON log lines, read as they come (a full pipe would stall the process).
     logs: mpsc::UnboundedReceiver<Value>,
+    /// The lines [`LifelineProcess::wait_for_log`] has read so far.
+    seen: Vec<Value>,
     _config: tempfile::TempDir,
 }
 
@@ -24,10 +26,28 @@ impl LifelineProcess {
     /// Starts `lifeline serve` on `database_url` with the configuration `toml` and waits until
     /// it serves.
     pub async fn serve(database_url: &str, toml: &str) -> Self {
+        Self::serve_limited(database_url, toml, None).await
+    }
+
+    /// The same, with the shell's `ulimit` applied first (e.g. `-Sn 1024`: a soft open-files
+    /// limit of 1024, as containers often start with).
+    pub async fn serve_limited(database_url: &str, toml: &str, ulimit: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("lifeline.toml");
         std::fs::write(&config, toml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        let binary = env!("CARGO_BIN_EXE_lifeline");
+        let mut command = match ulimit {
+            None => Command::new(binary),
+            Some(args) => {
+                // `exec`: the process is lifeline itself, with the shell's limits.
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit {args} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                sh
+            }
+        };
+        let mut child = command
             .arg("serve")
             .env_clear()
             .env("DATABASE_URL", database_url)
@@ -54,6 +74,7 @@ impl LifelineProcess {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             logs,
+            seen: Vec::new(),
             _config: dir,
         };
         let serving = process.wait_for_log("lifeline serving").await;
@@ -69,10 +90,21 @@ impl LifelineProcess {
         format!("ws://{}/jambonz", self.addr)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("lifeline still running")
+    }
+
+    /// A log line already read (by [`LifelineProcess::wait_for_log`]) whose message is `message`.
+    pub fn logged(&self, message: &str) -> Option<&Value> {
+        self.seen.iter().find(|v| v["fields"]["message"] == message)
+    }
+
     /// Waits for the log line whose message is `message`.
     pub async fn wait_for_log(&mut self, message: &str) -> Value {
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(v) = self.logs.recv().await {
+                self.seen.push(v.clone());
                 if v["fields"]["message"] == message {
                     return Some(v);
                 }

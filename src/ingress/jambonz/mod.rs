@@ -2,6 +2,7 @@
 //! authenticating with HTTP Basic on the upgrade; one task then serves the call's socket.
 
 mod calls;
+mod malformed;
 mod recovery;
 mod session;
 

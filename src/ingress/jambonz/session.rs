@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use super::malformed;
 use super::recovery::{self, LLM_COMPLETE_EVENT};
 use crate::AppState;
 use crate::config::Tenant;
@@ -401,10 +402,8 @@ impl Session {
     async fn handle_guarded(&mut self, text: &str) -> Vec<String> {
         let envelope: Envelope = match serde_json::from_str(text) {
             Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, bytes = text.len(), "ignored a malformed jambonz frame");
-                return Vec::new();
-            }
+            // Answered if it is a tool call whose id can be read.
+            Err(e) => return malformed::unreadable_frame(text, &e).into_iter().collect(),
         };
         let msgid = envelope.msgid.clone();
         let wants_ack = envelope.wants_ack();
@@ -428,10 +427,7 @@ impl Session {
                 let reconnect = env.kind == "session:reconnect";
                 vec![self.on_session(&msgid, &env, reconnect).await]
             }
-            "llm:tool-call" => {
-                self.on_tool_call(&env);
-                Vec::new()
-            }
+            "llm:tool-call" => self.on_tool_call(&env),
             "verb:hook" => vec![self.on_verb_hook(&msgid, &env).await],
             "dial:confirm" => vec![self.on_dial_confirm(&msgid).await],
             "call:status" => {
@@ -603,12 +599,15 @@ impl Session {
         wire::ack(msgid, Some(verbs))
     }
 
-    fn on_tool_call(&self, env: &Envelope) {
+    /// Starts a tool call; what it returns is sent at once (the answer to one that cannot be
+    /// read).
+    fn on_tool_call(&self, env: &Envelope) -> Vec<String> {
         let data: ToolCallData = match serde_json::from_value(env.data.clone()) {
             Ok(d) => d,
             Err(e) => {
-                warn!(error = %e, "malformed llm:tool-call");
-                return;
+                return malformed::unreadable_tool_call(&env.data, &e)
+                    .into_iter()
+                    .collect();
             }
         };
         let (Some(tenant), Some(call_sid)) = (self.tenant.clone(), self.call_sid.clone()) else {
@@ -617,7 +616,7 @@ impl Session {
                 &data.tool_call_id,
                 r#"{"error":"not_found","message":"the call has not started","retryable":true}"#,
             ));
-            return;
+            return Vec::new();
         };
         let control = Arc::new(JambonzCallControl::new());
         let scope = CallScope {
@@ -663,6 +662,7 @@ impl Session {
         // Tracked, so a stopping process delivers it before closing the socket; in the
         // socket's span, which names the call.
         self.state.pipeline.tasks().spawn(task.in_current_span());
+        Vec::new()
     }
 
     async fn on_verb_hook(&mut self, msgid: &str, env: &Envelope) -> String {

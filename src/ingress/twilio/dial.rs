@@ -2,29 +2,23 @@
 //! pick up (`/twilio/whisper`), and the outcome (`/twilio/dial-action`), which either ends the
 //! call, rings the next target, or records a critical callback request and tells the caller.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
+use super::attempt::AttemptQuery;
 use super::{SORRY, SignedTwilio, ring, say_and_hang_up, twiml};
 use crate::AppState;
 use crate::protocol::twilio::{self as wire, DialAction, Say, Verb};
 use crate::tools::Platform;
 use crate::tools::transfer::{self, DialNext};
 
-/// The attempt a dial's webhooks belong to (we put it in the URLs we give Twilio).
-#[derive(Debug, Deserialize)]
-pub struct AttemptQuery {
-    attempt: Option<Uuid>,
-}
-
 /// `POST /twilio/dial-action`.
 pub async fn dial_action(
     State(state): State<AppState>,
-    Query(query): Query<AttemptQuery>,
+    query: AttemptQuery,
     SignedTwilio(action): SignedTwilio<DialAction>,
 ) -> Response {
     let span = info_span!(
@@ -115,7 +109,7 @@ fn after_unrecorded_dial(succeeded: bool) -> Response {
 /// `POST /twilio/whisper`: played to the on-call person before the caller is connected.
 pub async fn whisper(
     State(state): State<AppState>,
-    Query(query): Query<AttemptQuery>,
+    query: AttemptQuery,
     // Nothing in the form is needed: the attempt in the URL (which the signature covers) is.
     _: SignedTwilio<IgnoredAny>,
 ) -> Response {

@@ -8,6 +8,7 @@
 //! Every answer is TwiML with status 200, whatever happened: a Twilio caller who gets an error
 //! status hears "an application error has occurred", which is never acceptable here.
 
+mod attempt;
 mod dial;
 mod setup;
 mod signed;

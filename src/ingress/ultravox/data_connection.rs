@@ -15,16 +15,21 @@ use axum::extract::ws::{
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::control_for;
 use crate::AppState;
 use crate::config::Tenant;
-use crate::protocol::ultravox::{Incoming, ToolInvocationMessage, headers, verify_data_connection};
+use crate::protocol::salvage;
+use crate::protocol::ultravox::{
+    Incoming, MessageError, ToolChannel, ToolInvocationMessage, ToolResultMessage, headers,
+    verify_data_connection,
+};
 use crate::store::CallRow;
 use crate::tools::pipeline::CallScope;
-use crate::tools::{Platform, ToolInvocation};
+use crate::tools::{Platform, ToolError, ToolInvocation};
 
 /// How long an upgrade waits for its call to be recorded: Ultravox may connect the moment the
 /// call is created, a few milliseconds before call setup has stored the Ultravox call id.
@@ -180,9 +185,63 @@ fn on_message(
         Ok(Incoming::CallStarted { .. }) => debug!("Ultravox call started"),
         Ok(Incoming::Error(_)) => warn!("Ultravox reported an error on the data connection"),
         Ok(Incoming::Other { kind }) => debug!(kind, "data message ignored"),
-        // Without a readable invocation id there is nothing to answer.
-        Err(e) => warn!(error = %e, "unreadable data message"),
+        // A tool invocation whose id can be read gets an error the model can act on; without
+        // one there is nothing to answer.
+        Err(e) => {
+            let answer = unreadable_invocation(text, &e);
+            metrics::counter!("lifeline_malformed_frames_total", "socket" => "ultravox", "answered" => if answer.is_some() { "true" } else { "false" }).increment(1);
+            warn!(error = %e, answered = answer.is_some(), "unreadable data message");
+            if let Some(frame) = answer {
+                let out = out.clone();
+                state.pipeline.tasks().spawn(async move {
+                    let _ = out.send(frame).await;
+                });
+            }
+        }
     }
+}
+
+/// The `data_connection_tool_result` (or `client_tool_result`) for a tool invocation that could
+/// not be read, when its `invocationId` can be recovered.
+fn unreadable_invocation(text: &str, e: &MessageError) -> Option<String> {
+    const ID: [&str; 2] = ["invocationId", "invocation_id"];
+    let (channel, id) = match serde_json::from_str::<Value>(text) {
+        Ok(value) => {
+            let channel = match value.get("type").and_then(Value::as_str) {
+                Some("data_connection_tool_invocation") => ToolChannel::DataConnection,
+                Some("client_tool_invocation") => ToolChannel::Client,
+                _ => return None,
+            };
+            let id = ID.iter().find_map(|key| salvage::id_member(&value, key))?;
+            (channel, id)
+        }
+        // Not JSON: the raw text is searched. On a data connection an invocation id means a
+        // tool invocation.
+        Err(_) => {
+            let channel = if text.contains("\"client_tool_invocation\"") {
+                ToolChannel::Client
+            } else {
+                ToolChannel::DataConnection
+            };
+            (channel, salvage::id_in_text(text, &ID)?)
+        }
+    };
+    let why = match e {
+        MessageError::NotJson(_) => "the message is not valid JSON".to_string(),
+        MessageError::MissingField { field, .. } => format!("it has no {field}"),
+        MessageError::InvalidField {
+            field, expected, ..
+        } => format!("{field} must be {expected}"),
+        MessageError::NotAnObject | MessageError::MissingType => {
+            "the message is not a tool invocation".to_string()
+        }
+    };
+    let mut error = ToolError::validation(format!(
+        "the tool call could not be read ({why}); call the tool again with valid JSON arguments"
+    ));
+    // The same call, sent again intact, will work.
+    error.retryable = true;
+    Some(ToolResultMessage::from_tool_result(channel, id, &Err(error)).to_json())
 }
 
 async fn run_tool(
