@@ -17,6 +17,7 @@ mod admin;
 mod delivery;
 mod demo;
 mod jambonz_frame;
+mod journal;
 mod lifecycle;
 mod ops;
 mod server;
@@ -24,6 +25,7 @@ mod source;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
 pub use demo::DemoSettings;
+pub use journal::default_dir as default_journal_dir;
 pub use lifecycle::LifecycleSettings;
 pub use ops::OpsSettings;
 pub use server::{ConnectionSettings, RESERVED_DESCRIPTORS};
@@ -70,6 +72,8 @@ pub struct Config {
     pub ops: OpsSettings,
     /// Shutdown grace and the reconciler.
     pub lifecycle: LifecycleSettings,
+    /// The call path's journal, for when the database cannot commit in time (`[journal]`).
+    pub journal: crate::store::resilient::JournalSettings,
     /// `[demo]`: this configuration is a demonstration with a published dashboard login (the
     /// account is in `admin.staff`). Never in production; start-up says so loudly.
     pub demo: Option<DemoSettings>,
@@ -315,6 +319,12 @@ impl Config {
         let alerts = raw.alerts.validate(&mut problems);
         let ops = raw.ops.validate(env, &mut problems);
         let lifecycle = lifecycle::validate(&raw.shutdown, &raw.reconciler, &mut problems);
+        let journal = raw.journal.validate(
+            env,
+            &process.database_url,
+            limits.tool_timeout,
+            &mut problems,
+        );
         if worker.lease < delivery.timeout.max(alerts.timeout) + Duration::from_secs(5) {
             problems.push(format!(
                 "worker.lease_secs ({}) must exceed delivery.timeout_ms and alerts.timeout_ms by at least 5 s: a lease that expires mid-POST lets a second worker post the same request",
@@ -404,6 +414,7 @@ impl Config {
                 alerts,
                 ops,
                 lifecycle,
+                journal,
                 database_url: process.database_url.clone(),
                 database_max_connections: process.database_max_connections,
                 bind: process.bind,
@@ -597,6 +608,8 @@ struct RawFile {
     shutdown: lifecycle::RawShutdown,
     #[serde(default)]
     reconciler: lifecycle::RawReconciler,
+    #[serde(default)]
+    journal: journal::RawJournal,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }

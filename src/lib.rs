@@ -43,7 +43,10 @@ use tools::pipeline::Pipeline;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// The call path's store: the database within a budget, else the journal.
     pub store: Arc<dyn Store>,
+    /// The same store, for what only it knows (the journal's status, for `/readyz`).
+    pub journal: Arc<store::resilient::ResilientStore>,
     pub pipeline: Arc<Pipeline>,
     /// The Twilio REST client, when a Twilio account is configured.
     pub twilio: Option<Arc<telephony::twilio::TwilioClient>>,
@@ -103,6 +106,8 @@ pub struct Server {
     worker: Option<JoinHandle<()>>,
     /// Ends transfers and invocations whose owner went away.
     reconciler: JoinHandle<()>,
+    /// Replays the journal when the database answers again.
+    journal: JoinHandle<()>,
 }
 
 impl Server {
@@ -122,11 +127,18 @@ impl Server {
             .map_err(|e| bind_error(config.bind, config.port, e))?;
         let addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let pipeline = Arc::new(Pipeline::new(store.clone(), config.limits.clone()));
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(3))
             .user_agent(concat!("lifeline/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        // The delivery worker reads and writes the database itself; the call path goes through
+        // the journal when the database cannot commit in time.
+        let database = store;
+        let journal =
+            store::resilient::ResilientStore::open(database.clone(), config.journal.clone())
+                .map_err(|e| anyhow::anyhow!("cannot open the journal: {e}"))?;
+        let store: Arc<dyn Store> = journal.clone();
+        let pipeline = Arc::new(Pipeline::new(store.clone(), config.limits.clone()));
         let twilio = config.twilio.as_ref().map(|settings| {
             Arc::new(telephony::twilio::TwilioClient::new(
                 settings,
@@ -134,6 +146,7 @@ impl Server {
                 Arc::new(telephony::breaker::CircuitBreaker::new("twilio")),
             ))
         });
+        let http_for_alerts = http.clone();
         let ultravox_api = Arc::new(telephony::ultravox::UltravoxApi::new(
             config.ultravox.api_base.clone(),
             http,
@@ -141,8 +154,13 @@ impl Server {
             config.ultravox.agent_cache_ttl,
         ));
         let config = Arc::new(config);
+        journal.set_alerts(Arc::new(worker::direct_alerts::ChannelAlerts::new(
+            http_for_alerts,
+            config.clone(),
+        )));
+        let journal_task = tokio::spawn(journal.clone().run(shutdown_rx.clone()));
         let worker = if config.worker.in_process {
-            let worker = worker::Worker::new(config.clone(), store.clone())?;
+            let worker = worker::Worker::new(config.clone(), database.clone())?;
             Some(tokio::spawn(worker.run(shutdown_rx.clone())))
         } else {
             None
@@ -154,6 +172,7 @@ impl Server {
         let state = AppState {
             config,
             store,
+            journal,
             pipeline,
             twilio,
             ultravox_api,
@@ -178,6 +197,7 @@ impl Server {
             task,
             worker,
             reconciler,
+            journal: journal_task,
         })
     }
 
@@ -224,6 +244,9 @@ impl Server {
             );
         }
         let _ = self.reconciler.await;
+        // Last: the sockets' final writes may have gone to the journal.
+        let _ = self.journal.await;
+        self.state.journal.finish().await;
         if let Some(worker) = self.worker {
             worker.await?;
         }

@@ -743,8 +743,9 @@ async fn a_tool_call_that_cannot_be_read_gets_an_error_answer(engine: Engine) {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    assert_eq!(count("true"), 3.0, "{metrics}");
-    assert_eq!(count("false"), 1.0, "{metrics}");
+    // The recorder is the process's: the other engine's run of this test may have counted too.
+    assert!(count("true") >= 3.0, "{metrics}");
+    assert!(count("false") >= 1.0, "{metrics}");
     fs.close().await;
 }
 
@@ -1257,10 +1258,10 @@ async fn the_close_handshake_is_answered_with_jambonzs_own_code(engine: Engine) 
     assert_eq!(fs.close_handshake().await, Some(1000));
 }
 
-/// Item 6: The transfer's durable write is slower than the model's tool deadline (the database is
-/// busy: the test holds its lock). The model is answered in time that the tool is still
-/// running; the effect is not cancelled: once the write goes through, the attempt is recorded
-/// and the redirect that dials follows.
+/// Item 6 and issue 12: The transfer's durable write is slower than the model's tool deadline
+/// (the database is busy: the test holds its lock). Past the write budget the journal takes
+/// the write: the model is answered in time, the redirect that dials follows, and once the
+/// lock is gone the journal is replayed and the attempt and the outcome are in the database.
 async fn a_transfer_slower_than_its_answer_deadline_still_reaches_its_dial(engine: Engine) {
     let app = TestApp::start_with_limits(engine, "tool_timeout_ms = 300").await;
     let mut fs = app.feature_server().await;
@@ -1268,13 +1269,14 @@ async fn a_transfer_slower_than_its_answer_deadline_still_reaches_its_dial(engin
     let lock = DbLock::hold(&app.db.url, "tool_call_logs").await;
     fs.tool_call("inv-slow", "transfer", transfer_args()).await;
     let out = fs.tool_output("inv-slow").await;
-    let answer: Value = serde_json::from_str(out["result"].as_str().unwrap()).unwrap();
-    assert_eq!(answer["error"], "timeout", "{answer}");
-    assert_eq!(answer["retryable"], false, "{answer}");
-    lock.release().await;
-
+    let answer = out["result"].as_str().unwrap();
+    assert!(!answer.contains("\"error\""), "answered in time: {answer}");
+    assert!(app.server.state.journal.status().journaling);
     let verbs = fs.redirect().await;
     assert_eq!(verb_names(&verbs), ["say", "dial"]);
+    lock.release().await;
+    app.journal_drained().await;
+
     let call = app.call(&fs.call_sid).await;
     let attempts = app.store.transfer_attempts(call.id).await.unwrap();
     assert_eq!(attempts.len(), 1);

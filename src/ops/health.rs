@@ -16,7 +16,27 @@ pub async fn healthz() -> Json<Value> {
 /// Readiness: the database answers a query, and every migration this build embeds is recorded
 /// as applied (none failed, none changed since). Until then traffic must go elsewhere: a call
 /// served against an old schema could lose its tool calls.
+///
+/// While the database is unreachable (or its journal is being replayed) the instance still
+/// serves calls through its journal: it answers 200 with `"status": "degraded"` and says why,
+/// so a load balancer keeps sending calls while operators see the state. Every check is
+/// bounded by the journal's budgets: this answers within about a second.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let journal = state.journal.status();
+    let degraded = |reason: String| {
+        (
+            StatusCode::OK,
+            Json(json!({
+                "status": "degraded",
+                "reason": reason,
+                "journal": {
+                    "records": journal.depth,
+                    "oldest": journal.oldest,
+                    "dir": state.journal.settings().dir,
+                },
+            })),
+        )
+    };
     let unavailable = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -24,8 +44,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         )
     };
     if let Err(e) = state.store.ping().await {
-        tracing::warn!(error = %e, "not ready: database unreachable");
-        return unavailable("database unreachable".into());
+        tracing::warn!(error = %e, "degraded: database unreachable");
+        return degraded(format!(
+            "database unreachable, {} records journaled",
+            journal.depth
+        ));
+    }
+    if journal.journaling {
+        return degraded(format!(
+            "database answers again; {} journaled records still to replay",
+            journal.depth
+        ));
     }
     match state.store.migration_report().await {
         Ok(report) => match report.problem() {

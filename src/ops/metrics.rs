@@ -146,6 +146,39 @@ fn describe() {
     metrics::gauge!("lifeline_jambonz_sockets_open").increment(0.0);
     metrics::gauge!("lifeline_ultravox_connections_open").increment(0.0);
     metrics::counter!("lifeline_dead_letters_total").increment(0);
+    describe_gauge!(
+        "lifeline_journal_active",
+        "1 while the call path writes to the local journal (the database failed or the replay is not done)"
+    );
+    describe_gauge!(
+        "lifeline_journal_depth",
+        "Records in the local journal not yet replayed into the database"
+    );
+    describe_gauge!(
+        "lifeline_journal_oldest_timestamp_seconds",
+        "When the oldest record still in the journal was written (Unix seconds; 0: none)"
+    );
+    describe_counter!(
+        "lifeline_journal_records_total",
+        "Writes of the call path made to the journal instead of the database, by operation"
+    );
+    describe_counter!(
+        "lifeline_journal_replayed_total",
+        "Journal records replayed into the database"
+    );
+    describe_counter!(
+        "lifeline_journal_replays_total",
+        "Replays that emptied the journal (writes went back to the database)"
+    );
+    describe_counter!(
+        "lifeline_journal_set_aside_total",
+        "Journal records the database refused on replay, kept in the journal directory's rejected.log"
+    );
+    metrics::gauge!("lifeline_journal_active").increment(0.0);
+    metrics::gauge!("lifeline_journal_depth").increment(0.0);
+    metrics::counter!("lifeline_journal_replayed_total").increment(0);
+    metrics::counter!("lifeline_journal_replays_total").increment(0);
+    metrics::counter!("lifeline_journal_set_aside_total").increment(0);
 }
 
 /// The `/metrics` route.

@@ -7,9 +7,11 @@
 pub mod admin;
 mod common;
 mod connect_check;
+pub mod journal;
 pub mod models;
 pub mod postgres;
 pub mod queue;
+pub mod resilient;
 pub mod sqlite;
 pub mod text;
 pub mod twilio_calls;

@@ -1,6 +1,7 @@
 //! Rows and the values written to them.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -9,7 +10,7 @@ use crate::tools::urgency::Urgency;
 use crate::tools::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
 
 /// A call as first seen by an adapter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewCall {
     pub id: Uuid,
     pub tenant_id: String,
@@ -45,7 +46,7 @@ pub struct CallRow {
 }
 
 /// A status change of a call's own leg.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallStatusUpdate {
     pub event_id: Uuid,
     pub status: String,
@@ -59,7 +60,7 @@ pub struct CallStatusUpdate {
 }
 
 /// An entry of a call's timeline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewCallEvent {
     pub id: Uuid,
     pub call_id: Uuid,
@@ -79,7 +80,7 @@ pub struct CallEventRow {
 }
 
 /// What is written to `tool_call_logs` when an invocation arrives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewToolCallLog {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -155,7 +156,7 @@ impl ToolCallLogRow {
 }
 
 /// What the logging transaction writes besides the log row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Plan {
     /// Log `pending`; the handler runs after the commit and its outcome is recorded later.
     Run,
@@ -169,13 +170,14 @@ pub enum Plan {
 }
 
 /// The final state of an invocation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recorded {
     pub at: DateTime<Utc>,
     pub success: bool,
     pub result: Value,
     pub error_message: Option<String>,
-    pub error_kind: Option<&'static str>,
+    #[serde(deserialize_with = "super::journal::statics::option")]
+    pub error_kind: Option<super::journal::statics::Word>,
     pub duration_ms: f64,
 }
 
@@ -237,7 +239,7 @@ pub enum Begun {
 }
 
 /// A callback request to write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewCallbackRequest {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -247,7 +249,8 @@ pub struct NewCallbackRequest {
     pub tool_call_log_id: Option<Uuid>,
     pub transfer_attempt_id: Option<Uuid>,
     /// `message` (collect_info) or `failed_transfer`.
-    pub reason: &'static str,
+    #[serde(deserialize_with = "super::journal::statics::one")]
+    pub reason: super::journal::statics::Word,
     pub callback_number: String,
     pub caller_name: Option<String>,
     pub first_name: Option<String>,
@@ -324,14 +327,15 @@ pub struct CallbackFilter {
 }
 
 /// A transfer attempt to start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewTransferAttempt {
     pub id: Uuid,
     pub call_id: Uuid,
     pub tenant_id: String,
     pub tool_call_log_id: Option<Uuid>,
     /// `primary` or `secondary`.
-    pub target_role: &'static str,
+    #[serde(deserialize_with = "super::journal::statics::one")]
+    pub target_role: super::journal::statics::Word,
     pub target_number: String,
     pub callback_number: String,
     pub caller_name: Option<String>,
@@ -384,7 +388,7 @@ pub enum TransferStart {
 }
 
 /// How an attempt ended, and what follows it, written in one transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferFinish {
     pub attempt_id: Uuid,
     pub call_id: Uuid,

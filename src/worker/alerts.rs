@@ -157,18 +157,7 @@ pub async fn send_round(
             .any(|(c, to)| c == t.channel && *to == key)
     });
     let sends = futures_util::future::join_all(missing.map(|target| async {
-        let result = match target.channel {
-            "sms" => match (&config.twilio, &settings.sms_from) {
-                (Some(twilio), Some(from)) => {
-                    send_sms(http, twilio, &from.to_string(), &target.to, &body, settings).await
-                }
-                _ => Err((
-                    None,
-                    "SMS alerts need [twilio] and alerts.sms_from".to_string(),
-                )),
-            },
-            _ => send_webhook(http, &target.to, &body, settings.timeout).await,
-        };
+        let result = send_target(http, config, target, &body).await;
         let (ok, status_code, error) = match result {
             Ok(code) => (true, Some(code), None),
             // Twilio quotes the number it refused: keep it out of logs and rows.
@@ -241,7 +230,30 @@ pub async fn send_round(
     (sends, outcome)
 }
 
-type SendResult = Result<i32, (Option<i32>, String)>;
+/// The HTTP status of a sent message, or the status (if any) and why it was not sent.
+pub(crate) type SendResult = Result<i32, (Option<i32>, String)>;
+
+/// Sends `body` to one target: an SMS through Twilio's Messages API, or a webhook.
+pub(crate) async fn send_target(
+    http: &reqwest::Client,
+    config: &Config,
+    target: &Target,
+    body: &str,
+) -> SendResult {
+    let settings = &config.alerts;
+    match target.channel {
+        "sms" => match (&config.twilio, &settings.sms_from) {
+            (Some(twilio), Some(from)) => {
+                send_sms(http, twilio, &from.to_string(), &target.to, body, settings).await
+            }
+            _ => Err((
+                None,
+                "SMS alerts need [twilio] and alerts.sms_from".to_string(),
+            )),
+        },
+        _ => send_webhook(http, &target.to, body, settings.timeout).await,
+    }
+}
 
 async fn send_sms(
     http: &reqwest::Client,

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod clock;
 pub mod delivery;
+pub mod direct_alerts;
 pub mod gate;
 pub mod schedule;
 

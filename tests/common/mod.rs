@@ -241,6 +241,8 @@ pub struct TestApp {
     pub server: Server,
     pub store: Arc<dyn Store>,
     pub db: TestDb,
+    /// This instance's own journal directory (two instances on one database each have one).
+    pub journal_dir: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -262,19 +264,39 @@ impl TestApp {
     /// Starts on an existing database (another instance's, say) with a whole configuration.
     pub async fn start_on(mut db: TestDb, toml: &str) -> Self {
         db.watch_invariants();
+        let journal_dir = tempfile::tempdir().expect("journal dir");
+        let journal = journal_dir.path().to_string_lossy().into_owned();
         let config = Config::build(
             &process_settings(&db.url),
             Some((toml, "test.toml".as_ref())),
-            &|_| None,
+            &|key| (key == "LIFELINE_JOURNAL_DIR").then(|| journal.clone()),
         )
         .expect("test config");
         let server = Server::start(config).await.expect("start server");
         let store = server.state.store.clone();
-        Self { server, store, db }
+        Self {
+            server,
+            store,
+            db,
+            journal_dir,
+        }
     }
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/jambonz", self.server.addr)
+    }
+
+    /// Waits until the journal was replayed and writes go to the database again.
+    pub async fn journal_drained(&self) {
+        let journal = &self.server.state.journal;
+        let mut changed = journal.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while journal.status().journaling {
+                let _ = changed.changed().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the journal was not replayed: {:?}", journal.status()));
     }
 
     pub fn http_url(&self, path: &str) -> String {

@@ -1,0 +1,253 @@
+//! The parts of the store the call path does not write through the journal (the delivery
+//! queue, the dashboard, Twilio call set-up): passed to the database as they are.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::ResilientStore;
+use crate::store::*;
+
+#[async_trait]
+impl DeliveryQueue for ResilientStore {
+    fn queue_signal(&self) -> watch::Receiver<u64> {
+        self.inner.queue_signal()
+    }
+    async fn claim_callbacks(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<CallbackRequestRow>, StoreError> {
+        self.inner
+            .claim_callbacks(worker, now, lease_until, limit)
+            .await
+    }
+    async fn record_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError> {
+        self.inner.record_delivery(record).await
+    }
+    async fn align_retries(
+        &self,
+        scope: &TenantScope,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        hold_sooner: bool,
+    ) -> Result<u64, StoreError> {
+        self.inner.align_retries(scope, at, now, hold_sooner).await
+    }
+    async fn release_callback(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.release_callback(id, attempt, worker, now).await
+    }
+    async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.rescue_expired(now).await
+    }
+    async fn claim_alerts(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ClaimedAlert>, StoreError> {
+        self.inner
+            .claim_alerts(worker, now, lease_until, limit)
+            .await
+    }
+    async fn record_alert_send(
+        &self,
+        alert: &AlertRow,
+        send: &AlertSend,
+    ) -> Result<(), StoreError> {
+        self.inner.record_alert_send(alert, send).await
+    }
+    async fn record_alert(&self, record: &AlertRecord) -> Result<bool, StoreError> {
+        self.inner.record_alert(record).await
+    }
+    async fn release_alert(
+        &self,
+        callback_request_id: Uuid,
+        kind: &str,
+        attempt: i32,
+        worker: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .release_alert(callback_request_id, kind, attempt, worker)
+            .await
+    }
+    async fn callback_request(&self, id: Uuid) -> Result<Option<CallbackRequestRow>, StoreError> {
+        self.inner.callback_request(id).await
+    }
+    async fn delivery_attempts(
+        &self,
+        callback_request_id: Uuid,
+    ) -> Result<Vec<DeliveryAttemptRow>, StoreError> {
+        self.inner.delivery_attempts(callback_request_id).await
+    }
+    async fn alerts_for(
+        &self,
+        callback_request_id: Uuid,
+    ) -> Result<(Vec<AlertRow>, Vec<AlertSendRow>), StoreError> {
+        self.inner.alerts_for(callback_request_id).await
+    }
+    async fn staff_action(
+        &self,
+        id: Uuid,
+        action: &StaffAction,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<CallbackRequestRow, ActionError> {
+        self.inner.staff_action(id, action, actor, now).await
+    }
+    async fn audit_trail(&self, callback_request_id: Uuid) -> Result<Vec<AuditRow>, StoreError> {
+        self.inner.audit_trail(callback_request_id).await
+    }
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
+        self.inner.queue_stats(now).await
+    }
+}
+
+#[async_trait]
+impl AdminStore for ResilientStore {
+    async fn upsert_staff_account(
+        &self,
+        account: &StaffAccountRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.upsert_staff_account(account, now).await
+    }
+    async fn staff_account(&self, username: &str) -> Result<Option<StaffAccountRow>, StoreError> {
+        self.inner.staff_account(username).await
+    }
+    async fn locked_until(
+        &self,
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.locked_until(username, now).await
+    }
+    async fn record_login_failure(
+        &self,
+        username: &str,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+        max: i32,
+        lock: chrono::Duration,
+    ) -> Result<(i32, Option<DateTime<Utc>>), StoreError> {
+        self.inner
+            .record_login_failure(username, now, window, max, lock)
+            .await
+    }
+    async fn clear_login_failures(&self, username: &str) -> Result<(), StoreError> {
+        self.inner.clear_login_failures(username).await
+    }
+    async fn create_session(&self, session: &NewSession) -> Result<(), StoreError> {
+        self.inner.create_session(session).await
+    }
+    async fn session(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        self.inner.session(token_hash, now).await
+    }
+    async fn delete_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.inner.delete_session(token_hash).await
+    }
+    async fn delete_sessions_of(&self, username: &str) -> Result<u64, StoreError> {
+        self.inner.delete_sessions_of(username).await
+    }
+    async fn delete_staff_account(&self, username: &str) -> Result<bool, StoreError> {
+        self.inner.delete_staff_account(username).await
+    }
+    async fn audit(
+        &self,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.inner.audit(at, actor, action, detail).await
+    }
+    async fn open_callbacks(
+        &self,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<CallbackRequestRow>, StoreError> {
+        self.inner.open_callbacks(tenant, limit).await
+    }
+    async fn open_callbacks_since(
+        &self,
+        tenant: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<CallbackRequestRow>, StoreError> {
+        self.inner.open_callbacks_since(tenant, since).await
+    }
+    async fn call_by_id(&self, id: Uuid) -> Result<Option<CallRow>, StoreError> {
+        self.inner.call_by_id(id).await
+    }
+    async fn recent_alerts(
+        &self,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        self.inner.recent_alerts(tenant, limit).await
+    }
+    async fn daily_stats(
+        &self,
+        tenant: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DayStats>, StoreError> {
+        self.inner.daily_stats(tenant, since).await
+    }
+}
+
+#[async_trait]
+impl TwilioCallStore for ResilientStore {
+    async fn claim_call_setup(
+        &self,
+        call_id: Uuid,
+        token: Uuid,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<CallSetup, StoreError> {
+        self.inner
+            .claim_call_setup(call_id, token, now, stale_before)
+            .await
+    }
+    async fn connect_call_setup(
+        &self,
+        call_id: Uuid,
+        token: Uuid,
+        ultravox_call_id: &str,
+        join_url: &str,
+        at: DateTime<Utc>,
+    ) -> Result<CallSetup, StoreError> {
+        self.inner
+            .connect_call_setup(call_id, token, ultravox_call_id, join_url, at)
+            .await
+    }
+    async fn fail_call_setup(
+        &self,
+        call_id: Uuid,
+        token: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.fail_call_setup(call_id, token, at).await
+    }
+    async fn insert_voice_message(
+        &self,
+        request: &NewCallbackRequest,
+        recording_sid: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .insert_voice_message(request, recording_sid)
+            .await
+    }
+}

@@ -1,0 +1,550 @@
+//! Issue 12: calls go on while the database is down or slow. A fault-injecting TCP relay sits
+//! between lifeline and PostgreSQL (it black-holes, cuts or delays, as crates.io's ChaosProxy
+//! does); the call path falls back on the local journal and the journal is replayed when the
+//! database answers again. After each test the end-of-test invariants are checked on the
+//! database itself (nothing left pending or dialing, every failed transfer with its critical
+//! callback request).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::db_lock::DbLock;
+use common::process::LifelineProcess;
+use common::relay::{Fault, Relay};
+use common::{Engine, FakeFeatureServer, RIVERSIDE_PASS, RIVERSIDE_USER, TestApp, TestDb};
+use lifeline::Server;
+use lifeline::config::Config;
+use lifeline::store::resilient::{JournalSettings, ResilientStore};
+use lifeline::store::{CallbackFilter, Store};
+use lifeline::tools::Platform;
+use serde_json::{Value, json};
+
+on_both_engines!(replaying_a_journal_twice_changes_nothing);
+
+/// lifeline on a PostgreSQL test database reached through a relay.
+struct BehindRelay {
+    server: Server,
+    relay: Relay,
+    /// The database itself, not through the relay (for checking what was written).
+    direct: Arc<dyn Store>,
+    _journal: tempfile::TempDir,
+    db: TestDb,
+}
+
+/// `url` with its host and port replaced by `addr`.
+fn through(url: &str, addr: SocketAddr) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("database url");
+    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
+    parsed.set_port(Some(addr.port())).unwrap();
+    parsed.to_string()
+}
+
+async fn target_of(url: &str) -> SocketAddr {
+    let parsed = reqwest::Url::parse(url).expect("database url");
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = parsed.port().unwrap_or(5432);
+    tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .expect("resolve the database")
+        .next()
+        .expect("an address")
+}
+
+impl BehindRelay {
+    async fn start(sections: &str) -> Self {
+        let mut db = TestDb::new(Engine::Postgres).await;
+        db.watch_invariants();
+        let direct = db.store().await;
+        let relay = Relay::start(target_of(&db.url).await).await;
+        let journal = tempfile::tempdir().unwrap();
+        let dir = journal.path().to_string_lossy().into_owned();
+        let toml = format!(
+            "{}\n[journal]\nprobe_interval_ms = 100\n",
+            common::config_toml(sections)
+        );
+        let config = Config::build(
+            &common::process_settings(&through(&db.url, relay.addr())),
+            Some((&toml, "test.toml".as_ref())),
+            &|key| (key == "LIFELINE_JOURNAL_DIR").then(|| dir.clone()),
+        )
+        .expect("test config");
+        let server = Server::start(config).await.expect("start server");
+        Self {
+            server,
+            relay,
+            direct,
+            _journal: journal,
+            db,
+        }
+    }
+
+    /// The feature-server of a new call (each call its own call_sid).
+    async fn feature_server(&self) -> FakeFeatureServer {
+        new_call(&format!("ws://{}/jambonz", self.server.addr)).await
+    }
+
+    async fn drained(&self) {
+        let journal = &self.server.state.journal;
+        let mut changed = journal.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while journal.status().journaling {
+                let _ = changed.changed().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the journal was not replayed: {:?}", journal.status()));
+    }
+
+    async fn readyz(&self) -> Value {
+        reqwest::get(format!("http://{}/readyz", self.server.addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+async fn new_call(ws_url: &str) -> FakeFeatureServer {
+    FakeFeatureServer::connect_as(
+        ws_url,
+        RIVERSIDE_USER,
+        RIVERSIDE_PASS,
+        &uuid::Uuid::new_v4().to_string(),
+    )
+    .await
+    .expect("connect")
+}
+
+fn message_args(concern: &str) -> Value {
+    json!({
+        "callback_number": "(416) 818-9171",
+        "first_name": "Jeremy",
+        "last_name": "Greven",
+        "pet_name": "Tommie",
+        "species": "Cat",
+        "concern_description": concern,
+    })
+}
+
+fn transfer_args() -> Value {
+    json!({
+        "urgency_reason": "CRITICAL EMERGENCY: dog was hit by car",
+        "first_name": "Jeremy",
+        "last_name": "Greven",
+        "callback_number": "4168189171",
+        "pet_name": "Max",
+        "species": "Dog",
+    })
+}
+
+/// The answer a tool call got: a model-facing text, or the error lifeline reported.
+fn recorded(out: &Value) -> &str {
+    out["result"].as_str().unwrap_or_default()
+}
+
+fn verb_names(verbs: &[Value]) -> Vec<&str> {
+    verbs.iter().filter_map(|v| v["verb"].as_str()).collect()
+}
+
+/// A message, and the row and the callback request it makes, for each call.
+async fn assert_one_message_each(direct: &dyn Store, call_sids: &[String]) {
+    for sid in call_sids {
+        let call = direct
+            .find_call(Platform::Jambonz, sid)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("call {sid} is known after the replay"));
+        let logs = direct
+            .tool_call_logs_for_call(Platform::Jambonz, sid)
+            .await
+            .unwrap();
+        assert_eq!(logs.len(), 1, "{sid}: {logs:?}");
+        assert_eq!(logs[0].status, "success");
+        assert_eq!(logs[0].call_id, Some(call.id));
+        let callbacks = direct
+            .callback_requests(&CallbackFilter {
+                call_id: Some(call.id),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(callbacks.len(), 1, "{sid}: {callbacks:?}");
+        assert_eq!(callbacks[0].tool_call_log_id, Some(logs[0].id));
+    }
+}
+
+/// The database black-holed mid-call (connections stay open and nothing comes back, the worst
+/// kind of outage: every wait runs to its end). Calls already running record messages and
+/// transfer; new calls are acked with their application; `/readyz` says degraded; when the
+/// database is back the journal is replayed and every acknowledged record is there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_under_load_calls_go_on_and_nothing_is_lost() {
+    let app = BehindRelay::start("").await;
+    let mut before = Vec::new();
+    for _ in 0..4 {
+        let mut fs = app.feature_server().await;
+        fs.session_new().await;
+        before.push(fs);
+    }
+    app.relay.set(Fault::BlackHole);
+
+    for (i, fs) in before.iter_mut().enumerate() {
+        let id = format!("msg-{i}");
+        fs.tool_call(
+            &id,
+            "collectNameNumberConcernPetName",
+            message_args("limping"),
+        )
+        .await;
+        let out = fs.tool_output(&id).await;
+        assert!(recorded(&out).starts_with("Recorded"), "{out}");
+    }
+    // Calls that start during the outage: acked with the clinic's application at once.
+    let mut during = Vec::new();
+    for i in 0..2 {
+        let mut fs = app.feature_server().await;
+        let ack = fs.session_new().await;
+        let verbs = ack["data"].as_array().expect("the application");
+        assert!(verb_names(verbs).contains(&"llm"), "{ack}");
+        let id = format!("new-{i}");
+        fs.tool_call(
+            &id,
+            "collectNameNumberConcernPetName",
+            message_args("vomiting"),
+        )
+        .await;
+        let out = fs.tool_output(&id).await;
+        assert!(recorded(&out).starts_with("Recorded"), "{out}");
+        during.push(fs);
+    }
+    // A transfer dials.
+    let mut caller = app.feature_server().await;
+    caller.session_new().await;
+    caller.tool_call("xfer", "transfer", transfer_args()).await;
+    let out = caller.tool_output("xfer").await;
+    assert!(out["result"].as_str().is_some(), "{out}");
+    assert!(!recorded(&out).contains("\"error\""), "{out}");
+    assert_eq!(verb_names(&caller.redirect().await), ["say", "dial"]);
+
+    let status = app.server.state.journal.status();
+    assert!(status.journaling && status.depth > 0, "{status:?}");
+    let ready = app.readyz().await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert!(
+        ready["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("database unreachable, "),
+        "{ready}"
+    );
+
+    app.relay.set(Fault::None);
+    app.relay.reset();
+    app.drained().await;
+    assert_eq!(app.readyz().await["status"], "ready");
+
+    let sids: Vec<String> = before
+        .iter()
+        .chain(during.iter())
+        .map(|fs| fs.call_sid.clone())
+        .collect();
+    assert_one_message_each(app.direct.as_ref(), &sids).await;
+    let call = app
+        .direct
+        .find_call(Platform::Jambonz, &caller.call_sid)
+        .await
+        .unwrap()
+        .expect("the transferring call");
+    let attempts = app.direct.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0].status, "dialing");
+    // The on-call person picks up: the attempt the journal started ends in the database.
+    caller.llm_complete("normal conversation end").await;
+    caller.dial_result("completed", 200).await;
+    let attempts = app.direct.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts[0].status, "succeeded");
+    for mut fs in before.into_iter().chain(during).chain([caller]) {
+        fs.call_status("completed", Some(30)).await;
+        fs.close().await;
+    }
+    let status = app.server.state.journal.status();
+    assert_eq!(status.set_aside, 0, "{status:?}");
+    drop(app.db);
+}
+
+/// Every database round trip takes 3 s more than usual: tool calls are still answered with
+/// their real result (lifeline's own timeout answer would say `timeout`), because past the
+/// write budget the journal records them; the replay catches up once the database is fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_still_gets_answers_within_the_tool_deadline() {
+    let app = BehindRelay::start("").await;
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let mut fs = app.feature_server().await;
+        fs.session_new().await;
+        calls.push(fs);
+    }
+    app.relay.set(Fault::Latency(Duration::from_secs(3)));
+    for (i, fs) in calls.iter_mut().enumerate() {
+        let id = format!("slow-{i}");
+        fs.tool_call(
+            &id,
+            "collectNameNumberConcernPetName",
+            message_args("coughing"),
+        )
+        .await;
+        let out = fs.tool_output(&id).await;
+        assert!(recorded(&out).starts_with("Recorded"), "{out}");
+    }
+    app.relay.set(Fault::None);
+    app.relay.reset();
+    app.drained().await;
+    let sids: Vec<String> = calls.iter().map(|fs| fs.call_sid.clone()).collect();
+    assert_one_message_each(app.direct.as_ref(), &sids).await;
+    for mut fs in calls {
+        fs.call_status("completed", Some(30)).await;
+        fs.close().await;
+    }
+}
+
+/// A call that began while the database was unreachable is known afterwards: it transfers,
+/// and the attempt is recorded against the call the journal created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_begun_during_the_outage_transfers_after_recovery() {
+    let app = BehindRelay::start("").await;
+    app.relay.set(Fault::Cut);
+    let mut fs = app.feature_server().await;
+    let ack = fs.session_new().await;
+    assert!(
+        ack["data"].as_array().is_some_and(|v| !v.is_empty()),
+        "{ack}"
+    );
+    app.relay.set(Fault::None);
+    app.drained().await;
+
+    fs.tool_call("xfer-after", "transfer", transfer_args())
+        .await;
+    let out = fs.tool_output("xfer-after").await;
+    assert!(!recorded(&out).contains("\"error\""), "{out}");
+    assert_eq!(verb_names(&fs.redirect().await), ["say", "dial"]);
+    let call = app
+        .direct
+        .find_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap()
+        .expect("the call begun during the outage");
+    let attempts = app.direct.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    fs.llm_complete("normal conversation end").await;
+    fs.dial_result("completed", 200).await;
+    fs.call_status("completed", Some(40)).await;
+    fs.close().await;
+}
+
+/// A transfer was ringing when the database went away; nobody answers, on either number. The
+/// caller is told a team member will call back, the critical callback request is journaled and
+/// the on-call team is alerted at once, without the database; after the replay the request is
+/// in the database, with both failed attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ringing_transfer_failing_during_the_outage_gets_its_critical_callback() {
+    let hook = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    let app = BehindRelay::start(&format!(
+        "[alerts]\nwebhook_url = \"{}/hook\"\n",
+        hook.uri()
+    ))
+    .await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    fs.tool_call("xfer", "transfer", transfer_args()).await;
+    fs.tool_output("xfer").await;
+    assert_eq!(verb_names(&fs.redirect().await), ["say", "dial"]);
+    fs.llm_complete("normal conversation end").await;
+
+    app.relay.set(Fault::BlackHole);
+    let next = fs.dial_result("no-answer", 487).await;
+    assert_eq!(
+        verb_names(&next),
+        ["say", "dial"],
+        "the secondary is dialled"
+    );
+    let last = fs.dial_result("no-answer", 487).await;
+    assert!(!verb_names(&last).contains(&"dial"), "{last:?}");
+
+    // Alerted without the database (the worker cannot see the request yet).
+    let alerted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let requests = hook.received_requests().await.unwrap_or_default();
+            let texts: Vec<String> = requests
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .collect();
+            if let Some(t) = texts.iter().find(|t| t.contains("CRITICAL")) {
+                return t.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a direct critical alert");
+    assert!(alerted.contains("sent directly"), "{alerted}");
+    assert!(alerted.contains("4168189171"), "{alerted}");
+
+    app.relay.set(Fault::None);
+    app.relay.reset();
+    app.drained().await;
+    let call = app
+        .direct
+        .find_call(Platform::Jambonz, &fs.call_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    let attempts = app.direct.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        attempts.iter().all(|a| a.status == "failed"),
+        "{attempts:?}"
+    );
+    let callbacks = app
+        .direct
+        .callback_requests(&CallbackFilter {
+            call_id: Some(call.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0].urgency_level, "critical");
+    assert_eq!(callbacks[0].reason, "failed_transfer");
+    fs.call_status("completed", Some(60)).await;
+    fs.close().await;
+}
+
+/// kill -9 while the database is unreachable and the journal holds acknowledged records: the
+/// next process started on the same journal replays them at start; nothing is lost and
+/// nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_outage_then_replay_at_start() {
+    let mut db = TestDb::new(Engine::Postgres).await;
+    db.watch_invariants();
+    let direct = db.store().await;
+    let relay = Relay::start(target_of(&db.url).await).await;
+    let journal = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}\n[journal]\ndir = \"{}\"\nprobe_interval_ms = 100\n",
+        common::config_toml(""),
+        journal.path().display()
+    );
+    let url = through(&db.url, relay.addr());
+    let mut first = LifelineProcess::serve(&url, &toml).await;
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let mut fs = new_call(&first.ws_url()).await;
+        fs.session_new().await;
+        calls.push(fs);
+    }
+    relay.set(Fault::BlackHole);
+    for (i, fs) in calls.iter_mut().enumerate() {
+        let id = format!("k-{i}");
+        fs.tool_call(
+            &id,
+            "collectNameNumberConcernPetName",
+            message_args("bleeding"),
+        )
+        .await;
+        let out = fs.tool_output(&id).await;
+        assert!(recorded(&out).starts_with("Recorded"), "{out}");
+    }
+    first.crash().await;
+    relay.set(Fault::None);
+    relay.reset();
+
+    let mut second = LifelineProcess::serve(&url, &toml).await;
+    second
+        .wait_for_log("journal replayed into the database; writes go to the database again")
+        .await;
+    let sids: Vec<String> = calls.iter().map(|fs| fs.call_sid.clone()).collect();
+    assert_one_message_each(direct.as_ref(), &sids).await;
+    let all = direct
+        .callback_requests(&CallbackFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3, "nothing twice: {all:?}");
+    drop(calls);
+    second.terminate();
+    second.exit_status(Duration::from_secs(30)).await;
+}
+
+/// The same journal replayed twice (a crash after the replay wrote but before it removed the
+/// segment, or a copy restored by an operator) writes nothing the second time. The journal is
+/// filled by holding the database's lock past the write budget, on both engines.
+async fn replaying_a_journal_twice_changes_nothing(engine: Engine) {
+    let app = TestApp::start(engine).await;
+    let mut fs = app.feature_server().await;
+    fs.session_new().await;
+    let lock = DbLock::hold(&app.db.url, "tool_call_logs").await;
+    for i in 0..2 {
+        let id = format!("twice-{i}");
+        fs.tool_call(
+            &id,
+            "collectNameNumberConcernPetName",
+            message_args("itching"),
+        )
+        .await;
+        let out = fs.tool_output(&id).await;
+        assert!(recorded(&out).starts_with("Recorded"), "{out}");
+    }
+    // A copy of the journal as it stands (fsynced before the answers above).
+    let copy = tempfile::tempdir().unwrap();
+    let mut copied = 0;
+    for entry in std::fs::read_dir(app.journal_dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "journal") {
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(copied > 0, "the journal holds the tool calls");
+    lock.release().await;
+    app.journal_drained().await;
+
+    let direct = app.db.store().await;
+    let count = || async {
+        let logs = direct
+            .tool_call_logs_for_call(Platform::Jambonz, &fs.call_sid)
+            .await
+            .unwrap();
+        let callbacks = direct
+            .callback_requests(&CallbackFilter::default())
+            .await
+            .unwrap();
+        (logs.len(), callbacks.len())
+    };
+    assert_eq!(count().await, (2, 2));
+
+    let again = ResilientStore::open(
+        direct.clone(),
+        JournalSettings {
+            dir: copy.path().to_path_buf(),
+            write_budget: Duration::from_millis(800),
+            read_budget: Duration::from_millis(400),
+            probe_interval: Duration::from_millis(100),
+        },
+    )
+    .unwrap();
+    assert!(again.status().journaling);
+    assert!(again.try_replay().await, "{:?}", again.status());
+    let status = again.status();
+    assert_eq!(status.set_aside, 0, "{status:?}");
+    assert!(status.replayed >= 2, "{status:?}");
+    assert_eq!(count().await, (2, 2), "nothing written twice");
+    fs.call_status("completed", Some(20)).await;
+    fs.close().await;
+}
