@@ -45,7 +45,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 echo "replay:"
-grep 'journal replayed into the database' "$work/lifeline.log" | tail -1
+grep -E "journal replayed|journal replay stopped|writes to the journal" "$work/lifeline.log"
 echo "rows after the replay:"
 psql -At "$pg/$db" -c "SELECT 'tool_call_logs', count(*) FROM tool_call_logs UNION ALL
   SELECT 'callback_requests', count(*) FROM callback_requests UNION ALL

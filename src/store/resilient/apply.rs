@@ -10,7 +10,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::store::journal::{Record, segment};
+use crate::store::journal::{Entry, Record, segment};
 use crate::store::*;
 use crate::tools::urgency::Urgency;
 
@@ -134,6 +134,49 @@ pub fn finish_with_alias<'a>(
     Cow::Owned(owned)
 }
 
+/// Splits a segment's records into lanes that may be replayed side by side: the records of
+/// one call stay in one lane, in journal order (each may depend on the ones before it); the
+/// lanes of different calls do not touch the same rows. Returns the records' indices per lane.
+pub fn lanes(entries: &[Entry]) -> Vec<Vec<usize>> {
+    let mut lane_of: HashMap<Uuid, usize> = HashMap::new();
+    let mut call_of_log: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut call_of_attempt: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = match &entry.record {
+            Record::UpsertCall { call } => call.id,
+            Record::AppStarted { call_id, .. }
+            | Record::CallStatus { call_id, .. }
+            | Record::UltravoxLink { call_id, .. } => *call_id,
+            Record::CallEvent { event } => event.call_id,
+            Record::BeginInvocation { log, .. } => {
+                let key = log.call_id.unwrap_or(log.id);
+                call_of_log.insert(log.id, key);
+                key
+            }
+            Record::FinishInvocation { log_id, .. } => {
+                call_of_log.get(log_id).copied().unwrap_or(*log_id)
+            }
+            Record::StartTransfer { attempt } => {
+                call_of_attempt.insert(attempt.id, attempt.call_id);
+                attempt.call_id
+            }
+            Record::FinishTransfer { finish } => finish.call_id,
+            Record::TransferAnswered { attempt_id, .. } => call_of_attempt
+                .get(attempt_id)
+                .copied()
+                .unwrap_or(*attempt_id),
+            Record::CallbackRequest { request } => request.call_id.unwrap_or(request.id),
+        };
+        let lane = *lane_of.entry(key).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(i);
+    }
+    lanes
+}
+
 /// The critical callback requests a record writes (alerted at once when journaled).
 pub fn critical_requests(record: &Record) -> Vec<&NewCallbackRequest> {
     let requests: Vec<&NewCallbackRequest> = match record {
@@ -245,4 +288,108 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::tools::Platform;
+
+    fn entry(record: Record) -> Entry {
+        Entry {
+            at: Utc::now(),
+            record,
+        }
+    }
+
+    fn call(id: Uuid) -> Record {
+        Record::UpsertCall {
+            call: NewCall {
+                id,
+                tenant_id: "t".into(),
+                platform: Platform::Jambonz,
+                call_ref: id.to_string(),
+                from_number: None,
+                to_number: None,
+                direction: "inbound".into(),
+                status: "trying".into(),
+                account_sid: None,
+                application_sid: None,
+                started_at: Utc::now(),
+            },
+        }
+    }
+
+    fn begin(log_id: Uuid, call_id: Uuid) -> Record {
+        Record::BeginInvocation {
+            log: NewToolCallLog {
+                id: log_id,
+                created_at: Utc::now(),
+                tenant_id: "t".into(),
+                platform: Platform::Jambonz,
+                call_ref: call_id.to_string(),
+                call_id: Some(call_id),
+                invocation_key: log_id.to_string(),
+                invocation_id: None,
+                tool_name: "hang_up".into(),
+                canonical_tool: "hang_up".into(),
+                tool_parameters: json!({}),
+                callback_number: None,
+                caller_name: None,
+                urgency_level: None,
+                ultravox_call_id: None,
+                twilio_call_sid: None,
+                tool_data: json!({}),
+            },
+            plan: Plan::Run,
+        }
+    }
+
+    fn finish(log_id: Uuid) -> Record {
+        Record::FinishInvocation {
+            log_id,
+            outcome: Recorded::of(
+                &Err(crate::tools::ToolError::validation("x")),
+                Utc::now(),
+                1.0,
+            ),
+        }
+    }
+
+    #[test]
+    fn a_calls_records_share_a_lane_in_journal_order() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (la, lb) = (Uuid::now_v7(), Uuid::now_v7());
+        let entries: Vec<Entry> = [
+            call(a),
+            call(b),
+            begin(la, a),
+            begin(lb, b),
+            finish(lb),
+            finish(la),
+        ]
+        .into_iter()
+        .map(entry)
+        .collect();
+        assert_eq!(lanes(&entries), vec![vec![0, 2, 5], vec![1, 3, 4]]);
+    }
+
+    #[test]
+    fn records_survive_the_journal_format() {
+        let log = Uuid::now_v7();
+        let original = entry(finish(log));
+        let json = serde_json::to_string(&original).unwrap();
+        let back: Entry = serde_json::from_str(&json).unwrap();
+        match back.record {
+            Record::FinishInvocation { log_id, outcome } => {
+                assert_eq!(log_id, log);
+                assert_eq!(outcome.error_kind, Some("validation"));
+                assert!(!outcome.success);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -33,6 +34,10 @@ use super::*;
 use crate::tools::Platform;
 
 pub use rows::Rows;
+
+/// How many calls' records a replay applies side by side (each lane holds one database
+/// connection at a time; the pool is shared with the live call path).
+const REPLAY_LANES: usize = 8;
 
 /// How the call path falls back on the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +81,9 @@ pub struct JournalStatus {
 
 struct State {
     journaling: bool,
+    /// The last write given up on the database, and no probe has reached it since: lookups
+    /// that memory cannot answer do not wait for it either.
+    db_down: bool,
     /// Records queued to the segment being written since the last seal.
     unsealed: u64,
     status: JournalStatus,
@@ -168,6 +176,7 @@ impl ResilientStore {
             settings,
             state: Mutex::new(State {
                 journaling,
+                db_down: false,
                 unsealed: 0,
                 status: JournalStatus {
                     journaling,
@@ -254,7 +263,7 @@ impl ResilientStore {
         )
         .await
         {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => self.lock().db_down = false,
             _ => return false,
         }
         match self.replay().await {
@@ -288,30 +297,18 @@ impl ResilientStore {
                     .map_err(|e| format!("reading the journal {}: {e}", dir.display()))?
             };
             for segment in segments {
-                let mut aliases = self.lock().aliases.clone();
-                let before = aliases.len();
-                for entry in &segment.entries {
-                    let mut record = entry.record.clone();
-                    apply::remap(&mut record, &aliases);
-                    match apply::apply(self.inner.as_ref(), &record, &mut aliases).await {
-                        Ok(()) => {}
-                        Err(e) if is_transient(&e) => {
-                            self.lock().aliases = aliases;
-                            return Err(format!("the database failed during the replay: {e}"));
-                        }
-                        Err(e) => {
-                            tracing::error!(
-                                op = record.op(),
-                                error = %e,
-                                "the database refused a journaled record; it is set aside in \
-                                 rejected.log"
-                            );
-                            let line = serde_json::to_vec(entry).unwrap_or_default();
-                            let _ = super::journal::segment::set_aside(&dir, &[line]);
-                            metrics::counter!("lifeline_journal_set_aside_total").increment(1);
-                            self.lock().status.set_aside += 1;
-                        }
-                    }
+                let aliases = Mutex::new(self.lock().aliases.clone());
+                let before = aliases.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let lanes = apply::lanes(&segment.entries);
+                let outcomes: Vec<Result<(), String>> = futures_util::stream::iter(lanes)
+                    .map(|lane| self.replay_lane(&segment.entries, lane, &aliases, &dir))
+                    .buffer_unordered(REPLAY_LANES)
+                    .collect()
+                    .await;
+                let aliases = aliases.into_inner().unwrap_or_else(|p| p.into_inner());
+                if let Some(Err(e)) = outcomes.into_iter().find(Result::is_err) {
+                    self.lock().aliases = aliases;
+                    return Err(e);
                 }
                 if aliases.len() != before {
                     // Before the segment that taught them is removed: later segments use them.
@@ -359,6 +356,49 @@ impl ResilientStore {
                 return Ok(true);
             }
         }
+    }
+
+    /// Applies one lane of a segment's records, in order. A record the database refuses for
+    /// good is set aside; a failure of the database stops the lane (and the replay).
+    async fn replay_lane(
+        &self,
+        entries: &[Entry],
+        lane: Vec<usize>,
+        aliases: &Mutex<HashMap<Uuid, Uuid>>,
+        dir: &std::path::Path,
+    ) -> Result<(), String> {
+        for i in lane {
+            let entry = &entries[i];
+            let mut record = entry.record.clone();
+            apply::remap(
+                &mut record,
+                &aliases.lock().unwrap_or_else(|p| p.into_inner()),
+            );
+            let mut learnt = HashMap::new();
+            let applied = apply::apply(self.inner.as_ref(), &record, &mut learnt).await;
+            aliases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(learnt);
+            match applied {
+                Ok(()) => {}
+                Err(e) if is_transient(&e) => {
+                    return Err(format!("the database failed during the replay: {e}"));
+                }
+                Err(e) => {
+                    tracing::error!(
+                        op = record.op(),
+                        error = %e,
+                        "the database refused a journaled record; it is set aside in rejected.log"
+                    );
+                    let line = serde_json::to_vec(entry).unwrap_or_default();
+                    let _ = super::journal::segment::set_aside(dir, &[line]);
+                    metrics::counter!("lifeline_journal_set_aside_total").increment(1);
+                    self.lock().status.set_aside += 1;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -432,6 +472,9 @@ impl ResilientStore {
             })?;
             state.rows.journaled(&entry.record);
             state.journaling = true;
+            if !matches!(why, Fallback::Journaling) {
+                state.db_down = true;
+            }
             state.unsealed += 1;
             state.status.journaling = true;
             state.status.depth += 1;
@@ -469,10 +512,16 @@ impl ResilientStore {
         remember: impl FnOnce(&mut Rows, &T),
         fallback: T,
     ) -> Result<T, StoreError> {
-        if self.journaling()
-            && let Some(found) = from_rows(&self.lock().rows)
         {
-            return Ok(found);
+            let state = self.lock();
+            if state.journaling {
+                if let Some(found) = from_rows(&state.rows) {
+                    return Ok(found);
+                }
+                if state.db_down {
+                    return Ok(fallback);
+                }
+            }
         }
         match tokio::time::timeout(self.settings.read_budget, from_db).await {
             Ok(Ok(value)) => {
