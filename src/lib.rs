@@ -112,11 +112,37 @@ pub struct Server {
 
 impl Server {
     /// Connects the store, migrates, binds (port 0 picks a free port) and serves.
+    ///
+    /// A PostgreSQL database that cannot be reached stops the start, unless the journal holds
+    /// records of an earlier process (killed during an outage): then the process starts
+    /// degraded, serving calls through the journal, and migrates and replays once the database
+    /// answers. (A new deployment with a wrong `DATABASE_URL` still fails at once.)
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let store =
-            store::connect_with_pool(&config.database_url, config.database_max_connections).await?;
-        store.migrate().await?;
-        Self::start_with_store(config, store).await
+        let url = &config.database_url;
+        let max = config.database_max_connections;
+        match store::connect_with_pool(url, max).await {
+            Ok(store) => {
+                store.migrate().await?;
+                Self::start_with_store(config, store).await
+            }
+            Err(store::StoreError::Unavailable(why))
+                if url.starts_with("postgres")
+                    && store::journal::holds_records(&config.journal.dir) =>
+            {
+                tracing::error!(
+                    reason = %why,
+                    journal = %config.journal.dir.display(),
+                    "the database is unreachable and the journal holds records of an earlier \
+                     process: starting degraded (calls are served through the journal; \
+                     migrations and the replay run when the database answers)"
+                );
+                let store = store::connect_lazy(url, max)?;
+                let server = Self::start_with_store(config, store).await?;
+                server.state.journal.started_without_database();
+                Ok(server)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Serves with an already opened and migrated store.

@@ -548,3 +548,61 @@ async fn replaying_a_journal_twice_changes_nothing(engine: Engine) {
     fs.call_status("completed", Some(20)).await;
     fs.close().await;
 }
+
+/// kill -9 during the outage, and the platform restarts the process before the database is
+/// back: with records in its journal the process starts degraded instead of failing, serves
+/// new calls through the journal, and migrates and replays when the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_restarted_during_the_outage_serves_calls_then_replays() {
+    let mut db = TestDb::new(Engine::Postgres).await;
+    db.watch_invariants();
+    let direct = db.store().await;
+    let relay = Relay::start(target_of(&db.url).await).await;
+    let journal = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}\n[journal]\ndir = \"{}\"\nprobe_interval_ms = 100\n",
+        common::config_toml(""),
+        journal.path().display()
+    );
+    let url = through(&db.url, relay.addr());
+    let mut first = LifelineProcess::serve(&url, &toml).await;
+    let mut before = new_call(&first.ws_url()).await;
+    before.session_new().await;
+    relay.set(Fault::Cut);
+    before
+        .tool_call(
+            "r-0",
+            "collectNameNumberConcernPetName",
+            message_args("seizure"),
+        )
+        .await;
+    assert!(recorded(&before.tool_output("r-0").await).starts_with("Recorded"));
+    first.crash().await;
+
+    // Still unreachable: the new process starts all the same.
+    let mut second = LifelineProcess::serve(&url, &toml).await;
+    let mut after = new_call(&second.ws_url()).await;
+    let ack = after.session_new().await;
+    assert!(
+        ack["data"].as_array().is_some_and(|v| !v.is_empty()),
+        "{ack}"
+    );
+    after
+        .tool_call(
+            "r-1",
+            "collectNameNumberConcernPetName",
+            message_args("not eating"),
+        )
+        .await;
+    assert!(recorded(&after.tool_output("r-1").await).starts_with("Recorded"));
+
+    relay.set(Fault::None);
+    second
+        .wait_for_log("journal replayed into the database; writes go to the database again")
+        .await;
+    let sids = [before.call_sid.clone(), after.call_sid.clone()];
+    assert_one_message_each(direct.as_ref(), &sids).await;
+    drop((before, after));
+    second.terminate();
+    second.exit_status(Duration::from_secs(30)).await;
+}

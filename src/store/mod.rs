@@ -289,6 +289,17 @@ pub(crate) fn call_lock_key(platform: &str, call_ref: &str) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// Opens a PostgreSQL store without reaching the database (connections are made on first use).
+pub fn connect_lazy(
+    database_url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(postgres::PgStore::connect_lazy(
+        database_url,
+        max_connections,
+    )?))
+}
+
 /// Opens the store a `DATABASE_URL` names (PostgreSQL with a pool of up to 16 connections).
 pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     connect_with_pool(database_url, 16).await

@@ -49,6 +49,24 @@ impl PgStore {
         })
     }
 
+    /// A store whose connections are opened on first use: for a process that must start while
+    /// the database is unreachable (its journal holds records to replay).
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()?
+            .application_name("lifeline")
+            .options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            signal: QueueSignal::default(),
+            listening: Arc::new(Once::new()),
+        })
+    }
+
     fn bump_queue(&self) {
         self.signal.bump();
     }

@@ -262,6 +262,15 @@ pub fn read_sealed(dir: &Path, below: u64, set_aside: bool) -> io::Result<Vec<Se
     Ok(out)
 }
 
+/// Whether the journal in `dir` holds records (without opening it).
+pub fn holds_records(dir: &Path) -> bool {
+    segment::list(dir).is_ok_and(|segments| {
+        segments
+            .iter()
+            .any(|(_, path)| std::fs::metadata(path).is_ok_and(|m| m.len() > 0))
+    })
+}
+
 struct Writer {
     dir: PathBuf,
     seq: u64,

@@ -84,6 +84,8 @@ struct State {
     /// The last write given up on the database, and no probe has reached it since: lookups
     /// that memory cannot answer do not wait for it either.
     db_down: bool,
+    /// The process started without reaching the database: migrations run before the replay.
+    migrate_first: bool,
     /// Records queued to the segment being written since the last seal.
     unsealed: u64,
     status: JournalStatus,
@@ -177,6 +179,7 @@ impl ResilientStore {
             state: Mutex::new(State {
                 journaling,
                 db_down: false,
+                migrate_first: false,
                 unsealed: 0,
                 status: JournalStatus {
                     journaling,
@@ -193,6 +196,14 @@ impl ResilientStore {
         });
         store.publish(&store.lock().status.clone());
         Ok(store)
+    }
+
+    /// The process started while the database was unreachable: lookups do not wait for it, and
+    /// the migrations run (when it answers) before the journal is replayed.
+    pub fn started_without_database(&self) {
+        let mut state = self.lock();
+        state.db_down = true;
+        state.migrate_first = true;
     }
 
     /// Sends critical alerts and the journal's own alerts through `alerts`.
@@ -265,6 +276,15 @@ impl ResilientStore {
         {
             Ok(Ok(())) => self.lock().db_down = false,
             _ => return false,
+        }
+        if self.lock().migrate_first {
+            match self.inner.migrate().await {
+                Ok(()) => self.lock().migrate_first = false,
+                Err(e) => {
+                    tracing::error!(error = %e, "the database answers but cannot be migrated; the journal waits");
+                    return false;
+                }
+            }
         }
         match self.replay().await {
             Ok(done) => done,
