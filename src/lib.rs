@@ -120,26 +120,27 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let url = &config.database_url;
         let max = config.database_max_connections;
-        match store::connect_with_pool(url, max).await {
-            Ok(store) => {
-                store.migrate().await?;
-                Self::start_with_store(config, store).await
-            }
-            Err(store::StoreError::Unavailable(why))
+        let opened = async {
+            let store = store::connect_with_pool(url, max).await?;
+            store.migrate().await?;
+            Ok::<_, store::StoreError>(store)
+        }
+        .await;
+        match opened {
+            Ok(store) => Self::start_inner(config, store, false).await,
+            Err(why)
                 if url.starts_with("postgres")
                     && store::journal::holds_records(&config.journal.dir) =>
             {
                 tracing::error!(
                     reason = %why,
                     journal = %config.journal.dir.display(),
-                    "the database is unreachable and the journal holds records of an earlier \
+                    "the database cannot be used and the journal holds records of an earlier \
                      process: starting degraded (calls are served through the journal; \
                      migrations and the replay run when the database answers)"
                 );
                 let store = store::connect_lazy(url, max)?;
-                let server = Self::start_with_store(config, store).await?;
-                server.state.journal.started_without_database();
-                Ok(server)
+                Self::start_inner(config, store, true).await
             }
             Err(e) => Err(e.into()),
         }
@@ -147,6 +148,15 @@ impl Server {
 
     /// Serves with an already opened and migrated store.
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        Self::start_inner(config, store, false).await
+    }
+
+    /// `degraded`: the database could not be reached (or migrated) at start.
+    async fn start_inner(
+        config: Config,
+        store: Arc<dyn Store>,
+        degraded: bool,
+    ) -> anyhow::Result<Self> {
         ops::metrics::install();
         let listener = TcpListener::bind((config.bind, config.port))
             .await
@@ -163,6 +173,9 @@ impl Server {
         let journal =
             store::resilient::ResilientStore::open(database.clone(), config.journal.clone())
                 .map_err(|e| anyhow::anyhow!("cannot open the journal: {e}"))?;
+        if degraded {
+            journal.started_without_database();
+        }
         let store: Arc<dyn Store> = journal.clone();
         let pipeline = Arc::new(Pipeline::new(store.clone(), config.limits.clone()));
         let twilio = config.twilio.as_ref().map(|settings| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::db_lock::DbLock;
 use common::process::LifelineProcess;
 use common::relay::{Fault, Relay};
-use common::{Engine, FakeFeatureServer, TestApp, TestDb, try_connect};
+use common::{Engine, FakeFeatureServer, TestApp, TestDb, transfer_args, try_connect};
 use lifeline::store::{CallRow, CallbackFilter, CallbackRequestRow, TransferAttemptRow};
 use lifeline::tools::Platform;
 use serde_json::{Value, json};
@@ -949,16 +949,6 @@ async fn health_and_readiness() {
 // the relay (tests/common/relay.rs) loses bytes and resets connections.
 
 /// The transfer arguments of the original tool, as the model fills them.
-fn transfer_args() -> Value {
-    json!({
-        "urgency_reason": "CRITICAL EMERGENCY: dog was hit by car",
-        "first_name": "Jeremy",
-        "last_name": "Greven",
-        "callback_number": "4168189171",
-        "pet_name": "Max",
-        "species": "Dog",
-    })
-}
 
 /// Polls (generous deadline) until `done` holds for the call's row and attempts.
 async fn wait_for_call(

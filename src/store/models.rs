@@ -368,6 +368,31 @@ pub struct TransferAttemptRow {
     pub answered_at: Option<DateTime<Utc>>,
 }
 
+impl TransferAttemptRow {
+    /// The row a new attempt becomes (ringing, nothing reported yet).
+    pub fn dialing(a: &NewTransferAttempt) -> Self {
+        Self {
+            id: a.id,
+            call_id: a.call_id,
+            tenant_id: a.tenant_id.clone(),
+            tool_call_log_id: a.tool_call_log_id,
+            target_role: a.target_role.to_string(),
+            target_number: a.target_number.clone(),
+            status: "dialing".into(),
+            dial_call_status: None,
+            dial_sip_status: None,
+            failure_reason: None,
+            callback_number: a.callback_number.clone(),
+            caller_name: a.caller_name.clone(),
+            reason: a.reason.clone(),
+            pet_name: a.pet_name.clone(),
+            started_at: a.started_at,
+            ended_at: None,
+            answered_at: None,
+        }
+    }
+}
+
 /// An attempt still `dialing`, with what the reconciler needs to judge it: its call's
 /// platform reference and whether (and when) the call ended.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -33,38 +33,38 @@ impl PgStore {
 
     /// Connects with a pool of at most `max_connections`.
     pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let (pool, options) = Self::options(url, max_connections)?;
+        Ok(Self::with_pool(pool.connect_with(options).await?))
+    }
+
+    /// How lifeline connects: its application name, durable commits, a bounded pool.
+    fn options(
+        url: &str,
+        max_connections: u32,
+    ) -> Result<(PgPoolOptions, PgConnectOptions), StoreError> {
         let options: PgConnectOptions = url
             .parse::<PgConnectOptions>()?
             .application_name("lifeline")
             .options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        Ok(Self {
+            .acquire_timeout(Duration::from_secs(5));
+        Ok((pool, options))
+    }
+
+    fn with_pool(pool: PgPool) -> Self {
+        Self {
             pool,
             signal: QueueSignal::default(),
             listening: Arc::new(Once::new()),
-        })
+        }
     }
 
     /// A store whose connections are opened on first use: for a process that must start while
     /// the database is unreachable (its journal holds records to replay).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url
-            .parse::<PgConnectOptions>()?
-            .application_name("lifeline")
-            .options([("synchronous_commit", "on")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
-        Ok(Self {
-            pool,
-            signal: QueueSignal::default(),
-            listening: Arc::new(Once::new()),
-        })
+        let (pool, options) = Self::options(url, max_connections)?;
+        Ok(Self::with_pool(pool.connect_lazy_with(options)))
     }
 
     fn bump_queue(&self) {

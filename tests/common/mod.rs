@@ -55,6 +55,43 @@ macro_rules! on_both_engines {
     };
 }
 
+/// Waits until `journal` was replayed and writes go to the database again (a guard against a
+/// hang, not a measure).
+pub async fn journal_drained(journal: &lifeline::store::resilient::ResilientStore) {
+    let mut changed = journal.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while journal.status().journaling {
+            let _ = changed.changed().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the journal was not replayed: {:?}", journal.status()));
+}
+
+/// A transfer request as the model makes it: Jeremy Greven's dog Max, critical.
+pub fn transfer_args() -> Value {
+    json!({
+        "urgency_reason": "CRITICAL EMERGENCY: dog was hit by car",
+        "first_name": "Jeremy",
+        "last_name": "Greven",
+        "callback_number": "4168189171",
+        "pet_name": "Max",
+        "species": "Dog",
+    })
+}
+
+/// A message for a callback about Jeremy Greven's cat Tommie, with this concern.
+pub fn message_args(concern: &str) -> Value {
+    json!({
+        "callback_number": "(416) 818-9171",
+        "first_name": "Jeremy",
+        "last_name": "Greven",
+        "pet_name": "Tommie",
+        "species": "Cat",
+        "concern_description": concern,
+    })
+}
+
 /// The administrative PostgreSQL URL tests create their databases from.
 pub fn pg_admin_url() -> String {
     std::env::var("LIFELINE_TEST_PG_URL")
@@ -288,15 +325,7 @@ impl TestApp {
 
     /// Waits until the journal was replayed and writes go to the database again.
     pub async fn journal_drained(&self) {
-        let journal = &self.server.state.journal;
-        let mut changed = journal.subscribe();
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while journal.status().journaling {
-                let _ = changed.changed().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the journal was not replayed: {:?}", journal.status()));
+        journal_drained(&self.server.state.journal).await;
     }
 
     pub fn http_url(&self, path: &str) -> String {
@@ -741,14 +770,7 @@ impl FakeFeatureServer {
         self.tool_call(
             tool_call_id,
             "collectNameNumberConcernPetName",
-            json!({
-                "callback_number": "(416) 818-9171",
-                "first_name": "Jeremy",
-                "last_name": "Greven",
-                "pet_name": "Tommie",
-                "species": "Cat",
-                "concern_description": concern,
-            }),
+            message_args(concern),
         )
         .await;
         self.tool_output(tool_call_id).await

@@ -62,6 +62,10 @@ pub enum Record {
     TransferAnswered {
         attempt_id: Uuid,
         at: DateTime<Utc>,
+        /// The attempt's call, when this instance knew it (keeps the record in its call's
+        /// replay lane, after the attempt's start).
+        #[serde(default)]
+        call_id: Option<Uuid>,
     },
     CallbackRequest {
         request: NewCallbackRequest,
@@ -90,6 +94,8 @@ impl Record {
 /// A journaled record and when it was journaled.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
+    /// Named apart from the records' own `at` fields (the record is flattened beside it).
+    #[serde(rename = "journaled_at")]
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub record: Record,
@@ -209,17 +215,12 @@ impl Journal {
                 .unwrap_or_else(|_| Err(io::Error::other("the journal writer stopped")))
         })
     }
+}
 
-    /// Removes a replayed segment (durably).
-    pub fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)?;
-        segment::sync_dir(&self.dir)
-    }
-
-    /// Whether any segment file is present (records not yet replayed, sealed or not).
-    pub fn has_segments(&self) -> io::Result<bool> {
-        Ok(!segment::list(&self.dir)?.is_empty())
-    }
+/// Removes a replayed segment of the journal in `dir` (durably).
+pub fn remove(dir: &Path, path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    segment::sync_dir(dir)
 }
 
 /// The sealed segments of the journal in `dir` below `below`, oldest first, read back. Lines
@@ -320,8 +321,15 @@ impl Writer {
             self.file = Some(file);
         }
         let file = self.file.as_mut().expect("opened above");
-        file.write_all(bytes)?;
-        file.sync_data()
+        let written = file.write_all(bytes).and_then(|()| file.sync_data());
+        if written.is_err() {
+            // The segment may now end in part of a line (or a hole): nothing more goes after
+            // it, or the next acknowledged record would be read back glued to that part and
+            // rejected. The next write starts a new segment.
+            self.file = None;
+            self.seq += 1;
+        }
+        written
     }
 
     fn seal(&mut self) -> io::Result<u64> {
@@ -337,6 +345,71 @@ fn answer(waiting: Vec<oneshot::Sender<io::Result<()>>>, result: &io::Result<()>
         let _ = done.send(match result {
             Ok(()) => Ok(()),
             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of record reads back (a record's own fields must not collide with the
+    /// entry's: `at` did).
+    #[test]
+    fn records_with_their_own_time_read_back() {
+        let call_id = Uuid::now_v7();
+        for record in [
+            Record::AppStarted {
+                call_id,
+                at: Utc::now(),
+            },
+            Record::TransferAnswered {
+                attempt_id: Uuid::now_v7(),
+                at: Utc::now(),
+                call_id: Some(call_id),
+            },
+        ] {
+            let entry = Entry {
+                at: Utc::now(),
+                record,
+            };
+            let json = serde_json::to_vec(&entry).unwrap();
+            let back: Entry = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back.at, entry.at);
+            assert_eq!(back.record.op(), entry.record.op());
+        }
+    }
+
+    #[test]
+    fn appended_records_are_read_back_once_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..3 {
+                let entry = Entry {
+                    at: Utc::now(),
+                    record: Record::AppStarted {
+                        call_id: Uuid::now_v7(),
+                        at: Utc::now(),
+                    },
+                };
+                journal.submit(&entry).unwrap().await.unwrap();
+            }
+            let below = journal.seal().unwrap().await.unwrap();
+            let sealed = read_sealed(dir.path(), below, true).unwrap();
+            assert_eq!(sealed.len(), 1);
+            assert_eq!(sealed[0].entries.len(), 3);
+            assert_eq!(sealed[0].set_aside, 0);
+            // A second process on the same directory is refused.
+            let err = Journal::open(dir.path()).err().expect("locked");
+            assert!(
+                err.to_string()
+                    .contains("in use by another lifeline process"),
+                "{err}"
+            );
         });
     }
 }

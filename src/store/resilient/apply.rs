@@ -63,16 +63,20 @@ fn alias_opt(aliases: &HashMap<Uuid, Uuid>, id: &mut Option<Uuid>) {
 
 fn alias_request(aliases: &HashMap<Uuid, Uuid>, r: &mut NewCallbackRequest) {
     alias_opt(aliases, &mut r.call_id);
+    alias_opt(aliases, &mut r.tool_call_log_id);
 }
 
-/// Rewrites the call ids of `record` that have an alias.
+/// Rewrites the ids of `record` that have an alias: calls the database knew under another id,
+/// and tool-call logs that turned out to repeat one it had (a repeat of an invocation logged
+/// before the outage).
 pub fn remap(record: &mut Record, aliases: &HashMap<Uuid, Uuid>) {
     if aliases.is_empty() {
         return;
     }
     match record {
-        Record::UpsertCall { .. } | Record::FinishInvocation { .. } => {}
-        Record::TransferAnswered { .. } => {}
+        Record::UpsertCall { .. } => {}
+        Record::FinishInvocation { log_id, .. } => alias(aliases, log_id),
+        Record::TransferAnswered { call_id, .. } => alias_opt(aliases, call_id),
         Record::AppStarted { call_id, .. }
         | Record::CallStatus { call_id, .. }
         | Record::UltravoxLink { call_id, .. } => alias(aliases, call_id),
@@ -83,10 +87,13 @@ pub fn remap(record: &mut Record, aliases: &HashMap<Uuid, Uuid>) {
                 callback: Some(cb), ..
             } = plan
             {
-                alias_request(aliases, cb);
+                alias_opt(aliases, &mut cb.call_id);
             }
         }
-        Record::StartTransfer { attempt } => alias(aliases, &mut attempt.call_id),
+        Record::StartTransfer { attempt } => {
+            alias(aliases, &mut attempt.call_id);
+            alias_opt(aliases, &mut attempt.tool_call_log_id);
+        }
         Record::FinishTransfer { finish } => remap_finish(finish, aliases),
         Record::CallbackRequest { request } => alias_request(aliases, request),
     }
@@ -96,9 +103,13 @@ fn remap_finish(finish: &mut TransferFinish, aliases: &HashMap<Uuid, Uuid>) {
     alias(aliases, &mut finish.call_id);
     if let Some(next) = &mut finish.next {
         alias(aliases, &mut next.call_id);
+        alias_opt(aliases, &mut next.tool_call_log_id);
     }
     if let Some(cb) = &mut finish.callback {
         alias_request(aliases, cb);
+    }
+    if let Some((log_id, _)) = &mut finish.failed_log {
+        alias(aliases, log_id);
     }
 }
 
@@ -113,7 +124,7 @@ pub fn plan_with_alias<'a>(plan: &'a Plan, aliases: &HashMap<Uuid, Uuid>) -> Cow
                 callback: Some(cb), ..
             } = &mut plan
             {
-                alias_request(aliases, cb);
+                alias_opt(aliases, &mut cb.call_id);
             }
             Cow::Owned(plan)
         }
@@ -162,9 +173,12 @@ pub fn lanes(entries: &[Entry]) -> Vec<Vec<usize>> {
                 attempt.call_id
             }
             Record::FinishTransfer { finish } => finish.call_id,
-            Record::TransferAnswered { attempt_id, .. } => call_of_attempt
-                .get(attempt_id)
-                .copied()
+            Record::TransferAnswered {
+                attempt_id,
+                call_id,
+                ..
+            } => call_id
+                .or_else(|| call_of_attempt.get(attempt_id).copied())
                 .unwrap_or(*attempt_id),
             Record::CallbackRequest { request } => request.call_id.unwrap_or(request.id),
         };
@@ -177,9 +191,9 @@ pub fn lanes(entries: &[Entry]) -> Vec<Vec<usize>> {
     lanes
 }
 
-/// The critical callback requests a record writes (alerted at once when journaled).
-pub fn critical_requests(record: &Record) -> Vec<&NewCallbackRequest> {
-    let requests: Vec<&NewCallbackRequest> = match record {
+/// The callback requests a record writes, of any urgency.
+fn callback_requests(record: &Record) -> Vec<&NewCallbackRequest> {
+    match record {
         Record::FinishTransfer { finish } => finish.callback.iter().collect(),
         Record::CallbackRequest { request } => vec![request],
         Record::BeginInvocation {
@@ -189,8 +203,36 @@ pub fn critical_requests(record: &Record) -> Vec<&NewCallbackRequest> {
             ..
         } => vec![cb.as_ref()],
         _ => Vec::new(),
-    };
-    requests
+    }
+}
+
+/// For a record the database refused: writes its callback requests on their own (without
+/// the links to rows that could not be written), so that the caller is still called back.
+/// Returns how many were written.
+pub async fn salvage_callbacks(store: &dyn Store, record: &Record) -> Result<usize, StoreError> {
+    let mut written = 0;
+    for request in callback_requests(record) {
+        if store.callback_request(request.id).await?.is_some() {
+            continue;
+        }
+        let mut bare = request.clone();
+        bare.tool_call_log_id = None;
+        bare.transfer_attempt_id = None;
+        if let Err(e) = store.insert_callback_request(&bare).await {
+            if super::is_transient(&e) {
+                return Err(e);
+            }
+            bare.call_id = None;
+            store.insert_callback_request(&bare).await?;
+        }
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The critical callback requests a record writes (alerted at once when journaled).
+pub fn critical_requests(record: &Record) -> Vec<&NewCallbackRequest> {
+    callback_requests(record)
         .into_iter()
         .filter(|r| r.urgency == Urgency::Critical)
         .collect()
@@ -240,9 +282,16 @@ pub async fn apply(
                 tool_since: log.created_at,
                 tool: log.canonical_tool.clone(),
             };
-            store
+            let begun = store
                 .begin_invocation(log, plan, &windows, &|_: &WindowCounts| None)
                 .await?;
+            if let Begun::Duplicate(row) = begun
+                && row.id != log.id
+            {
+                // A repeat of an invocation the database already had: what the journal wrote
+                // against this log goes to that one.
+                aliases.insert(log.id, row.id);
+            }
         }
         Record::FinishInvocation { log_id, outcome } => {
             store.finish_invocation(*log_id, outcome).await?
@@ -278,7 +327,7 @@ pub async fn apply(
                 }
             }
         }
-        Record::TransferAnswered { attempt_id, at } => {
+        Record::TransferAnswered { attempt_id, at, .. } => {
             store.mark_transfer_answered(*attempt_id, *at).await?;
         }
         Record::CallbackRequest { request } => {

@@ -1,5 +1,6 @@
 //! The parts of the store the call path does not write through the journal (the delivery
-//! queue, the dashboard, Twilio call set-up): passed to the database as they are.
+//! queue, the dashboard, Twilio call set-up): passed to the database as they are, within a
+//! bound (a black-holed database must not hold a request for minutes).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,7 +27,7 @@ impl DeliveryQueue for ResilientStore {
             .await
     }
     async fn record_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError> {
-        self.inner.record_delivery(record).await
+        self.bounded(self.inner.record_delivery(record)).await
     }
     async fn align_retries(
         &self,
@@ -35,7 +36,8 @@ impl DeliveryQueue for ResilientStore {
         now: DateTime<Utc>,
         hold_sooner: bool,
     ) -> Result<u64, StoreError> {
-        self.inner.align_retries(scope, at, now, hold_sooner).await
+        self.bounded(self.inner.align_retries(scope, at, now, hold_sooner))
+            .await
     }
     async fn release_callback(
         &self,
@@ -44,10 +46,11 @@ impl DeliveryQueue for ResilientStore {
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.inner.release_callback(id, attempt, worker, now).await
+        self.bounded(self.inner.release_callback(id, attempt, worker, now))
+            .await
     }
     async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.inner.rescue_expired(now).await
+        self.bounded(self.inner.rescue_expired(now)).await
     }
     async fn claim_alerts(
         &self,
@@ -65,10 +68,11 @@ impl DeliveryQueue for ResilientStore {
         alert: &AlertRow,
         send: &AlertSend,
     ) -> Result<(), StoreError> {
-        self.inner.record_alert_send(alert, send).await
+        self.bounded(self.inner.record_alert_send(alert, send))
+            .await
     }
     async fn record_alert(&self, record: &AlertRecord) -> Result<bool, StoreError> {
-        self.inner.record_alert(record).await
+        self.bounded(self.inner.record_alert(record)).await
     }
     async fn release_alert(
         &self,
@@ -82,19 +86,21 @@ impl DeliveryQueue for ResilientStore {
             .await
     }
     async fn callback_request(&self, id: Uuid) -> Result<Option<CallbackRequestRow>, StoreError> {
-        self.inner.callback_request(id).await
+        self.bounded(self.inner.callback_request(id)).await
     }
     async fn delivery_attempts(
         &self,
         callback_request_id: Uuid,
     ) -> Result<Vec<DeliveryAttemptRow>, StoreError> {
-        self.inner.delivery_attempts(callback_request_id).await
+        self.bounded(self.inner.delivery_attempts(callback_request_id))
+            .await
     }
     async fn alerts_for(
         &self,
         callback_request_id: Uuid,
     ) -> Result<(Vec<AlertRow>, Vec<AlertSendRow>), StoreError> {
-        self.inner.alerts_for(callback_request_id).await
+        self.bounded(self.inner.alerts_for(callback_request_id))
+            .await
     }
     async fn staff_action(
         &self,
@@ -103,13 +109,20 @@ impl DeliveryQueue for ResilientStore {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<CallbackRequestRow, ActionError> {
-        self.inner.staff_action(id, action, actor, now).await
+        match self
+            .bounded(async { Ok(self.inner.staff_action(id, action, actor, now).await) })
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => Err(ActionError::Store(e)),
+        }
     }
     async fn audit_trail(&self, callback_request_id: Uuid) -> Result<Vec<AuditRow>, StoreError> {
-        self.inner.audit_trail(callback_request_id).await
+        self.bounded(self.inner.audit_trail(callback_request_id))
+            .await
     }
     async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
-        self.inner.queue_stats(now).await
+        self.bounded(self.inner.queue_stats(now)).await
     }
 }
 
@@ -120,17 +133,18 @@ impl AdminStore for ResilientStore {
         account: &StaffAccountRow,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.inner.upsert_staff_account(account, now).await
+        self.bounded(self.inner.upsert_staff_account(account, now))
+            .await
     }
     async fn staff_account(&self, username: &str) -> Result<Option<StaffAccountRow>, StoreError> {
-        self.inner.staff_account(username).await
+        self.bounded(self.inner.staff_account(username)).await
     }
     async fn locked_until(
         &self,
         username: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.inner.locked_until(username, now).await
+        self.bounded(self.inner.locked_until(username, now)).await
     }
     async fn record_login_failure(
         &self,
@@ -145,26 +159,28 @@ impl AdminStore for ResilientStore {
             .await
     }
     async fn clear_login_failures(&self, username: &str) -> Result<(), StoreError> {
-        self.inner.clear_login_failures(username).await
+        self.bounded(self.inner.clear_login_failures(username))
+            .await
     }
     async fn create_session(&self, session: &NewSession) -> Result<(), StoreError> {
-        self.inner.create_session(session).await
+        self.bounded(self.inner.create_session(session)).await
     }
     async fn session(
         &self,
         token_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<SessionRow>, StoreError> {
-        self.inner.session(token_hash, now).await
+        self.bounded(self.inner.session(token_hash, now)).await
     }
     async fn delete_session(&self, token_hash: &str) -> Result<(), StoreError> {
-        self.inner.delete_session(token_hash).await
+        self.bounded(self.inner.delete_session(token_hash)).await
     }
     async fn delete_sessions_of(&self, username: &str) -> Result<u64, StoreError> {
-        self.inner.delete_sessions_of(username).await
+        self.bounded(self.inner.delete_sessions_of(username)).await
     }
     async fn delete_staff_account(&self, username: &str) -> Result<bool, StoreError> {
-        self.inner.delete_staff_account(username).await
+        self.bounded(self.inner.delete_staff_account(username))
+            .await
     }
     async fn audit(
         &self,
@@ -173,38 +189,40 @@ impl AdminStore for ResilientStore {
         action: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        self.inner.audit(at, actor, action, detail).await
+        self.bounded(self.inner.audit(at, actor, action, detail))
+            .await
     }
     async fn open_callbacks(
         &self,
         tenant: Option<&str>,
         limit: i64,
     ) -> Result<Vec<CallbackRequestRow>, StoreError> {
-        self.inner.open_callbacks(tenant, limit).await
+        self.bounded(self.inner.open_callbacks(tenant, limit)).await
     }
     async fn open_callbacks_since(
         &self,
         tenant: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<Vec<CallbackRequestRow>, StoreError> {
-        self.inner.open_callbacks_since(tenant, since).await
+        self.bounded(self.inner.open_callbacks_since(tenant, since))
+            .await
     }
     async fn call_by_id(&self, id: Uuid) -> Result<Option<CallRow>, StoreError> {
-        self.inner.call_by_id(id).await
+        self.bounded(self.inner.call_by_id(id)).await
     }
     async fn recent_alerts(
         &self,
         tenant: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AlertRow>, StoreError> {
-        self.inner.recent_alerts(tenant, limit).await
+        self.bounded(self.inner.recent_alerts(tenant, limit)).await
     }
     async fn daily_stats(
         &self,
         tenant: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<Vec<DayStats>, StoreError> {
-        self.inner.daily_stats(tenant, since).await
+        self.bounded(self.inner.daily_stats(tenant, since)).await
     }
 }
 
@@ -239,7 +257,8 @@ impl TwilioCallStore for ResilientStore {
         token: Uuid,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.inner.fail_call_setup(call_id, token, at).await
+        self.bounded(self.inner.fail_call_setup(call_id, token, at))
+            .await
     }
     async fn insert_voice_message(
         &self,

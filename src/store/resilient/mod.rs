@@ -39,6 +39,14 @@ pub use rows::Rows;
 /// connection at a time; the pool is shared with the live call path).
 const REPLAY_LANES: usize = 8;
 
+/// How many times a record failing for a reason that may pass is tried again (on other
+/// connections) before the database, if it answers, is taken to refuse it for good.
+const REPLAY_TRIES: u64 = 3;
+
+/// How long a request that does not go through the journal (the dashboard, a timeline, Twilio
+/// call set-up) may wait for the database.
+const PASS_THROUGH_BOUND: Duration = Duration::from_secs(5);
+
 /// How the call path falls back on the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalSettings {
@@ -104,6 +112,9 @@ pub struct ResilientStore {
     /// One replay at a time.
     replaying: tokio::sync::Mutex<()>,
     alerts: Mutex<Option<Arc<dyn DirectAlerts>>>,
+    /// Critical requests an earlier process journaled: alerted again once alerts can be sent
+    /// (that process may have died before it sent them).
+    inherited_critical: Mutex<Vec<NewCallbackRequest>>,
     /// Bumped whenever the journal status changes.
     changed: watch::Sender<u64>,
 }
@@ -138,7 +149,16 @@ pub fn is_transient(e: &StoreError) -> bool {
         StoreError::Database(sqlx::Error::Database(db)) => {
             matches!(db.kind(), sqlx::error::ErrorKind::Other)
         }
-        StoreError::Database(_) | StoreError::Unavailable(_) => true,
+        StoreError::Database(e) => matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ),
+        StoreError::Unavailable(_) => true,
         _ => false,
     }
 }
@@ -166,6 +186,12 @@ impl ResilientStore {
                  database answers; until then the call path writes to the journal"
             );
         }
+        let inherited_critical: Vec<NewCallbackRequest> = left
+            .iter()
+            .flat_map(|s| &s.entries)
+            .flat_map(|e| apply::critical_requests(&e.record))
+            .cloned()
+            .collect();
         let mut rows = Rows::default();
         // What the journal holds is answered from memory until it is replayed.
         for entry in left.iter().flat_map(|s| &s.entries) {
@@ -192,6 +218,7 @@ impl ResilientStore {
             }),
             replaying: tokio::sync::Mutex::new(()),
             alerts: Mutex::new(None),
+            inherited_critical: Mutex::new(inherited_critical),
             changed,
         });
         store.publish(&store.lock().status.clone());
@@ -208,6 +235,15 @@ impl ResilientStore {
 
     /// Sends critical alerts and the journal's own alerts through `alerts`.
     pub fn set_alerts(&self, alerts: Arc<dyn DirectAlerts>) {
+        let inherited = std::mem::take(
+            &mut *self
+                .inherited_critical
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for request in &inherited {
+            alerts.critical(request);
+        }
         *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = Some(alerts);
     }
 
@@ -316,9 +352,14 @@ impl ResilientStore {
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("reading the journal {}: {e}", dir.display()))?
             };
-            for segment in segments {
-                let aliases = Mutex::new(self.lock().aliases.clone());
-                let before = aliases.lock().unwrap_or_else(|p| p.into_inner()).len();
+            for mut segment in segments {
+                let known = self.lock().aliases.clone();
+                // Lanes are drawn on the ids the records will be written under.
+                for entry in &mut segment.entries {
+                    apply::remap(&mut entry.record, &known);
+                }
+                let before = known.len();
+                let aliases = Mutex::new(known);
                 let lanes = apply::lanes(&segment.entries);
                 let outcomes: Vec<Result<(), String>> = futures_util::stream::iter(lanes)
                     .map(|lane| self.replay_lane(&segment.entries, lane, &aliases, &dir))
@@ -330,21 +371,30 @@ impl ResilientStore {
                     self.lock().aliases = aliases;
                     return Err(e);
                 }
-                if aliases.len() != before {
-                    // Before the segment that taught them is removed: later segments use them.
-                    apply::save_aliases(&dir, &aliases)
-                        .map_err(|e| format!("saving the journal's call aliases: {e}"))?;
-                }
-                self.journal
-                    .remove(&segment.path)
-                    .map_err(|e| format!("removing a replayed journal segment: {e}"))?;
+                let (to, path, learnt) = (dir.clone(), segment.path.clone(), aliases.clone());
+                tokio::task::spawn_blocking(move || {
+                    if learnt.len() != before {
+                        // Before the segment that taught them is removed: later ones use them.
+                        apply::save_aliases(&to, &learnt)
+                            .map_err(|e| format!("saving the journal's call aliases: {e}"))?;
+                    }
+                    super::journal::remove(&to, &path)
+                        .map_err(|e| format!("removing a replayed journal segment: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
                 let n = segment.entries.len() as u64;
                 replayed += n;
                 metrics::counter!("lifeline_journal_replayed_total").increment(n);
+                if segment.set_aside > 0 {
+                    metrics::counter!("lifeline_journal_set_aside_total")
+                        .increment(segment.set_aside as u64);
+                }
                 let mut state = self.lock();
                 state.aliases = aliases;
                 state.status.depth = state.status.depth.saturating_sub(n);
                 state.status.replayed += n;
+                state.status.set_aside += segment.set_aside as u64;
                 let status = state.status.clone();
                 drop(state);
                 self.publish(&status);
@@ -394,31 +444,86 @@ impl ResilientStore {
                 &mut record,
                 &aliases.lock().unwrap_or_else(|p| p.into_inner()),
             );
-            let mut learnt = HashMap::new();
-            let applied = apply::apply(self.inner.as_ref(), &record, &mut learnt).await;
-            aliases
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(learnt);
-            match applied {
-                Ok(()) => {}
+            let mut tries = 0;
+            let refused = loop {
+                let mut learnt = HashMap::new();
+                let applied = apply::apply(self.inner.as_ref(), &record, &mut learnt).await;
+                aliases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(learnt);
+                match applied {
+                    Ok(()) => break None,
+                    // A connection that died with the outage fails once more when reused:
+                    // try again on another before judging the record.
+                    Err(e) if is_transient(&e) && tries < REPLAY_TRIES => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                    }
+                    Err(e) if is_transient(&e) && !self.answers().await => {
+                        return Err(format!("the database failed during the replay: {e}"));
+                    }
+                    // The database answers, yet keeps refusing this record: it never will
+                    // take it.
+                    Err(e) => break Some(e),
+                }
+            };
+            let Some(refused) = refused else { continue };
+            tracing::error!(
+                op = record.op(),
+                error = %refused,
+                "the database refused a journaled record; it is set aside in rejected.log"
+            );
+            match apply::salvage_callbacks(self.inner.as_ref(), &record).await {
+                Ok(0) => {}
+                Ok(salvaged) => {
+                    tracing::warn!(salvaged, "its callback requests were written on their own")
+                }
                 Err(e) if is_transient(&e) => {
-                    return Err(format!("the database failed during the replay: {e}"));
+                    return Err(format!("writing the callback of a refused record: {e}"));
                 }
-                Err(e) => {
-                    tracing::error!(
-                        op = record.op(),
-                        error = %e,
-                        "the database refused a journaled record; it is set aside in rejected.log"
-                    );
-                    let line = serde_json::to_vec(entry).unwrap_or_default();
-                    let _ = super::journal::segment::set_aside(dir, &[line]);
-                    metrics::counter!("lifeline_journal_set_aside_total").increment(1);
-                    self.lock().status.set_aside += 1;
-                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "its callback requests could not be written either: only rejected.log has them"
+                ),
             }
+            let line = serde_json::to_vec(entry).unwrap_or_default();
+            let to = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || super::journal::segment::set_aside(&to, &[line]))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("keeping a refused record in rejected.log: {e}"))?;
+            metrics::counter!("lifeline_journal_set_aside_total").increment(1);
+            self.lock().status.set_aside += 1;
         }
         Ok(())
+    }
+
+    /// Whether the database answers a ping within the budget.
+    async fn answers(&self) -> bool {
+        matches!(
+            tokio::time::timeout(
+                self.settings.read_budget.max(Duration::from_secs(1)),
+                self.inner.ping()
+            )
+            .await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// A read outside the call path's fallbacks (timelines, lists): the database within a
+    /// bound, so that a black-holed database cannot hold the caller.
+    async fn bounded<T>(
+        &self,
+        read: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(PASS_THROUGH_BOUND, read).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer within {} s",
+                PASS_THROUGH_BOUND.as_secs()
+            ))),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -510,11 +615,15 @@ impl ResilientStore {
                 alerts.journal_in_use(&reason);
             }
         }
-        durable.await.map_err(|e| {
-            StoreError::Unavailable(format!(
+        if let Err(e) = durable.await {
+            let mut state = self.lock();
+            state.rows.forget(&entry.record);
+            state.status.depth = state.status.depth.saturating_sub(1);
+            drop(state);
+            return Err(StoreError::Unavailable(format!(
                 "neither the database nor the journal could record this: {e}"
-            ))
-        })?;
+            )));
+        }
         if let Some(alerts) = self.alerts() {
             for request in apply::critical_requests(&entry.record) {
                 alerts.critical(request);
@@ -730,7 +839,8 @@ impl Store for ResilientStore {
     }
 
     async fn call_events(&self, call_id: Uuid) -> Result<Vec<CallEventRow>, StoreError> {
-        self.inner.call_events(self.alias(call_id)).await
+        self.bounded(self.inner.call_events(self.alias(call_id)))
+            .await
     }
 
     async fn begin_invocation(
@@ -845,7 +955,8 @@ impl Store for ResilientStore {
         platform: Platform,
         call_ref: &str,
     ) -> Result<Vec<ToolCallLogRow>, StoreError> {
-        self.inner.tool_call_logs_for_call(platform, call_ref).await
+        self.bounded(self.inner.tool_call_logs_for_call(platform, call_ref))
+            .await
     }
 
     async fn start_transfer(
@@ -917,14 +1028,17 @@ impl Store for ResilientStore {
         &self,
         call_id: Uuid,
     ) -> Result<Vec<TransferAttemptRow>, StoreError> {
-        self.inner.transfer_attempts(self.alias(call_id)).await
+        self.bounded(self.inner.transfer_attempts(self.alias(call_id)))
+            .await
     }
 
     async fn finish_transfer(&self, finish: &TransferFinish) -> Result<bool, StoreError> {
         let finish = &apply::finish_with_alias(finish, &self.lock().aliases);
         match self.try_direct(self.inner.finish_transfer(finish)).await? {
             Ok(ended) => {
-                self.lock().rows.finished(finish);
+                if ended {
+                    self.lock().rows.finished(finish);
+                }
                 Ok(ended)
             }
             Err(why) => {
@@ -958,7 +1072,16 @@ impl Store for ResilientStore {
                 if self.lock().rows.already_ended(attempt_id) {
                     return Ok(false);
                 }
-                let record = Record::TransferAnswered { attempt_id, at };
+                let call_id = self
+                    .lock()
+                    .rows
+                    .attempt_by_id(attempt_id)
+                    .map(|a| a.call_id);
+                let record = Record::TransferAnswered {
+                    attempt_id,
+                    at,
+                    call_id,
+                };
                 self.journal(why, record, |_| true).await
             }
         }
@@ -1023,7 +1146,16 @@ impl Store for ResilientStore {
         &self,
         filter: &CallbackFilter,
     ) -> Result<Vec<CallbackRequestRow>, StoreError> {
-        self.inner.callback_requests(filter).await
+        let listed = self.bounded(self.inner.callback_requests(filter)).await;
+        match listed {
+            // Asked about one call (has a message been taken?): while the database cannot
+            // say, "none" leads to ringing the on-call team, which never drops the caller.
+            Err(e) if filter.call_id.is_some() && is_transient(&e) => {
+                tracing::warn!(error = %e, "callback requests of the call unknown: the database does not answer");
+                Ok(Vec::new())
+            }
+            other => other,
+        }
     }
 }
 

@@ -288,7 +288,7 @@ impl Rows {
                     .push(finish.attempt_id);
                 self.finished(finish);
             }
-            Record::TransferAnswered { attempt_id, at } => {
+            Record::TransferAnswered { attempt_id, at, .. } => {
                 if let Some(call_id) = self.attempts.get(attempt_id).map(|a| a.call_id) {
                     self.journaled_attempts
                         .entry(call_id)
@@ -297,6 +297,35 @@ impl Rows {
                 }
                 self.answered(*attempt_id, *at);
             }
+        }
+    }
+
+    /// A record whose journaling failed (the caller was told it was not recorded): what memory
+    /// took from it that would make a retry look like a repeat is taken back.
+    pub fn forget(&mut self, record: &Record) {
+        match record {
+            Record::UpsertCall { call } => {
+                if self.journaled_calls.remove(&call.id).is_some()
+                    && let Some(gone) = self.calls.remove(&call.id)
+                {
+                    self.by_ref.remove(&(gone.platform, gone.call_ref));
+                }
+            }
+            Record::BeginInvocation { log, .. } if self.logs.remove(&log.id).is_some() => {
+                self.log_keys.remove(&(
+                    log.platform.as_str().to_string(),
+                    log.call_ref.clone(),
+                    log.invocation_key.clone(),
+                ));
+            }
+            Record::StartTransfer { attempt } => {
+                if let Some(a) = self.attempts.get_mut(&attempt.id)
+                    && a.status == "dialing"
+                {
+                    a.status = "failed".into();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -333,25 +362,7 @@ pub fn new_call_row(call: &NewCall) -> CallRow {
 
 /// The row a new transfer attempt gets.
 pub fn new_attempt_row(a: &NewTransferAttempt) -> TransferAttemptRow {
-    TransferAttemptRow {
-        id: a.id,
-        call_id: a.call_id,
-        tenant_id: a.tenant_id.clone(),
-        tool_call_log_id: a.tool_call_log_id,
-        target_role: a.target_role.to_string(),
-        target_number: a.target_number.clone(),
-        status: "dialing".into(),
-        dial_call_status: None,
-        dial_sip_status: None,
-        failure_reason: None,
-        callback_number: a.callback_number.clone(),
-        caller_name: a.caller_name.clone(),
-        reason: a.reason.clone(),
-        pet_name: a.pet_name.clone(),
-        started_at: a.started_at,
-        ended_at: None,
-        answered_at: None,
-    }
+    TransferAttemptRow::dialing(a)
 }
 
 fn new_log_row(log: &NewToolCallLog) -> ToolCallLogRow {
