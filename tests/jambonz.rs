@@ -948,8 +948,6 @@ async fn health_and_readiness() {
 // Issue 11. The fake feature-server does what the real one does (tests/common/mod.rs cites where);
 // the relay (tests/common/relay.rs) loses bytes and resets connections.
 
-/// The transfer arguments of the original tool, as the model fills them.
-
 /// Polls (generous deadline) until `done` holds for the call's row and attempts.
 async fn wait_for_call(
     app: &TestApp,

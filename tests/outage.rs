@@ -152,8 +152,9 @@ async fn assert_one_message_each(direct: &dyn Store, call_sids: &[String]) {
 
 /// The database black-holed mid-call (connections stay open and nothing comes back, the worst
 /// kind of outage: every wait runs to its end). Calls already running record messages; new
-/// calls are acked with their application, record messages, and one transfers (it dials); `/readyz` says degraded; when the
-/// database is back the journal is replayed and every acknowledged record is there, once.
+/// calls are acked with their application, record messages, and one transfers (it dials);
+/// `/readyz` says degraded; when the database is back the journal is replayed and every
+/// acknowledged record is there, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_under_load_calls_go_on_and_nothing_is_lost() {
     let app = BehindRelay::start("").await;
