@@ -106,16 +106,38 @@ pub struct Server {
 }
 
 impl Server {
-    /// Connects the store, migrates, binds (port 0 picks a free port) and serves.
+    /// Connects the store (the call path's pool and, with an in-process worker, the worker's:
+    /// see [`store::connect_split`]), migrates, binds (port 0 picks a free port) and serves.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let store =
-            store::connect_with_pool(&config.database_url, config.database_max_connections).await?;
-        store.migrate().await?;
-        Self::start_with_store(config, store).await
+        if !config.worker.in_process {
+            let store =
+                store::connect_with_pool(&config.database_url, config.database_max_connections)
+                    .await?;
+            store.migrate().await?;
+            return Self::start_with_store(config, store).await;
+        }
+        let stores = store::connect_split(
+            &config.database_url,
+            config.database_max_connections,
+            config.database_worker_connections,
+        )
+        .await?;
+        stores.calls.migrate().await?;
+        Self::start_with_stores(config, stores.calls, stores.worker).await
     }
 
-    /// Serves with an already opened and migrated store.
+    /// Serves with an already opened and migrated store, which the worker shares.
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        Self::start_with_stores(config, store.clone(), store).await
+    }
+
+    /// Serves with already opened and migrated stores: `store` for the call path, `worker_store`
+    /// (the same database, its own connections) for the in-process delivery worker.
+    pub async fn start_with_stores(
+        config: Config,
+        store: Arc<dyn Store>,
+        worker_store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
         ops::metrics::install();
         let listener = TcpListener::bind((config.bind, config.port))
             .await
@@ -142,7 +164,7 @@ impl Server {
         ));
         let config = Arc::new(config);
         let worker = if config.worker.in_process {
-            let worker = worker::Worker::new(config.clone(), store.clone())?;
+            let worker = worker::Worker::new(config.clone(), worker_store)?;
             Some(tokio::spawn(worker.run(shutdown_rx.clone())))
         } else {
             None

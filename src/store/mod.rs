@@ -292,6 +292,42 @@ pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     connect_with_pool(database_url, 16).await
 }
 
+/// The stores of a process that serves calls and runs the delivery worker.
+#[derive(Clone)]
+pub struct SplitStores {
+    /// For tool calls, webhooks, the reconciler and the dashboard.
+    pub calls: Arc<dyn Store>,
+    /// For the in-process delivery worker.
+    pub worker: Arc<dyn Store>,
+}
+
+/// Opens the store a `DATABASE_URL` names twice over: on PostgreSQL, a pool of up to
+/// `call_connections` for the call path and a separate one of up to `worker_connections` for
+/// the delivery worker (sharing the queue signal), so that neither waits for the other's
+/// connections. SQLite has one writer connection whatever the pools, so both are one store.
+pub async fn connect_split(
+    database_url: &str,
+    call_connections: u32,
+    worker_connections: u32,
+) -> Result<SplitStores, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        let store = connect_with_pool(database_url, call_connections).await?;
+        return Ok(SplitStores {
+            calls: store.clone(),
+            worker: store,
+        });
+    }
+    connect_check::check_postgres(database_url)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    let calls = postgres::PgStore::connect_with_pool(database_url, call_connections).await?;
+    let worker = calls.with_own_pool(worker_connections).await?;
+    Ok(SplitStores {
+        calls: Arc::new(calls),
+        worker: Arc::new(worker),
+    })
+}
+
 /// Opens the store a `DATABASE_URL` names; a PostgreSQL pool holds up to `max_connections`.
 pub async fn connect_with_pool(
     database_url: &str,

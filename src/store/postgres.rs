@@ -49,6 +49,24 @@ impl PgStore {
         })
     }
 
+    /// A store on the same database with a pool of its own of at most `max_connections`, for
+    /// the delivery worker: neither pool can take the other's connections, so tool calls never
+    /// wait for deliveries and deliveries are not starved by a busy call path. The queue signal
+    /// (and its one `LISTEN` task) is shared: a commit on either wakes this process's workers
+    /// at once.
+    pub async fn with_own_pool(&self, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with((*self.pool.connect_options()).clone())
+            .await?;
+        Ok(Self {
+            pool,
+            signal: self.signal.clone(),
+            listening: self.listening.clone(),
+        })
+    }
+
     fn bump_queue(&self) {
         self.signal.bump();
     }

@@ -233,6 +233,7 @@ pub fn process_settings(database_url: &str) -> ProcessSettings {
         port: 0,
         config_path: None,
         database_max_connections: 16,
+        database_worker_connections: 4,
     }
 }
 
