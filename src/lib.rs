@@ -109,21 +109,18 @@ impl Server {
     /// Connects the store (the call path's pool and, with an in-process worker, the worker's:
     /// see [`store::connect_split`]), migrates, binds (port 0 picks a free port) and serves.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        if !config.worker.in_process {
-            let store =
-                store::connect_with_pool(&config.database_url, config.database_max_connections)
-                    .await?;
-            store.migrate().await?;
-            return Self::start_with_store(config, store).await;
-        }
         let stores = store::connect_split(
             &config.database_url,
             config.database_max_connections,
-            config.database_worker_connections,
+            config
+                .worker
+                .in_process
+                .then_some(config.database_worker_connections),
         )
         .await?;
         stores.calls.migrate().await?;
-        Self::start_with_stores(config, stores.calls, stores.worker).await
+        let worker = stores.worker.unwrap_or_else(|| stores.calls.clone());
+        Self::start_with_stores(config, stores.calls, worker).await
     }
 
     /// Serves with an already opened and migrated store, which the worker shares.

@@ -600,6 +600,63 @@ async fn four_worker_processes_woken_by_notify_deliver_each_request_once() {
     }
 }
 
+/// The call path of `lifeline serve` queues no notification in its transactions (that would
+/// serialise their commits); it announces queued work after the commit. A `lifeline worker`
+/// process that does not poll still hears of every message a call leaves, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_process_hears_of_requests_the_call_path_commits() {
+    use common::{FakeFeatureServer, RIVERSIDE_PASS, RIVERSIDE_USER};
+    let mut db = TestDb::new(Engine::Postgres).await;
+    db.watch_invariants();
+    let frontend = Frontend::healthy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = common::config_toml(&format!(
+        "{}\n[worker]\nin_process = false\npoll_interval_ms = 600000\n",
+        delivery_toml(&frontend.url)
+    ));
+    let config_path = dir.path().join("lifeline.toml");
+    std::fs::write(&config_path, &toml).unwrap();
+    let config = Config::build(
+        &common::process_settings(&db.url),
+        Some((&toml, Path::new("t.toml"))),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let server = lifeline::Server::start(config).await.expect("start");
+    let mut child = spawn_worker_process(&db, &config_path);
+    wait_until_started(&mut child).await;
+
+    let ws = format!("ws://{}/jambonz", server.addr);
+    let mut calls = Vec::new();
+    for n in 0..5 {
+        let sid = format!("bbbbbbbb-0000-4000-8000-00000000000{n}");
+        let mut fs = FakeFeatureServer::connect_as(&ws, RIVERSIDE_USER, RIVERSIDE_PASS, &sid)
+            .await
+            .unwrap();
+        fs.collect_info_call(
+            &format!("inv-{n}"),
+            "needs a refill of her thyroid medication",
+        )
+        .await;
+        calls.push(fs);
+    }
+    let got = frontend.wait_for(5).await;
+    let sids: HashSet<&str> = got
+        .iter()
+        .filter_map(|r| r.body["callSid"].as_str())
+        .collect();
+    assert_eq!(sids.len(), 5, "each call's message delivered: {sids:?}");
+
+    sigterm(&child);
+    let status = tokio::time::timeout(HANG_GUARD, child.wait())
+        .await
+        .expect("worker exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "worker exit status {status}");
+    drop(calls);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_delivery_loses_its_lease_and_another_delivers() {
     let db = TestDb::new(Engine::Postgres).await;

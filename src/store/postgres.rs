@@ -4,11 +4,16 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::watch;
 
 use crate::store::queue::QueueSignal;
 
 /// The channel the queue triggers `NOTIFY` (see `migrations/postgres/0003_delivery.sql`).
 const QUEUE_CHANNEL: &str = "lifeline_queue";
+
+/// The session setting that turns off the queue triggers' `NOTIFY` for the sessions that
+/// announce their queued work themselves (see `migrations/postgres/0007_notify_after_commit.sql`).
+const QUEUE_NOTIFY_SETTING: &str = "lifeline.queue_notify";
 
 /// The store on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -16,6 +21,11 @@ pub struct PgStore {
     pool: PgPool,
     signal: QueueSignal,
     listening: Arc<Once>,
+    /// How its sessions connect, before the per-pool notification setting.
+    options: PgConnectOptions,
+    /// Set on a store whose sessions skip the triggers' `NOTIFY`: kicks the task that
+    /// announces queued work to other processes after the commit.
+    announcer: Option<Arc<watch::Sender<()>>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -33,20 +43,62 @@ impl PgStore {
 
     /// Connects with a pool of at most `max_connections`.
     pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url
-            .parse::<PgConnectOptions>()?
-            .application_name("lifeline")
-            .options([("synchronous_commit", "on")]);
+        let options = Self::options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         Ok(Self {
             pool,
             signal: QueueSignal::default(),
             listening: Arc::new(Once::new()),
+            options,
+            announcer: None,
         })
+    }
+
+    /// Connects the pool of a call path (tool calls, webhooks): as [`Self::connect_with_pool`],
+    /// but its transactions queue no notification. A transaction that does takes a
+    /// database-wide lock from its commit through its WAL flush, so concurrent tool calls would
+    /// commit one fsync at a time instead of sharing flushes. Queued work is announced instead
+    /// after the commit, by one background session, coalesced: however many commits queue work
+    /// while a `NOTIFY` is on its way, one more follows it. This process's own workers are
+    /// woken directly, as before; a process that dies between a commit and its announcement
+    /// leaves the work to the other workers' polling (`worker.poll_interval_ms`).
+    pub async fn connect_call_path(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = Self::options(url)?;
+        let announcing = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options.clone());
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(
+                options
+                    .clone()
+                    .options([(QUEUE_NOTIFY_SETTING, "after_commit")]),
+            )
+            .await?;
+        let (kick, kicked) = watch::channel(());
+        tokio::spawn(announce_queued_work(announcing, kicked));
+        Ok(Self {
+            pool,
+            signal: QueueSignal::default(),
+            listening: Arc::new(Once::new()),
+            options,
+            announcer: Some(Arc::new(kick)),
+        })
+    }
+
+    /// `synchronous_commit=on`, whatever the server default: a logged tool call must survive a
+    /// crash of the database server.
+    fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
+        Ok(url
+            .parse::<PgConnectOptions>()?
+            .application_name("lifeline")
+            .options([("synchronous_commit", "on")]))
     }
 
     /// A store on the same database with a pool of its own of at most `max_connections`, for
@@ -54,21 +106,30 @@ impl PgStore {
     /// wait for deliveries and deliveries are not starved by a busy call path. The queue signal
     /// (and its one `LISTEN` task) is shared: a commit on either wakes this process's workers
     /// at once.
+    /// Its sessions notify from the queue triggers, as every store's but the call path's
+    /// (they are few, and a worker process may stop right after a commit).
     pub async fn with_own_pool(&self, max_connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with((*self.pool.connect_options()).clone())
+            .connect_with(self.options.clone())
             .await?;
         Ok(Self {
             pool,
             signal: self.signal.clone(),
             listening: self.listening.clone(),
+            options: self.options.clone(),
+            announcer: None,
         })
     }
 
+    /// Work was queued by a commit: wakes this process's workers, and those of other
+    /// processes when the commit itself did not notify.
     fn bump_queue(&self) {
         self.signal.bump();
+        if let Some(announcer) = &self.announcer {
+            announcer.send_replace(());
+        }
     }
 
     /// Subscribes to the queue signal; the first subscriber starts the `LISTEN` task that
@@ -76,7 +137,7 @@ impl PgStore {
     fn subscribe_queue(&self) -> tokio::sync::watch::Receiver<u64> {
         let receiver = self.signal.subscribe();
         self.listening.call_once(|| {
-            tokio::spawn(listen_for_work(self.pool.clone(), self.signal.clone()));
+            tokio::spawn(listen_for_work(self.options.clone(), self.signal.clone()));
         });
         receiver
     }
@@ -128,15 +189,33 @@ crate::store::queue::impl_delivery_queue!(PgStore, sqlx::Postgres, "FOR UPDATE S
 crate::store::admin::impl_admin_store!(PgStore);
 crate::store::twilio_calls::impl_twilio_call_store!(PgStore);
 
+/// Sends `NOTIFY lifeline_queue` after each kick, outside any transaction that writes (so it
+/// commits without a WAL flush and holds the notification lock only for a moment). Kicks that
+/// come while one is on its way are answered by one more. Ends when the store is gone.
+async fn announce_queued_work(pool: PgPool, mut kicked: watch::Receiver<()>) {
+    while kicked.changed().await.is_ok() {
+        kicked.borrow_and_update();
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, 'callback_requests')")
+            .bind(QUEUE_CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            // The work is committed; other processes' workers find it by polling.
+            tracing::warn!(error = %e, "could not announce queued work to other processes");
+        }
+    }
+    pool.close().await;
+}
+
 /// Forwards `NOTIFY lifeline_queue` to `signal` for as long as the process runs, reconnecting
 /// after errors. A (re)connection bumps the signal too: notifications sent while the listener
 /// was away are lost, so workers look for work themselves.
-async fn listen_for_work(pool: PgPool, signal: QueueSignal) {
+async fn listen_for_work(options: PgConnectOptions, signal: QueueSignal) {
     // The listener holds its connection for good: give it its own, outside the pool that
     // logs tool calls and records deliveries.
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone());
+        .connect_lazy_with(options);
     let mut delay = Duration::from_millis(200);
     loop {
         let listener = async {
