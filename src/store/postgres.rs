@@ -47,6 +47,8 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .connect_with(options.clone())
             .await?;
         Ok(Self {
@@ -75,6 +77,8 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .connect_with(
                 options
                     .clone()
@@ -112,6 +116,8 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .connect_with(self.options.clone())
             .await?;
         Ok(Self {
@@ -189,11 +195,39 @@ crate::store::queue::impl_delivery_queue!(PgStore, sqlx::Postgres, "FOR UPDATE S
 crate::store::admin::impl_admin_store!(PgStore);
 crate::store::twilio_calls::impl_twilio_call_store!(PgStore);
 
-/// Sends `NOTIFY lifeline_queue` after each kick, outside any transaction that writes (so it
-/// commits without a WAL flush and holds the notification lock only for a moment). Kicks that
-/// come while one is on its way are answered by one more. Ends when the store is gone.
+/// A connection that sat idle is checked (one round trip) before it is handed out: the server
+/// may have closed it meanwhile (a restart, an idle timeout). One that was in use a moment ago
+/// is not: sqlx's default check on every acquire cost a round trip per tool call, and sqlx
+/// checks every connection as it returns to the pool anyway.
+fn ping_if_idle(
+    conn: &mut sqlx::PgConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::Connection;
+    Box::pin(async move {
+        if meta.idle_for >= IDLE_CHECK_AFTER {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
+
+/// How long a pooled connection may sit idle before it is checked on acquire.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long queued work waits to be announced to other processes, gathering the work queued
+/// meanwhile into the same announcement.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
+
+/// Sends `NOTIFY lifeline_queue` after kicks, outside any transaction that writes (so it
+/// commits without a WAL flush and holds the notification lock only for a moment): one
+/// [`ANNOUNCE_EVERY`] after a kick, covering every kick until it is sent. Ends when the store
+/// is gone.
 async fn announce_queued_work(pool: PgPool, mut kicked: watch::Receiver<()>) {
     while kicked.changed().await.is_ok() {
+        // At most one announcement per interval: at hundreds of tool calls a second, one per
+        // commit would be a transaction per tool call for nothing (one wakes every worker).
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
         kicked.borrow_and_update();
         if let Err(e) = sqlx::query("SELECT pg_notify($1, 'callback_requests')")
             .bind(QUEUE_CHANNEL)
