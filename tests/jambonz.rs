@@ -1386,8 +1386,9 @@ async fn the_reconciler_ends_a_transfer_nobody_reports_and_the_call_can_transfer
         "{out}"
     );
 
-    let (call, attempts) = wait_for_call(&app, &call_sid, "reconciled", |_, a| {
-        a.iter().all(|a| a.status != "dialing")
+    // The call is read before its attempts: wait for both halves of the reconciler's commit.
+    let (call, attempts) = wait_for_call(&app, &call_sid, "reconciled", |c, a| {
+        a.iter().all(|a| a.status != "dialing") && c.transfer_outcome.is_some()
     })
     .await;
     assert_eq!(attempts[0].status, "failed");

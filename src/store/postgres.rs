@@ -161,21 +161,47 @@ impl PgStore {
         &self.pool
     }
 
-    /// A transaction holding the call's advisory lock (sent with BEGIN: no extra round trip),
-    /// so one call's invocations are logged one at a time across every instance.
-    async fn begin_for_call(
+    /// Logs an invocation in a transaction of its own holding the call's advisory lock (sent
+    /// with BEGIN: no extra round trip), so one call's invocations are logged one at a time
+    /// across every instance; concurrent tool calls of different calls share WAL flushes
+    /// (PostgreSQL's own group commit). Returns what it begins with, and whether it queued a
+    /// callback request.
+    async fn log_invocation(
         &self,
-        platform: &str,
-        call_ref: &str,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        let key = crate::store::call_lock_key(platform, call_ref);
+        log: &crate::store::NewToolCallLog,
+        plan: &crate::store::Plan,
+        windows: &crate::store::CountWindows,
+        check: crate::store::LimitCheck<'_>,
+    ) -> Result<(crate::store::Begun, bool), StoreError> {
+        let key = crate::store::call_lock_key(log.platform.as_str(), &log.call_ref);
         // The key is an integer we computed, so formatting it into the SQL is safe.
-        self.pool
+        let mut tx = self
+            .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({}, {key})",
                 crate::store::CALL_LOCK_NAMESPACE
             )))
-            .await
+            .await?;
+        match log_in_transaction(&mut tx, log, plan, windows, check).await? {
+            Some(done) => {
+                tx.commit().await?;
+                Ok(done)
+            }
+            None => {
+                tx.rollback().await?;
+                // Logged before: the recorded row.
+                let mut conn = self.pool.acquire().await?;
+                let row = find_log(
+                    &mut conn,
+                    log.platform.as_str(),
+                    &log.call_ref,
+                    &log.invocation_key,
+                )
+                .await?
+                .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
+                Ok((crate::store::Begun::Duplicate(Box::new(row)), false))
+            }
+        }
     }
 
     /// The migrations this build embeds for the engine.
