@@ -44,8 +44,11 @@ pub struct ConfigError(pub Vec<String>);
 pub struct Config {
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
-    /// PostgreSQL pool size of this process.
+    /// PostgreSQL pool size of this process's call path (tool calls, webhooks, dashboard).
     pub database_max_connections: u32,
+    /// PostgreSQL pool size of the delivery worker (in `lifeline serve`, a pool of its own
+    /// besides the call path's; in `lifeline worker`, the only one).
+    pub database_worker_connections: u32,
     pub bind: IpAddr,
     pub port: u16,
     /// How the listener treats connections (`[server]`): timeouts and caps.
@@ -417,6 +420,7 @@ impl Config {
                 journal,
                 database_url: process.database_url.clone(),
                 database_max_connections: process.database_max_connections,
+                database_worker_connections: process.database_worker_connections,
                 bind: process.bind,
                 port: process.port,
                 connections,
@@ -490,6 +494,12 @@ pub struct ProcessSettings {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true,
           value_parser = clap::value_parser!(u32).range(2..=512))]
     pub database_max_connections: u32,
+    /// PostgreSQL connections of the delivery worker, a pool of their own: the call path never
+    /// waits for the worker, and the worker is not starved by call load. `lifeline serve`
+    /// opens both pools (up to `DATABASE_MAX_CONNECTIONS` + this); `lifeline worker` only this.
+    #[arg(long, env = "DATABASE_WORKER_CONNECTIONS", default_value_t = 4, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub database_worker_connections: u32,
 }
 
 /// Hides the password of a connection URL.
@@ -1060,6 +1070,7 @@ mod tests {
             port: 0,
             config_path: None,
             database_max_connections: 16,
+            database_worker_connections: 4,
         }
     }
 

@@ -111,7 +111,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Connects the store, migrates, binds (port 0 picks a free port) and serves.
+    /// Connects the store (the call path's pool and, with an in-process worker, the worker's:
+    /// see [`store::connect_split`]), migrates, binds (port 0 picks a free port) and serves.
     ///
     /// A PostgreSQL database that cannot be reached stops the start, unless the journal holds
     /// records of an earlier process (killed during an outage): then the process starts
@@ -121,13 +122,24 @@ impl Server {
         let url = &config.database_url;
         let max = config.database_max_connections;
         let opened = async {
-            let store = store::connect_with_pool(url, max).await?;
-            store.migrate().await?;
-            Ok::<_, store::StoreError>(store)
+            let stores = store::connect_split(
+                url,
+                max,
+                config
+                    .worker
+                    .in_process
+                    .then_some(config.database_worker_connections),
+            )
+            .await?;
+            stores.calls.migrate().await?;
+            Ok::<_, store::StoreError>(stores)
         }
         .await;
         match opened {
-            Ok(store) => Self::start_inner(config, store, false).await,
+            Ok(stores) => {
+                let worker = stores.worker.unwrap_or_else(|| stores.calls.clone());
+                Self::start_inner(config, stores.calls, worker, false).await
+            }
             Err(why)
                 if url.starts_with("postgres")
                     && store::journal::holds_records(&config.journal.dir) =>
@@ -140,21 +152,32 @@ impl Server {
                      migrations and the replay run when the database answers)"
                 );
                 let store = store::connect_lazy(url, max)?;
-                Self::start_inner(config, store, true).await
+                Self::start_inner(config, store.clone(), store, true).await
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Serves with an already opened and migrated store.
+    /// Serves with an already opened and migrated store, which the worker shares.
     pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
-        Self::start_inner(config, store, false).await
+        Self::start_inner(config, store.clone(), store, false).await
+    }
+
+    /// Serves with already opened and migrated stores: `store` for the call path, `worker_store`
+    /// (the same database, its own connections) for the in-process delivery worker.
+    pub async fn start_with_stores(
+        config: Config,
+        store: Arc<dyn Store>,
+        worker_store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(config, store, worker_store, false).await
     }
 
     /// `degraded`: the database could not be reached (or migrated) at start.
     async fn start_inner(
         config: Config,
         store: Arc<dyn Store>,
+        worker_store: Arc<dyn Store>,
         degraded: bool,
     ) -> anyhow::Result<Self> {
         ops::metrics::install();
@@ -199,7 +222,7 @@ impl Server {
         )));
         let journal_task = tokio::spawn(journal.clone().run(shutdown_rx.clone()));
         let worker = if config.worker.in_process {
-            let worker = worker::Worker::new(config.clone(), database.clone())?;
+            let worker = worker::Worker::new(config.clone(), worker_store)?;
             Some(tokio::spawn(worker.run(shutdown_rx.clone())))
         } else {
             None

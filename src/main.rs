@@ -271,7 +271,8 @@ async fn worker(config: Config) -> ExitCode {
         Ok(s) => s,
         Err(e) => return failed(1, format!("cannot handle signals: {e}")),
     };
-    let store = match open_store(&config.database_url, config.database_max_connections).await {
+    // A worker process has only the worker's budget of connections.
+    let store = match open_store(&config.database_url, config.database_worker_connections).await {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -115,6 +115,7 @@ agent_id = "riverside-agent"
         port: 0,
         config_path: None,
         database_max_connections: 16,
+        database_worker_connections: 4,
     };
     Arc::new(
         Config::build(&process, Some((&toml, Path::new("outage.toml"))), &|_| None)

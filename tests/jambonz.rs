@@ -1254,6 +1254,12 @@ async fn a_transfer_slower_than_its_answer_deadline_still_reaches_its_dial(engin
     let app = TestApp::start_with_limits(engine, "tool_timeout_ms = 300").await;
     let mut fs = app.feature_server().await;
     fs.session_new().await;
+    // The socket marks the call started after its ack: on SQLite that write, held up by the
+    // lock below, would hold up the socket (and the tool call on it) for the busy timeout.
+    wait_for_call(&app, &fs.call_sid.clone(), "call marked started", |c, _| {
+        c.app_started_at.is_some()
+    })
+    .await;
     let lock = DbLock::hold(&app.db.url, "tool_call_logs").await;
     fs.tool_call("inv-slow", "transfer", transfer_args()).await;
     let out = fs.tool_output("inv-slow").await;
@@ -1376,8 +1382,9 @@ async fn the_reconciler_ends_a_transfer_nobody_reports_and_the_call_can_transfer
         "{out}"
     );
 
-    let (call, attempts) = wait_for_call(&app, &call_sid, "reconciled", |_, a| {
-        a.iter().all(|a| a.status != "dialing")
+    // The call is read before its attempts: wait for both halves of the reconciler's commit.
+    let (call, attempts) = wait_for_call(&app, &call_sid, "reconciled", |c, a| {
+        a.iter().all(|a| a.status != "dialing") && c.transfer_outcome.is_some()
     })
     .await;
     assert_eq!(attempts[0].status, "failed");

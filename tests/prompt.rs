@@ -172,6 +172,7 @@ impl Harness {
             port: 0,
             config_path: None,
             database_max_connections: 16,
+            database_worker_connections: 4,
         };
         let toml = config_toml(&twilio.uri(), &ultravox.uri(), riverside_prompt);
         let config = Config::build(&process, Some((&toml, "prompt.toml".as_ref())), &|_| None)
@@ -487,6 +488,7 @@ async fn the_longest_prompt_that_fits_reaches_jambonz_whole_in_one_frame(engine:
             port: 0,
             config_path: None,
             database_max_connections: 16,
+            database_worker_connections: 4,
         };
         let toml = config_toml(
             "https://api.twilio.com",

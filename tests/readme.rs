@@ -95,6 +95,7 @@ fn process() -> ProcessSettings {
         port: 0,
         config_path: None,
         database_max_connections: 16,
+        database_worker_connections: 4,
     }
 }
 

@@ -28,6 +28,7 @@ on_both_engines!(
     concurrent_repeats_of_one_invocation_log_exactly_one_row,
     concurrent_repeats_of_a_complete_plan_write_one_callback_request,
     concurrent_invocations_of_one_call_cannot_overrun_its_limit,
+    concurrent_invocations_are_answered_only_once_committed_and_one_failure_undoes_only_its_own,
     complete_plan_commits_the_log_row_and_its_callback_together,
     failed_callback_insert_rolls_back_the_log_row_and_returns_the_error,
     limit_check_sees_counts_of_this_call_within_each_window_only,
@@ -754,6 +755,71 @@ async fn concurrent_invocations_of_one_call_cannot_overrun_its_limit(engine: Eng
         (CALL_LIMIT, 8 - CALL_LIMIT, CALL_LIMIT),
         "a call allowed {CALL_LIMIT} invocations ran {ran} of 8 sent at once"
     );
+}
+
+/// Many tool calls of different calls logged at once (on SQLite they share commits: group
+/// commit). Each is answered only once its rows are committed: a connection of its own sees
+/// them the moment the answer comes. One of them fails (its callback names a call that does not
+/// exist): only its own rows are undone, the others' commit.
+async fn concurrent_invocations_are_answered_only_once_committed_and_one_failure_undoes_only_its_own(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let raw = Arc::new(Raw::open(&db, engine).await);
+    const N: usize = 24;
+    let start = Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let (store, start, raw) = (store.clone(), start.clone(), raw.clone());
+        let call = store
+            .upsert_call(&new_call(&format!("call-group-{i}")))
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let at = t0() + TimeDelta::milliseconds(i as i64);
+            let mut log = new_log(&call.call_ref, "collect-1", "collect_info", at);
+            log.call_id = Some(call.id);
+            // The seventh names a call that does not exist.
+            let call_id = if i == 7 { Uuid::new_v4() } else { call.id };
+            let cb = callback(TENANT, Some(call_id), Some(log.id), Urgency::Normal, at);
+            let plan = Plan::Complete {
+                outcome: success(at),
+                callback: Some(Box::new(cb.clone())),
+            };
+            start.wait().await;
+            let begun = store
+                .begin_invocation(&log, &plan, &wide_windows(), &allow)
+                .await;
+            // At once, from outside the store.
+            let rows = raw
+                .count_where("SELECT COUNT(*) FROM tool_call_logs WHERE id = $1", log.id)
+                .await;
+            let callbacks = raw
+                .count_where(
+                    "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+                    cb.id,
+                )
+                .await;
+            (i, begun, rows, callbacks)
+        }));
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            (7, Err(e), rows, callbacks) => {
+                assert!(is_foreign_key_violation(&e), "{e}");
+                assert_eq!((rows, callbacks), (0, 0), "the failed one left nothing");
+            }
+            (i, Ok(Begun::Recorded(r)), rows, callbacks) if r.success => {
+                assert_eq!(
+                    (rows, callbacks),
+                    (1, 1),
+                    "invocation {i} was answered before its rows were committed"
+                );
+            }
+            (i, other, _, _) => panic!("invocation {i}: unexpected {other:?}"),
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------------

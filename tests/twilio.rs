@@ -154,6 +154,7 @@ impl Harness {
             port: 0,
             config_path: None,
             database_max_connections: 16,
+            database_worker_connections: 4,
         };
         let toml = config_toml(&twilio.uri(), &ultravox.uri());
         let config = Config::build(&process, Some((&toml, "twilio.toml".as_ref())), &|_| None)

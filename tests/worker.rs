@@ -231,6 +231,7 @@ fn config(db: &TestDb, toml: &str) -> Config {
         port: 0,
         config_path: None,
         database_max_connections: 16,
+        database_worker_connections: 4,
     };
     Config::build(
         &process,
@@ -597,6 +598,63 @@ async fn four_worker_processes_woken_by_notify_deliver_each_request_once() {
             .unwrap();
         assert!(status.success(), "worker exit status {status}");
     }
+}
+
+/// The call path of `lifeline serve` queues no notification in its transactions (that would
+/// serialise their commits); it announces queued work after the commit. A `lifeline worker`
+/// process that does not poll still hears of every message a call leaves, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_process_hears_of_requests_the_call_path_commits() {
+    use common::{FakeFeatureServer, RIVERSIDE_PASS, RIVERSIDE_USER};
+    let mut db = TestDb::new(Engine::Postgres).await;
+    db.watch_invariants();
+    let frontend = Frontend::healthy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = common::config_toml(&format!(
+        "{}\n[worker]\nin_process = false\npoll_interval_ms = 600000\n",
+        delivery_toml(&frontend.url)
+    ));
+    let config_path = dir.path().join("lifeline.toml");
+    std::fs::write(&config_path, &toml).unwrap();
+    let config = Config::build(
+        &common::process_settings(&db.url),
+        Some((&toml, Path::new("t.toml"))),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let server = lifeline::Server::start(config).await.expect("start");
+    let mut child = spawn_worker_process(&db, &config_path);
+    wait_until_started(&mut child).await;
+
+    let ws = format!("ws://{}/jambonz", server.addr);
+    let mut calls = Vec::new();
+    for n in 0..5 {
+        let sid = format!("bbbbbbbb-0000-4000-8000-00000000000{n}");
+        let mut fs = FakeFeatureServer::connect_as(&ws, RIVERSIDE_USER, RIVERSIDE_PASS, &sid)
+            .await
+            .unwrap();
+        fs.collect_info_call(
+            &format!("inv-{n}"),
+            "needs a refill of her thyroid medication",
+        )
+        .await;
+        calls.push(fs);
+    }
+    let got = frontend.wait_for(5).await;
+    let sids: HashSet<&str> = got
+        .iter()
+        .filter_map(|r| r.body["callSid"].as_str())
+        .collect();
+    assert_eq!(sids.len(), 5, "each call's message delivered: {sids:?}");
+
+    sigterm(&child);
+    let status = tokio::time::timeout(HANG_GUARD, child.wait())
+        .await
+        .expect("worker exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "worker exit status {status}");
+    drop(calls);
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1315,6 +1373,115 @@ async fn a_collected_message_reaches_the_frontend_through_the_in_process_worker(
     let id: Uuid = b["id"].as_str().unwrap().parse().unwrap();
     wait_for_attempts(&app.store, id, 1).await;
     assert_eq!(row(&app.store, id).await.status, "posted");
+}
+
+/// The advisory lock a Jambonz call's invocations are logged under (the same namespace and hash
+/// as lifeline's: "LIFE", then the first four bytes of SHA-256 of `jambonz\0<call_sid>`).
+fn call_lock(call_sid: &str) -> (i32, i32) {
+    use sha2::Digest;
+    let digest = Sha256::new()
+        .chain_update(b"jambonz")
+        .chain_update([0])
+        .chain_update(call_sid.as_bytes())
+        .finalize();
+    (
+        0x4C49_4645,
+        i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+    )
+}
+
+/// Every connection of the call path's pool (2) is held by a tool call waiting for its call's
+/// lock, which the test holds from outside: the in-process worker, with its own pool, still
+/// claims and delivers a new request. (Sharing one pool, its claim would wait for a
+/// connection until the tool calls finish.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_worker_delivers_while_every_call_path_connection_is_busy() {
+    use common::{FakeFeatureServer, RIVERSIDE_PASS, RIVERSIDE_USER};
+    let mut db = TestDb::new(Engine::Postgres).await;
+    db.watch_invariants();
+    let frontend = Frontend::healthy().await;
+    let toml = common::config_toml(&format!(
+        "{}\n[worker]\npoll_interval_ms = 600000\n",
+        delivery_toml(&frontend.url)
+    ));
+    let mut process = common::process_settings(&db.url);
+    process.database_max_connections = 2;
+    process.database_worker_connections = 2;
+    let config = Config::build(&process, Some((&toml, Path::new("t.toml"))), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = lifeline::Server::start(config).await.expect("start");
+    let ws = format!("ws://{}/jambonz", server.addr);
+
+    let blocker = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut held = blocker.acquire().await.unwrap();
+    let mut sockets = Vec::new();
+    for sid in [
+        "aaaaaaaa-0000-4000-8000-000000000001",
+        "aaaaaaaa-0000-4000-8000-000000000002",
+    ] {
+        let mut fs = FakeFeatureServer::connect_as(&ws, RIVERSIDE_USER, RIVERSIDE_PASS, sid)
+            .await
+            .unwrap();
+        fs.session_new().await;
+        let (namespace, key) = call_lock(sid);
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(namespace)
+            .bind(key)
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        fs.tool_call(
+            "inv-blocked",
+            "collectNameNumberConcernPetName",
+            json!({
+                "callback_number": "(416) 818-9171",
+                "first_name": "Jeremy",
+                "last_name": "Greven",
+                "pet_name": "Tommie",
+                "concern_description": "vomiting since this evening",
+            }),
+        )
+        .await;
+        sockets.push(fs);
+    }
+    // Both call-path connections wait in the database for the locks the test holds.
+    tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'lifeline' AND wait_event = 'advisory'",
+            )
+            .fetch_one(&blocker)
+            .await
+            .unwrap();
+            if waiting == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both tool calls wait for their call's lock");
+
+    // A request queued meanwhile (by another instance, say) is delivered now.
+    let outside = db.store().await;
+    let queued = request(1, Urgency::Critical, Utc::now());
+    enqueue(&outside, &queued).await;
+    let got = frontend.wait_for(1).await;
+    assert_eq!(got[0].body["id"], queued.id.to_string());
+
+    // Released, the tool calls finish and their requests are delivered too.
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    for fs in &mut sockets {
+        fs.tool_output("inv-blocked").await;
+    }
+    frontend.wait_for(3).await;
+    drop(held);
+    blocker.close().await;
+    server.shutdown().await.unwrap();
 }
 
 // --- shutdown -----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ mod tests {
             port: 0,
             config_path: None,
             database_max_connections: 16,
+            database_worker_connections: 4,
         };
         let jambonz = if jambonz {
             "[tenants.jambonz]\nusername = \"riverside\"\npassword = \"riverside-secret-1\"\n"

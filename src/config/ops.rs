@@ -127,6 +127,7 @@ mod tests {
             port: 0,
             config_path: None,
             database_max_connections: 16,
+            database_worker_connections: 4,
         };
         let env = |n: &str| (n == "METRICS_TOKEN").then(|| "scraper-token-0123456789".to_string());
         let file = "[ops]\nmetrics_token = \"${METRICS_TOKEN}\"\n";

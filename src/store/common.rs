@@ -2,7 +2,8 @@
 //!
 //! The SQL below is portable (`$N` placeholders work on SQLite too, timestamps are bound from
 //! Rust, upserts use `ON CONFLICT`), so it is written once and expanded for each engine's pool
-//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `begin_for_call()`,
+//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `log_invocation()` (which
+//! runs the shared `log_in_transaction` in a transaction of its own making), `bump_queue()`,
 //! `run_migrations()` and `ONE_STATEMENT_LOG_WITH_CALLBACK`; on SQLite the writer is a single
 //! connection, which serialises write transactions instead of failing them with SQLITE_BUSY.
 
@@ -235,22 +236,6 @@ macro_rules! impl_store {
             .await
         }
 
-        impl $store {
-            /// The recorded row of an invocation logged before.
-            async fn repeat_of(&self, log: &NewToolCallLog) -> Result<Begun, StoreError> {
-                let mut conn = self.writer().acquire().await?;
-                let row = find_log(
-                    &mut conn,
-                    log.platform.as_str(),
-                    &log.call_ref,
-                    &log.invocation_key,
-                )
-                .await?
-                .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
-                Ok(Begun::Duplicate(Box::new(row)))
-            }
-        }
-
         /// Writes the log row, and its callback request if any (which always refers to that log
         /// row). False when the invocation was already logged: nothing is written.
         async fn write_invocation(
@@ -288,6 +273,67 @@ macro_rules! impl_store {
                     Ok(true)
                 }
             }
+        }
+
+        /// The logging transaction's work for one invocation, on a connection whose transaction
+        /// is open and holds the call's lock (invocations of one call are serialised from the
+        /// count to the commit, so the limit holds exactly even when a model fires tools in
+        /// parallel, and a repeat always finds the original's row). `None`: the invocation was
+        /// logged before, nothing was written. Otherwise what it begins with, and whether it
+        /// queued a callback request.
+        async fn log_in_transaction(
+            conn: &mut $conn,
+            log: &NewToolCallLog,
+            plan: &Plan,
+            windows: &CountWindows,
+            check: LimitCheck<'_>,
+        ) -> Result<Option<(Begun, bool)>, sqlx::Error> {
+            let platform = log.platform.as_str();
+            let (known, call, tool): (Option<Uuid>, i64, i64) = sqlx::query_as(
+                "SELECT \
+                 (SELECT id FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
+                  AND invocation_key = $7), \
+                 COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
+                              THEN 1 ELSE 0 END), 0) \
+                 FROM tool_call_logs \
+                 WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
+            )
+            .bind(platform)
+            .bind(&log.call_ref)
+            .bind(windows.call_since)
+            .bind(&windows.tool)
+            .bind(windows.tool_since)
+            .bind(windows.call_since.min(windows.tool_since))
+            .bind(&log.invocation_key)
+            .fetch_one(&mut *conn)
+            .await?;
+            if known.is_some() {
+                return Ok(None);
+            }
+            let refusal = match plan {
+                Plan::Fail(_) => None,
+                Plan::Run | Plan::Complete { .. } => check(&WindowCounts { call, tool }),
+            };
+            let (outcome, callback) = match (&refusal, plan) {
+                (Some(err), _) => (
+                    Some(Recorded::of(&Err(err.clone()), log.created_at, 0.0)),
+                    None,
+                ),
+                (None, Plan::Run) => (None, None),
+                (None, Plan::Complete { outcome, callback }) => {
+                    (Some(outcome.clone()), callback.as_deref())
+                }
+                (None, Plan::Fail(outcome)) => (Some(outcome.clone()), None),
+            };
+            if !write_invocation(conn, log, outcome.as_ref(), callback).await? {
+                return Ok(None);
+            }
+            let begun = match outcome {
+                None => Begun::Running,
+                Some(o) => Begun::Recorded(o),
+            };
+            Ok(Some((begun, callback.is_some())))
         }
 
         #[async_trait]
@@ -507,61 +553,11 @@ macro_rules! impl_store {
                 // Text the database cannot store is escaped, and the escaped paths noted in the row.
                 let (log, plan) = crate::store::text::escaped_invocation(log, plan);
                 let (log, plan) = (log.as_ref(), plan.as_ref());
-                let platform = log.platform.as_str();
-                // Invocations of one call are serialised from here to the commit, so the
-                // limit holds exactly even when a model fires tools in parallel, and a repeat
-                // always finds the original's row.
-                let mut tx = self.begin_for_call(platform, &log.call_ref).await?;
-                let (known, call, tool): (Option<Uuid>, i64, i64) = sqlx::query_as(
-                    "SELECT \
-                     (SELECT id FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
-                      AND invocation_key = $7), \
-                     COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
-                     COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
-                                  THEN 1 ELSE 0 END), 0) \
-                     FROM tool_call_logs \
-                     WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
-                )
-                .bind(platform)
-                .bind(&log.call_ref)
-                .bind(windows.call_since)
-                .bind(&windows.tool)
-                .bind(windows.tool_since)
-                .bind(windows.call_since.min(windows.tool_since))
-                .bind(&log.invocation_key)
-                .fetch_one(&mut *tx)
-                .await?;
-                if known.is_some() {
-                    tx.rollback().await?;
-                    return self.repeat_of(log).await;
-                }
-                let refusal = match plan {
-                    Plan::Fail(_) => None,
-                    Plan::Run | Plan::Complete { .. } => check(&WindowCounts { call, tool }),
-                };
-                let (outcome, callback) = match (&refusal, plan) {
-                    (Some(err), _) => (
-                        Some(Recorded::of(&Err(err.clone()), log.created_at, 0.0)),
-                        None,
-                    ),
-                    (None, Plan::Run) => (None, None),
-                    (None, Plan::Complete { outcome, callback }) => {
-                        (Some(outcome.clone()), callback.as_deref())
-                    }
-                    (None, Plan::Fail(outcome)) => (Some(outcome.clone()), None),
-                };
-                if !write_invocation(&mut tx, log, outcome.as_ref(), callback).await? {
-                    tx.rollback().await?;
-                    return self.repeat_of(log).await;
-                }
-                tx.commit().await?;
-                if callback.is_some() {
+                let (begun, queued) = self.log_invocation(log, plan, windows, check).await?;
+                if queued {
                     self.bump_queue();
                 }
-                Ok(match outcome {
-                    None => Begun::Running,
-                    Some(o) => Begun::Recorded(o),
-                })
+                Ok(begun)
             }
 
             async fn finish_invocation(

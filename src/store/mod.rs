@@ -305,6 +305,47 @@ pub async fn connect(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     connect_with_pool(database_url, 16).await
 }
 
+/// The stores of a process that serves calls (and may run the delivery worker).
+#[derive(Clone)]
+pub struct SplitStores {
+    /// For tool calls, webhooks, the reconciler and the dashboard.
+    pub calls: Arc<dyn Store>,
+    /// For the in-process delivery worker, when there is one.
+    pub worker: Option<Arc<dyn Store>>,
+}
+
+/// Opens the store a `DATABASE_URL` names for `lifeline serve`. On PostgreSQL: a pool of up to
+/// `call_connections` for the call path, whose commits announce queued work after the fact
+/// (see [`postgres::PgStore::connect_call_path`]), and, given `worker_connections`, a separate
+/// one for the delivery worker (sharing the queue signal), so that neither waits for the
+/// other's connections. SQLite has one writer connection whatever the pools, so both are one
+/// store.
+pub async fn connect_split(
+    database_url: &str,
+    call_connections: u32,
+    worker_connections: Option<u32>,
+) -> Result<SplitStores, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        let store = connect_with_pool(database_url, call_connections).await?;
+        return Ok(SplitStores {
+            worker: worker_connections.map(|_| store.clone()),
+            calls: store,
+        });
+    }
+    connect_check::check_postgres(database_url)
+        .await
+        .map_err(StoreError::Unavailable)?;
+    let calls = postgres::PgStore::connect_call_path(database_url, call_connections).await?;
+    let worker: Option<Arc<dyn Store>> = match worker_connections {
+        Some(n) => Some(Arc::new(calls.with_own_pool(n).await?)),
+        None => None,
+    };
+    Ok(SplitStores {
+        calls: Arc::new(calls),
+        worker,
+    })
+}
+
 /// Opens the store a `DATABASE_URL` names; a PostgreSQL pool holds up to `max_connections`.
 pub async fn connect_with_pool(
     database_url: &str,

@@ -1,7 +1,12 @@
-//! SQLite, the embedded default: WAL with `synchronous=FULL`, one writer connection.
+//! SQLite, the embedded default: WAL with `synchronous=FULL`, one writer connection, and group
+//! commit for tool calls' logging transactions (see [`SqliteStore::log_invocation`]).
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
 
 use crate::store::queue::QueueSignal;
 use sqlx::sqlite::{
@@ -14,6 +19,52 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     signal: QueueSignal,
+    /// The logging transaction tool calls share (group commit).
+    batch: Arc<GroupCommit>,
+}
+
+/// The one open logging transaction, if any, that arriving tool calls join.
+#[derive(Default)]
+struct GroupCommit {
+    open: Mutex<Option<Batch>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupCommit")
+    }
+}
+
+/// Commits a batch when a tool call that joined it is done with it.
+struct CommitOnDrop(Option<(SqliteStore, u64)>);
+
+impl CommitOnDrop {
+    async fn now(mut self) {
+        if let Some((store, id)) = self.0.take() {
+            store.commit_batch(id).await;
+        }
+    }
+}
+
+impl Drop for CommitOnDrop {
+    /// The tool call went away before its commit: a task commits in its place.
+    fn drop(&mut self) {
+        if let Some((store, id)) = self.0.take() {
+            tokio::spawn(async move { store.commit_batch(id).await });
+        }
+    }
+}
+
+/// An open transaction (`BEGIN IMMEDIATE` on the writer connection) holding the log rows of
+/// the tool calls that joined it, each written under its own savepoint.
+struct Batch {
+    id: u64,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    /// Its commit's outcome, for every tool call in it: `None` until then.
+    outcome: watch::Sender<Option<Result<(), String>>>,
+    /// Tool calls that wrote (or found) their row in it.
+    members: u32,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -45,6 +96,7 @@ impl SqliteStore {
             writer,
             reader,
             signal: QueueSignal::default(),
+            batch: Arc::default(),
         })
     }
 
@@ -65,17 +117,109 @@ impl SqliteStore {
         &self.reader
     }
 
-    /// A write transaction; the single writer connection already serialises them. IMMEDIATE:
-    /// the transaction reads before it writes, and SQLite does not wait (busy timeout) for a lock
-    /// a reading transaction must upgrade, it fails at once with SQLITE_BUSY. Another process on
-    /// the same file (a second instance during a deploy, `lifeline worker`, the CLI) holding the
-    /// write lock for a moment must make a tool call wait, not fail.
-    async fn begin_for_call(
+    /// Logs an invocation with group commit: one fsync for every tool call that arrives while
+    /// another's is being written. SQLite has one writer, and with `synchronous=FULL` each
+    /// commit is an fsync, so committing tool calls one by one caps them at one per fsync.
+    ///
+    /// The first tool call opens a transaction (IMMEDIATE: it reads before it writes, and
+    /// SQLite fails at once with SQLITE_BUSY rather than wait for a lock a reading transaction
+    /// must upgrade; another process on the file holding the write lock for a moment must make
+    /// a tool call wait, not fail). Each tool call takes its turn on it (one at a time, so the
+    /// per-call count sees every row written before it, committed or in the batch), writes
+    /// under a savepoint (its failure undoes only its own rows), and queues again to commit.
+    /// The first of them to get its second turn commits the batch, with the rows of everyone
+    /// who took a turn meanwhile; every tool call answers only once the commit holding its row
+    /// is done, and fails if that commit fails (nothing ran). A repeat finds the original's
+    /// row, in the batch or before it, and is answered once that row is committed.
+    async fn log_invocation(
         &self,
-        _platform: &str,
-        _call_ref: &str,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+        log: &crate::store::NewToolCallLog,
+        plan: &crate::store::Plan,
+        windows: &crate::store::CountWindows,
+        check: crate::store::LimitCheck<'_>,
+    ) -> Result<(crate::store::Begun, bool), StoreError> {
+        let mut open = self.batch.open.lock().await;
+        if open.is_none() {
+            let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            *open = Some(Batch {
+                id: self.batch.next_id.fetch_add(1, Ordering::Relaxed),
+                tx,
+                outcome: watch::channel(None).0,
+                members: 0,
+            });
+        }
+        let batch = open.as_mut().expect("a batch is open");
+        // Whatever happens to this tool call, the batch gets committed (by it, or by the task
+        // this starts if it is dropped half-way): the others' rows are in it.
+        let commit = CommitOnDrop(Some((self.clone(), batch.id)));
+        let mut committed = batch.outcome.subscribe();
+        let done = Self::log_in_batch(batch, log, plan, windows, check).await;
+        if done.is_ok() {
+            batch.members += 1;
+        }
+        drop(open);
+        commit.now().await;
+        let done = done?;
+        match committed.wait_for(Option::is_some).await.as_deref() {
+            Ok(Some(Ok(()))) => Ok(done),
+            Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
+                "the logging transaction did not commit: {e}"
+            ))),
+            // The tool call that was committing it went away mid-commit.
+            Ok(None) | Err(_) => Err(StoreError::Unavailable(
+                "the logging transaction's commit was cut short".into(),
+            )),
+        }
+    }
+
+    /// One tool call's turn on the open batch, under a savepoint: if it fails (or this future
+    /// is dropped half-way: sqlx then rolls back to the savepoint before the connection's next
+    /// statement) only its own rows are undone.
+    async fn log_in_batch(
+        batch: &mut Batch,
+        log: &crate::store::NewToolCallLog,
+        plan: &crate::store::Plan,
+        windows: &crate::store::CountWindows,
+        check: crate::store::LimitCheck<'_>,
+    ) -> Result<(crate::store::Begun, bool), StoreError> {
+        let mut own = sqlx::Connection::begin(&mut *batch.tx).await?;
+        match log_in_transaction(&mut own, log, plan, windows, check).await {
+            Ok(Some(done)) => {
+                own.commit().await?;
+                Ok(done)
+            }
+            Ok(None) => {
+                own.rollback().await?;
+                // Logged before, perhaps in this very batch: answered once it is committed.
+                let row = find_log(
+                    &mut batch.tx,
+                    log.platform.as_str(),
+                    &log.call_ref,
+                    &log.invocation_key,
+                )
+                .await?
+                .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
+                Ok((crate::store::Begun::Duplicate(Box::new(row)), false))
+            }
+            Err(e) => {
+                own.rollback().await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Commits batch `id` unless another of its tool calls did already.
+    async fn commit_batch(&self, id: u64) {
+        // Behind every tool call that queued for a turn meanwhile: their rows join the batch.
+        let mut open = self.batch.open.lock().await;
+        if open.as_ref().is_none_or(|b| b.id != id) {
+            return;
+        }
+        let batch = open.take().expect("checked above");
+        metrics::histogram!("lifeline_log_commit_batch_size").record(f64::from(batch.members));
+        let outcome = batch.tx.commit().await.map_err(|e| e.to_string());
+        // Unheard only if every tool call in it went away.
+        let _ = batch.outcome.send(Some(outcome));
     }
 
     /// The migrations this build embeds for the engine.

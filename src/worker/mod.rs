@@ -36,6 +36,9 @@ use clock::{InstantsOf, SystemWallClock, WallClock};
 use delivery::Verdict;
 use gate::{FrontendLine, frontend_unavailable};
 
+/// The shortest time between two claims a queue signal starts (see [`Worker::run`]).
+const WAKE_GATHER: Duration = Duration::from_millis(10);
+
 /// Alerts claimed per query (they are few, and each may send several messages).
 const ALERT_BATCH: i64 = 10;
 
@@ -258,6 +261,7 @@ impl Worker {
         let mut inflight: JoinSet<PassReport> = JoinSet::new();
         let mut keys: HashMap<tokio::task::Id, JobKey> = HashMap::new();
         let mut more = true;
+        let mut last_claim = tokio::time::Instant::now();
         let mut poll = tokio::time::interval(settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rescue = tokio::time::interval(settings.rescue_interval);
@@ -270,6 +274,7 @@ impl Worker {
             if more && inflight.len() <= refill_at {
                 // Seen before claiming: work queued from here on wakes us again.
                 signal.borrow_and_update();
+                last_claim = tokio::time::Instant::now();
                 let free = settings.concurrency - inflight.len();
                 let want = i64::try_from(free)
                     .unwrap_or(i64::MAX)
@@ -309,6 +314,10 @@ impl Worker {
                         // The store is gone; polling is all that is left.
                         signal = inner.store.queue_signal();
                     }
+                    // Under call load every commit signals: one claim per commit would be a
+                    // query per tool call. Claims follow each other at most this often, and
+                    // the work queued meanwhile is claimed together.
+                    tokio::time::sleep_until(last_claim + WAKE_GATHER).await;
                     more = true;
                 }
                 _ = poll.tick() => more = true,

@@ -270,11 +270,34 @@ pub fn process_settings(database_url: &str) -> ProcessSettings {
         port: 0,
         config_path: None,
         database_max_connections: 16,
+        database_worker_connections: 4,
+    }
+}
+
+/// Waits, when dropped, until the journal it holds was replayed. A write that missed its budget
+/// under the load of a whole test run goes to the journal; the end-of-test invariants must see
+/// it in the database. (Only on a multi-threaded runtime, which the black-box tests use.)
+pub struct DrainJournal(Arc<lifeline::store::resilient::ResilientStore>);
+
+impl Drop for DrainJournal {
+    fn drop(&mut self) {
+        if !self.0.status().journaling || std::thread::panicking() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current()
+            && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            let journal = self.0.clone();
+            tokio::task::block_in_place(|| handle.block_on(journal_drained(&journal)));
+        }
     }
 }
 
 /// A running app on a fresh database.
 pub struct TestApp {
+    /// First, so it is dropped first: the test's journaled writes reach the database before
+    /// the database's invariants are checked (when `db` is dropped).
+    _drain: DrainJournal,
     pub server: Server,
     pub store: Arc<dyn Store>,
     pub db: TestDb,
@@ -312,6 +335,7 @@ impl TestApp {
         let server = Server::start(config).await.expect("start server");
         let store = server.state.store.clone();
         Self {
+            _drain: DrainJournal(server.state.journal.clone()),
             server,
             store,
             db,
