@@ -205,6 +205,15 @@ impl Rows {
             attempt.dial_sip_status = finish.dial_sip_status;
             attempt.failure_reason = finish.failure_reason.clone();
             attempt.ended_at = Some(finish.at);
+            if finish.outcome.is_some() {
+                attempt.outcome = finish.outcome.clone();
+            }
+            if finish.ring_ms.is_some() {
+                attempt.ring_ms = finish.ring_ms;
+            }
+            if finish.outcome.as_deref() == Some("accepted") && attempt.accepted_at.is_none() {
+                attempt.accepted_at = Some(attempt.answered_at.unwrap_or(finish.at));
+            }
         }
         if let Some(next) = &finish.next {
             self.attempt(new_attempt_row(next));
@@ -351,6 +360,10 @@ pub fn new_attempt_row(a: &NewTransferAttempt) -> TransferAttemptRow {
         started_at: a.started_at,
         ended_at: None,
         answered_at: None,
+        outcome: None,
+        ring_ms: None,
+        accepted_at: None,
+        chain_step: Some(crate::store::chain_step_of(a)),
     }
 }
 
