@@ -488,6 +488,9 @@ impl Outcome {
             Some("busy") => Self::Busy,
             Some("failed") => Self::Failed,
             Some("canceled" | "cancelled") => Self::Cancelled,
+            // Answered but never bridged (Twilio `completed` with `DialBridged=false`, Jambonz
+            // `in-progress` after the confirm application hung up): the gate said no.
+            Some("completed" | "answered" | "in-progress") => Self::Declined,
             _ => Self::NoAnswer,
         }
     }
@@ -538,11 +541,16 @@ pub async fn on_gate(
         return Ok(None);
     };
     let now = Utc::now();
-    if verdict == GateVerdict::Accepted {
-        store.mark_transfer_accepted(attempt_id, now).await?;
+    // The marks are best effort: the event below (journaled when the database is slow) is
+    // what the dial's outcome reads, and an accepted finish fills `accepted_at` itself.
+    let marked = if verdict == GateVerdict::Accepted {
+        store.mark_transfer_accepted(attempt_id, now).await
     } else {
         // Picked up, even if only by a machine: the ring time ends here.
-        store.mark_transfer_answered(attempt_id, now).await?;
+        store.mark_transfer_answered(attempt_id, now).await
+    };
+    if let Err(e) = marked {
+        warn!(attempt = %attempt_id, error = %e, "could not mark the gate's verdict on the attempt");
     }
     store
         .append_call_event(&crate::store::NewCallEvent {

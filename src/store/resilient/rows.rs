@@ -226,6 +226,18 @@ impl Rows {
     }
 
     /// Records that the on-call person picked up.
+    /// The attempts of a call held in memory, oldest first.
+    pub fn attempts_of(&self, call_id: Uuid) -> Vec<TransferAttemptRow> {
+        let mut found: Vec<TransferAttemptRow> = self
+            .attempts
+            .values()
+            .filter(|a| a.call_id == call_id)
+            .cloned()
+            .collect();
+        found.sort_by_key(|a| (a.started_at, a.id));
+        found
+    }
+
     pub fn answered(&mut self, attempt_id: Uuid, at: DateTime<Utc>) {
         if let Some(attempt) = self.attempts.get_mut(&attempt_id) {
             attempt.answered_at.get_or_insert(at);
