@@ -19,6 +19,7 @@ mod demo;
 mod jambonz_frame;
 mod journal;
 mod lifecycle;
+pub mod oncall;
 mod ops;
 mod server;
 mod source;
@@ -188,6 +189,8 @@ pub struct Tenant {
     pub frontend: Option<Frontend>,
     /// Who is alerted about critical requests and dead letters.
     pub alerts: TenantAlerts,
+    /// The on-call schedule a transfer walks (`None`: primary, then secondary).
+    pub oncall: Option<oncall::OncallSchedule>,
 }
 
 /// Facts about a clinic for the prompt's template variables (the original `clients` row).
@@ -234,6 +237,10 @@ pub struct TransferTargets {
     /// Caller id presented to the on-call person; `None` passes the caller's own number.
     pub caller_id: Option<E164>,
     pub ring_timeout_secs: u32,
+    /// The on-call person must press 1 to take the call (issue 14); off, an answer is taken.
+    pub accept_gate: bool,
+    /// Seconds the gate waits for the key after its prompt.
+    pub gate_timeout_secs: u32,
 }
 
 /// The Ultravox settings of a tenant's `llm` verb.
@@ -825,6 +832,7 @@ struct RawTenant {
     tool_api_key: Option<String>,
     frontend: Option<delivery::RawTenantFrontend>,
     alerts: Option<delivery::RawTenantAlerts>,
+    oncall: Option<oncall::RawOncall>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -858,6 +866,8 @@ struct RawTransfer {
     trunk: Option<String>,
     caller_id: Option<String>,
     ring_timeout_secs: Option<u32>,
+    accept_gate: Option<bool>,
+    gate_timeout_secs: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -953,6 +963,12 @@ impl RawTenant {
                         "{label}: transfer.ring_timeout_secs must be between 5 and 120"
                     ));
                 }
+                let gate_timeout = t.gate_timeout_secs.unwrap_or(8);
+                if !(3..=30).contains(&gate_timeout) {
+                    problems.push(format!(
+                        "{label}: transfer.gate_timeout_secs must be between 3 and 30"
+                    ));
+                }
                 if primary.is_some() && primary == secondary {
                     problems.push(format!(
                         "{label}: transfer.secondary must differ from transfer.primary"
@@ -964,6 +980,8 @@ impl RawTenant {
                     trunk: non_empty(t.trunk),
                     caller_id,
                     ring_timeout_secs: ring,
+                    accept_gate: t.accept_gate.unwrap_or(true),
+                    gate_timeout_secs: gate_timeout,
                 })
             }
         };
@@ -1034,6 +1052,10 @@ impl RawTenant {
             ));
         }
 
+        let default_ring = transfer.as_ref().map_or(25, |t| t.ring_timeout_secs);
+        let oncall = self
+            .oncall
+            .and_then(|o| o.validate(label, default_ring, problems));
         let frontend = self.frontend.and_then(|f| f.validate(label, problems));
         let alerts = self
             .alerts
@@ -1045,6 +1067,7 @@ impl RawTenant {
         Some(Tenant {
             frontend,
             alerts,
+            oncall,
             business_hours: self.business_hours,
             profile,
             fallback: self.fallback,

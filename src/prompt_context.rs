@@ -528,6 +528,8 @@ mod tests {
                 trunk: None,
                 caller_id: None,
                 ring_timeout_secs: 25,
+                accept_gate: true,
+                gate_timeout_secs: 8,
             },
             ultravox: UltravoxSettings {
                 api_key: "uv-key".into(),
@@ -540,6 +542,7 @@ mod tests {
             business_hours: Some(toronto_hours()),
             frontend: None,
             alerts: Default::default(),
+            oncall: None,
             profile: TenantProfile {
                 office_phone: Some(n("+14167431331")),
                 office_website: Some("https://humbervet.example".into()),

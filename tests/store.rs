@@ -44,6 +44,7 @@ on_both_engines!(
     repeated_call_setup_keeps_the_first_values,
     finish_invocation_records_the_outcome_of_a_pending_row_once,
     status_events_apply_in_sequence_order_and_calls_are_found_by_ultravox_id,
+    attempts_record_typed_outcomes_ring_time_acceptance_and_chain_step,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -270,6 +271,7 @@ fn attempt(
         reason: "dog hit by a car".into(),
         pet_name: Some("Biscuit".into()),
         started_at: at,
+        chain_step: None,
     }
 }
 
@@ -285,6 +287,8 @@ fn finish(attempt_id: Uuid, call_id: Uuid, at: DateTime<Utc>, succeeded: bool) -
         next: None,
         callback: None,
         failed_log: None,
+        outcome: None,
+        ring_ms: None,
     }
 }
 
@@ -1922,6 +1926,7 @@ async fn status_events_apply_in_sequence_order_and_calls_are_found_by_ultravox_i
         reason: "hit by a car".into(),
         pet_name: None,
         started_at: t0(),
+        chain_step: None,
     };
     store.start_transfer(&attempt).await.unwrap();
     let row = store.transfer_attempt(attempt.id).await.unwrap().unwrap();
@@ -1933,4 +1938,73 @@ async fn status_events_apply_in_sequence_order_and_calls_are_found_by_ultravox_i
             .unwrap()
             .is_none()
     );
+}
+
+async fn attempts_record_typed_outcomes_ring_time_acceptance_and_chain_step(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let call = store.upsert_call(&new_call("call-outcomes")).await.unwrap();
+    // Step 1 declined at the gate.
+    let first = attempt(&call, "primary", "+15557654321", t0());
+    store.start_transfer(&first).await.unwrap();
+    store
+        .mark_transfer_answered(first.id, t0() + secs(4))
+        .await
+        .unwrap();
+    // A third step of a chain: a role the old CHECK refused.
+    let third = NewTransferAttempt {
+        chain_step: Some(3),
+        ..attempt(&call, "escalation", "+15557654323", t0() + secs(20))
+    };
+    let declined = TransferFinish {
+        outcome: Some("declined".into()),
+        ring_ms: Some(4000),
+        next: Some(third.clone()),
+        ..finish(first.id, call.id, t0() + secs(20), false)
+    };
+    assert!(store.finish_transfer(&declined).await.unwrap());
+    // Step 3 accepted: pressed 1 at 30 s, the bridged call ends later.
+    assert!(
+        store
+            .mark_transfer_accepted(third.id, t0() + secs(30))
+            .await
+            .unwrap()
+    );
+    let accepted = TransferFinish {
+        outcome: Some("accepted".into()),
+        ring_ms: Some(8000),
+        ..finish(third.id, call.id, t0() + secs(300), true)
+    };
+    assert!(store.finish_transfer(&accepted).await.unwrap());
+    // Accepting an attempt that has ended changes nothing.
+    assert!(
+        !store
+            .mark_transfer_accepted(third.id, t0() + secs(400))
+            .await
+            .unwrap()
+    );
+
+    let rows = store.transfer_attempts(call.id).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].outcome.as_deref(), Some("declined"));
+    assert_eq!(rows[0].ring_ms, Some(4000));
+    assert_eq!(rows[0].chain_step, Some(1), "derived from the role");
+    assert_eq!(rows[0].accepted_at, None);
+    assert_eq!(rows[1].target_role, "escalation");
+    assert_eq!(rows[1].chain_step, Some(3));
+    assert_eq!(rows[1].outcome.as_deref(), Some("accepted"));
+    assert_eq!(rows[1].ring_ms, Some(8000));
+    assert_eq!(rows[1].accepted_at, Some(t0() + secs(30)));
+    assert_eq!(rows[1].answered_at, Some(t0() + secs(30)));
+
+    // The outcome column takes only the typed words.
+    let raw = Raw::open(&db, engine).await;
+    let bad = on_raw!(&raw, |p| sqlx::query(
+        "UPDATE transfer_attempts SET outcome = 'answered' WHERE id = $1"
+    )
+    .bind(first.id)
+    .execute(p)
+    .await
+    .is_err());
+    assert!(bad, "an untyped outcome is refused");
 }

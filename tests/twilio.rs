@@ -28,6 +28,9 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 on_both_engines!(
+    gate_accepts_on_1_and_the_attempt_is_accepted,
+    gate_declines_a_machine_then_another_key,
+    gate_declines_on_silence,
     incoming_call_creates_the_ultravox_call_records_the_mapping_and_connects_the_caller,
     agent_calls_send_only_the_prompts_variables_as_strings_and_the_agent_is_fetched_once,
     forged_or_missing_twilio_signatures_are_refused_and_nothing_happens,
@@ -1710,4 +1713,139 @@ async fn unreadable_data_connection_tool_invocations_get_an_error_result(engine:
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(count, 3.0);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Issue 14: the acceptance gate on the on-call person's leg.
+
+/// A call whose agent asked for a transfer; returns the transfer TwiML given to Twilio.
+async fn twilio_transfer(h: &Harness) -> String {
+    h.ultravox_creates_calls("/api/calls").await;
+    h.twilio_updates(CALL_SID, 1).await;
+    h.incoming(CALL_SID, RIVERSIDE).await;
+    let call = h.call(CALL_SID).await;
+    let mut ws = h
+        .data_connection(call.ultravox_call_id.as_deref().unwrap())
+        .await;
+    let invocation = json!({
+        "type": "data_connection_tool_invocation",
+        "toolName": "transfer",
+        "invocationId": "inv-gate",
+        "parameters": {
+            "urgency_reason": "CRITICAL EMERGENCY: dog was hit by a car",
+            "first_name": "Jeremy", "last_name": "Greven",
+            "callback_number": "4168189171", "pet_name": "Max",
+        },
+    });
+    ws.send(Message::Text(invocation.to_string().into()))
+        .await
+        .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["invocationId"], "inv-gate");
+    let updates = h.twiml_updates().await;
+    assert_eq!(updates.len(), 1);
+    updates[0].clone()
+}
+
+/// The whisper request Twilio makes when the on-call leg answers (`<Number url>`, with
+/// `AnsweredBy` from `machineDetection`).
+async fn whisper_of(h: &Harness, attempt: &str, answered_by: &str) -> String {
+    let (status, body) = h
+        .webhook(
+            &format!("/twilio/whisper?attempt={attempt}"),
+            &[
+                ("AccountSid", ACCOUNT),
+                ("AnsweredBy", answered_by),
+                ("CallSid", "CA22222222222222222222222222222222"),
+                ("ParentCallSid", CALL_SID),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The `<Gather>` action when a key is pressed.
+async fn gate_key(h: &Harness, attempt: &str, digits: &str) -> String {
+    let (status, body) = h
+        .webhook(
+            &format!("/twilio/gate?attempt={attempt}"),
+            &[
+                ("AccountSid", ACCOUNT),
+                ("CallSid", "CA22222222222222222222222222222222"),
+                ("Digits", digits),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn attempts_of(h: &Harness) -> Vec<lifeline::store::TransferAttemptRow> {
+    let call = h.call(CALL_SID).await;
+    h.store.transfer_attempts(call.id).await.unwrap()
+}
+
+async fn gate_accepts_on_1_and_the_attempt_is_accepted(engine: Engine) {
+    let h = Harness::start(engine).await;
+    let transfer = twilio_transfer(&h).await;
+    let attempt = attempt_of(&transfer);
+    let whisper = whisper_of(&h, &attempt, "human").await;
+    // The whisper is the document the official library writes for the same verbs.
+    assert_same_twiml(
+        &with_fixture_attempt(&whisper),
+        &fixture("lib-gate-whisper.xml"),
+    );
+    let connecting = gate_key(&h, &attempt, "1").await;
+    assert_same_twiml(&connecting, &fixture("lib-gate-connecting.xml"));
+    let end = dial_action(&h, &attempt, "completed", true).await;
+    assert!(end.contains("<Hangup"), "{end}");
+    let rows = attempts_of(&h).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome.as_deref(), Some("accepted"));
+    assert!(rows[0].accepted_at.is_some());
+    assert!(rows[0].ring_ms.is_some());
+    assert!(h.callbacks("riverside").await.is_empty());
+}
+
+async fn gate_declines_a_machine_then_another_key(engine: Engine) {
+    let h = Harness::start(engine).await;
+    let transfer = twilio_transfer(&h).await;
+    let first = attempt_of(&transfer);
+    // A voicemail answers the primary: hung up before the gate.
+    let whisper = whisper_of(&h, &first, "machine_start").await;
+    assert_same_twiml(&whisper, &fixture("lib-gate-decline.xml"));
+    // Twilio: answered, never bridged.
+    let next = dial_action(&h, &first, "completed", false).await;
+    assert!(next.contains("+15557654322"), "secondary rings: {next}");
+    let second = attempt_of(&next);
+    whisper_of(&h, &second, "human").await;
+    let declined = gate_key(&h, &second, "5").await;
+    assert_same_twiml(&declined, &fixture("lib-gate-decline.xml"));
+    let last = dial_action(&h, &second, "completed", false).await;
+    assert!(last.contains("9 1 7 1"), "callback promised: {last}");
+    let rows = attempts_of(&h).await;
+    let outcomes: Vec<Option<&str>> = rows.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("machine"), Some("declined")]);
+    let callbacks = h.callbacks("riverside").await;
+    assert_eq!(callbacks.len(), 1);
+    assert_eq!(callbacks[0].urgency_level, "critical");
+}
+
+async fn gate_declines_on_silence(engine: Engine) {
+    let h = Harness::start(engine).await;
+    let transfer = twilio_transfer(&h).await;
+    let first = attempt_of(&transfer);
+    let whisper = whisper_of(&h, &first, "unknown").await;
+    assert!(whisper.contains("<Gather"), "{whisper}");
+    // No key: Twilio falls through the <Gather> to the <Hangup/>; no request reaches us
+    // until the dial's action.
+    let next = dial_action(&h, &first, "completed", false).await;
+    assert!(next.contains("+15557654322"), "secondary rings: {next}");
+    let second = attempt_of(&next);
+    let last = dial_action(&h, &second, "no-answer", false).await;
+    assert!(last.contains("<Hangup"), "{last}");
+    let rows = attempts_of(&h).await;
+    let outcomes: Vec<Option<&str>> = rows.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("declined"), Some("no_answer")]);
 }

@@ -24,6 +24,10 @@ pub mod hooks {
     pub const LLM_EVENT: &str = "/llm-event";
     pub const DIAL_ACTION: &str = "/dial-action";
     pub const DIAL_CONFIRM: &str = "/dial-confirm";
+    /// The acceptance gate's `gather` on the on-call person's leg.
+    pub const DIAL_GATE: &str = "/dial-gate";
+    /// Answering-machine detection on the on-call person's leg.
+    pub const DIAL_AMD: &str = "/dial-amd";
 }
 
 /// Any message from the feature-server.
@@ -239,6 +243,68 @@ pub fn say(text: &str) -> Value {
 
 pub fn hangup() -> Value {
     json!({ "verb": "hangup" })
+}
+
+/// The confirm application of a gated transfer, run by the feature-server on the on-call
+/// person's leg (`lib/utils/place-outdial.js` `_executeApp`: still connected when it ends =
+/// accepted, hung up = declined):
+/// - the whisper;
+/// - answering-machine detection on that leg (`config` with `amd`; the `dial` verb's own `amd`
+///   only starts once the leg is accepted, `lib/tasks/dial.js` `_selectSingleDial`, too late
+///   to keep a voicemail from "accepting"), its events to [`hooks::DIAL_AMD`];
+/// - a one-key `gather` whose result goes to [`hooks::DIAL_GATE`], where 1 accepts and
+///   anything else (or the timeout) hangs the leg up.
+pub fn gate_verbs(whisper: &str, prompt: &str, timeout_secs: u32) -> Vec<Value> {
+    vec![
+        say(whisper),
+        json!({ "verb": "config", "amd": { "actionHook": hooks::DIAL_AMD } }),
+        json!({
+            "verb": "gather",
+            "input": ["digits"],
+            "numDigits": 1,
+            "timeout": timeout_secs,
+            "actionHook": hooks::DIAL_GATE,
+            "say": { "text": prompt },
+        }),
+    ]
+}
+
+/// The gate's `gather` result (`lib/tasks/gather.js`: `{reason: "dtmfDetected", digits}` or
+/// `{reason: "timeout"}`), with the leg's call-info.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GateResult {
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub digits: Option<String>,
+}
+
+impl GateResult {
+    /// Only the single key 1 accepts.
+    pub fn accepted(&self) -> bool {
+        self.digits.as_deref().map(str::trim) == Some("1")
+    }
+}
+
+/// An answering-machine detection event (`type`: `amd_human_detected`,
+/// `amd_machine_detected`, `amd_tone_detected`, `amd_machine_stopped_speaking`,
+/// `amd_no_speech_detected`, `amd_decision_timeout`, `amd_error`, `amd_stopped`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AmdEvent {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl AmdEvent {
+    /// The detector decided a machine answered (a long greeting, a beep).
+    pub fn machine(&self) -> bool {
+        matches!(
+            self.kind.as_deref(),
+            Some("amd_machine_detected" | "amd_tone_detected" | "amd_machine_stopped_speaking")
+        )
+    }
 }
 
 /// The PSTN dial of a transfer: ring timeout, trunk, caller id, the hook that reports the

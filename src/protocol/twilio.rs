@@ -568,6 +568,23 @@ pub enum Verb {
     Pause(Pause),
     /// `<Redirect>`
     Redirect(Redirect),
+    /// `<Gather>` of keypad digits, with an optional `<Say>` prompt inside.
+    Gather(Gather),
+}
+
+/// `<Gather input="dtmf">`: the transfer's acceptance gate on the on-call person's leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gather {
+    /// `action`: requested with `Digits` when a key is pressed.
+    pub action: String,
+    /// `method` of the action request.
+    pub method: Option<HttpMethod>,
+    /// `numDigits`
+    pub num_digits: u32,
+    /// `timeout`: seconds to wait for a key.
+    pub timeout: u32,
+    /// The prompt said while listening.
+    pub say: Option<Say>,
 }
 
 /// `<Stream>` inside `<Connect>`.
@@ -645,6 +662,8 @@ pub struct Number {
     pub status_callback: Option<String>,
     /// `statusCallbackEvent`: which events to send (Twilio's default: `completed`).
     pub status_callback_event: Vec<CallProgressEvent>,
+    /// `machineDetection="Enable"`: Twilio sends `AnsweredBy` with the whisper request.
+    pub machine_detection: bool,
 }
 
 impl Number {
@@ -656,6 +675,7 @@ impl Number {
             method: None,
             status_callback: None,
             status_callback_event: Vec::new(),
+            machine_detection: false,
         }
     }
 }
@@ -722,7 +742,7 @@ macro_rules! verb_from {
         })*
     };
 }
-verb_from!(Dial, Say, Record, Pause, Redirect);
+verb_from!(Dial, Say, Record, Pause, Redirect, Gather);
 
 impl Response {
     /// An empty `<Response/>`.
@@ -845,6 +865,23 @@ fn write_verb(w: &mut XmlWriter, verb: &Verb) -> io::Result<()> {
             Attrs::default().opt("method", redirect.method),
             &redirect.url,
         ),
+        Verb::Gather(gather) => {
+            let attrs = Attrs::default()
+                .set("action", &gather.action)
+                .set("input", "dtmf")
+                .opt("method", gather.method)
+                .set("numDigits", gather.num_digits)
+                .set("timeout", gather.timeout);
+            match &gather.say {
+                None => empty_element(w, "Gather", attrs),
+                Some(say) => {
+                    w.create_element("Gather")
+                        .with_attributes(attrs.pairs())
+                        .write_inner_content(|w| write_verb(w, &Verb::Say(say.clone())))?;
+                    Ok(())
+                }
+            }
+        }
     }
 }
 
@@ -898,7 +935,11 @@ fn write_number(w: &mut XmlWriter, number: &Number) -> io::Result<()> {
         .opt("url", number.url.as_ref())
         .opt("method", number.method)
         .opt("statusCallback", number.status_callback.as_ref())
-        .opt("statusCallbackEvent", events);
+        .opt("statusCallbackEvent", events)
+        .opt(
+            "machineDetection",
+            number.machine_detection.then_some("Enable"),
+        );
     text_element(w, "Number", attrs, &number.number)
 }
 

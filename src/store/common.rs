@@ -27,7 +27,7 @@ macro_rules! attempt_columns {
     () => {
         "id, call_id, tenant_id, tool_call_log_id, target_role, target_number, status, \
          dial_call_status, dial_sip_status, failure_reason, callback_number, caller_name, reason, \
-         pet_name, started_at, ended_at, answered_at"
+         pet_name, started_at, ended_at, answered_at, outcome, ring_ms, accepted_at, chain_step"
     };
 }
 
@@ -197,8 +197,8 @@ macro_rules! impl_store {
             let done = sqlx::query(
                 "INSERT INTO transfer_attempts (id, call_id, tenant_id, tool_call_log_id, \
                  target_role, target_number, status, callback_number, caller_name, reason, \
-                 pet_name, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'dialing', $7, $8, $9, $10, $11) \
+                 pet_name, started_at, chain_step) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'dialing', $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(a.id)
@@ -212,6 +212,7 @@ macro_rules! impl_store {
             .bind(&a.reason)
             .bind(&a.pet_name)
             .bind(a.started_at)
+            .bind(crate::store::chain_step_of(a))
             .execute(&mut *conn)
             .await?;
             Ok(done.rows_affected() == 1)
@@ -334,6 +335,26 @@ macro_rules! impl_store {
                 Some(o) => Begun::Recorded(o),
             };
             Ok(Some((begun, callback.is_some())))
+        }
+
+        #[async_trait]
+        impl crate::store::TransferGateStore for $store {
+            async fn mark_transfer_accepted(
+                &self,
+                attempt_id: Uuid,
+                at: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE transfer_attempts SET accepted_at = COALESCE(accepted_at, $2), \
+                     answered_at = COALESCE(answered_at, $2) \
+                     WHERE id = $1 AND status = 'dialing'",
+                )
+                .bind(attempt_id)
+                .bind(at)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
         }
 
         #[async_trait]
@@ -780,7 +801,10 @@ macro_rules! impl_store {
                 let mut tx = self.writer().begin().await?;
                 let ended = sqlx::query(
                     "UPDATE transfer_attempts SET status = $2, dial_call_status = $3, \
-                     dial_sip_status = $4, failure_reason = $5, ended_at = $6 \
+                     dial_sip_status = $4, failure_reason = $5, ended_at = $6, \
+                     outcome = COALESCE($7, outcome), ring_ms = COALESCE($8, ring_ms), \
+                     accepted_at = CASE WHEN $7 = 'accepted' \
+                       THEN COALESCE(accepted_at, answered_at, $6) ELSE accepted_at END \
                      WHERE id = $1 AND status = 'dialing'",
                 )
                 .bind(f.attempt_id)
@@ -789,6 +813,8 @@ macro_rules! impl_store {
                 .bind(f.dial_sip_status)
                 .bind(&f.failure_reason)
                 .bind(f.at)
+                .bind(&f.outcome)
+                .bind(f.ring_ms)
                 .execute(&mut *tx)
                 .await?;
                 if ended.rows_affected() == 0 {

@@ -124,9 +124,32 @@ impl MigrationReport {
 /// the error to record when it is.
 pub type LimitCheck<'a> = &'a (dyn Fn(&WindowCounts) -> Option<ToolError> + Send + Sync);
 
+/// The acceptance gate of a transfer (issue 14): when the on-call person pressed 1.
+#[async_trait]
+pub trait TransferGateStore: Send + Sync {
+    /// Records that a human accepted the attempt (kept if already set). False when the attempt
+    /// is not dialing any more. Best effort on the call path: the caller is connected anyway,
+    /// and a finish with outcome `accepted` fills `accepted_at` from the pick-up time if this
+    /// write was lost.
+    async fn mark_transfer_accepted(
+        &self,
+        attempt_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+}
+
+/// The chain step an attempt is written with: its own, else derived from its role (journals
+/// written before chains carry none).
+pub fn chain_step_of(a: &NewTransferAttempt) -> i32 {
+    a.chain_step
+        .unwrap_or(if a.target_role == "primary" { 1 } else { 2 })
+}
+
 /// The durable state of lifeline (the delivery queue included).
 #[async_trait]
-pub trait Store: DeliveryQueue + AdminStore + TwilioCallStore + Send + Sync + 'static {
+pub trait Store:
+    DeliveryQueue + AdminStore + TwilioCallStore + TransferGateStore + Send + Sync + 'static
+{
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -342,6 +342,10 @@ pub struct NewTransferAttempt {
     pub reason: String,
     pub pet_name: Option<String>,
     pub started_at: DateTime<Utc>,
+    /// 1-based position in the on-call chain (`None` in journals written before chains: then
+    /// derived from the role, primary 1, else 2).
+    #[serde(default)]
+    pub chain_step: Option<i32>,
 }
 
 /// A row of `transfer_attempts`.
@@ -366,6 +370,15 @@ pub struct TransferAttemptRow {
     /// When the on-call person picked up (the dial's outcome may come much later, when the
     /// bridged call ends).
     pub answered_at: Option<DateTime<Utc>>,
+    /// How the attempt ended (`accepted`, `declined`, `machine`, `no_answer`, `busy`,
+    /// `failed`, `caller_hung_up`, `cancelled`); `None` while dialing.
+    pub outcome: Option<String>,
+    /// Ring time in milliseconds (until pick-up, or until the end when nobody picked up).
+    pub ring_ms: Option<i64>,
+    /// When a human accepted the call at the gate (pressed 1).
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// 1-based position in the on-call chain.
+    pub chain_step: Option<i32>,
 }
 
 impl TransferAttemptRow {
@@ -389,6 +402,10 @@ impl TransferAttemptRow {
             started_at: a.started_at,
             ended_at: None,
             answered_at: None,
+            outcome: None,
+            ring_ms: None,
+            accepted_at: None,
+            chain_step: Some(super::chain_step_of(a)),
         }
     }
 }
@@ -429,4 +446,11 @@ pub struct TransferFinish {
     /// The transfer tool's log row and the failure to record on it when the transfer finally
     /// failed (a repeat of the invocation then reads that failure back).
     pub failed_log: Option<(Uuid, Recorded)>,
+    /// The typed outcome (see `migrations/*/0008_transfer_outcomes.sql`); `None` in journals
+    /// written before outcomes existed.
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// The attempt's ring time in milliseconds.
+    #[serde(default)]
+    pub ring_ms: Option<i64>,
 }

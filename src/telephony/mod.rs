@@ -35,6 +35,9 @@ pub struct TransferPlan {
     pub ring_timeout_secs: u32,
     /// What the caller hears before the ringing.
     pub announcement: String,
+    /// The on-call person must press 1 (and a machine is detected) before the caller is
+    /// connected.
+    pub gate: bool,
 }
 
 /// Acts on one live call.

@@ -343,6 +343,9 @@ pub fn transfer_twiml(public_url: &str, plan: &TransferPlan) -> Result<String, T
     let number = Number {
         url: Some(format!("{base}/twilio/whisper?attempt={attempt}")),
         method: Some(HttpMethod::Post),
+        // A machine is told apart before the gate: Twilio sends `AnsweredBy` with the whisper
+        // request.
+        machine_detection: plan.gate,
         ..Number::new(plan.target.clone())
     };
     let dial = Dial {
@@ -737,6 +740,7 @@ mod tests {
             caller_id: caller_id.map(str::to_owned),
             ring_timeout_secs: 25,
             announcement: announcement.into(),
+            gate: false,
         }
     }
 

@@ -14,6 +14,7 @@ use super::pipeline::CallContext;
 use super::urgency::Urgency;
 use super::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
 use crate::config::Tenant;
+use crate::config::oncall::ChainStep;
 use crate::phone::{E164, mask};
 use crate::store::{
     CallRow, NewCallbackRequest, NewTransferAttempt, Recorded, Store, StoreError, ToolCallLogRow,
@@ -105,18 +106,21 @@ pub async fn run(
         )
     })?;
     let tenant = ctx.tenant;
+    let now = Utc::now();
+    let first = first_step(tenant, now);
     let attempt = NewTransferAttempt {
         id: Uuid::now_v7(),
         call_id: call.id,
         tenant_id: tenant.id.clone(),
         tool_call_log_id: Some(log_id),
-        target_role: "primary",
-        target_number: tenant.transfer.primary.to_string(),
+        target_role: role_of(1, first.is_final),
+        target_number: first.number.to_string(),
         callback_number: args.callback_number.clone(),
         caller_name: args.caller_name.clone(),
         reason: args.reason.clone(),
         pet_name: args.pet_name.clone(),
-        started_at: Utc::now(),
+        started_at: now,
+        chain_step: Some(1),
     };
     match store.start_transfer(&attempt).await.map_err(db_error)? {
         TransferStart::Started => {}
@@ -129,7 +133,13 @@ pub async fn run(
             });
         }
     }
-    let plan = plan_for(tenant, attempt.id, &attempt.target_number, ANNOUNCE_PRIMARY);
+    let plan = plan_for(
+        tenant,
+        attempt.id,
+        &attempt.target_number,
+        first.ring_timeout_secs,
+        ANNOUNCE_PRIMARY,
+    );
     info!(
         attempt = %attempt.id,
         target = %mask(&plan.target),
@@ -138,8 +148,12 @@ pub async fn run(
     if let Err(e) = ctx.control.transfer(&plan).await {
         warn!(attempt = %attempt.id, error = %e, "transfer could not start");
         let failure = format!("transfer could not start: {e}");
-        let callback =
-            failed_transfer_callback(&tenant.id, call, &attempt_row(&attempt), Utc::now());
+        let callback = failed_transfer_callback(
+            &tenant.id,
+            call,
+            &TransferAttemptRow::dialing(&attempt),
+            Utc::now(),
+        );
         let callback_id = callback.id;
         store
             .finish_transfer(&TransferFinish {
@@ -153,6 +167,8 @@ pub async fn run(
                 next: None,
                 callback: Some(callback),
                 failed_log: None,
+                outcome: Some(Outcome::Failed.as_str().to_string()),
+                ring_ms: Some(0),
             })
             .await
             .map_err(db_error)?;
@@ -205,13 +221,15 @@ pub async fn on_agent_failure(
         return Ok(AgentFailure::MessageTaken);
     }
     let caller = call.from_number.clone();
+    let now = Utc::now();
+    let first = first_step(tenant, now);
     let attempt = NewTransferAttempt {
         id: Uuid::now_v7(),
         call_id: call.id,
         tenant_id: tenant.id.clone(),
         tool_call_log_id: None,
-        target_role: "primary",
-        target_number: tenant.transfer.primary.to_string(),
+        target_role: role_of(1, first.is_final),
+        target_number: first.number.to_string(),
         callback_number: caller
             .as_deref()
             .and_then(|n| E164::parse(n).ok())
@@ -221,7 +239,8 @@ pub async fn on_agent_failure(
         caller_name: None,
         reason: format!("the AI assistant stopped ({why})"),
         pet_name: None,
-        started_at: Utc::now(),
+        started_at: now,
+        chain_step: Some(1),
     };
     Ok(match store.start_transfer(&attempt).await? {
         TransferStart::Started => {
@@ -230,6 +249,7 @@ pub async fn on_agent_failure(
                 tenant,
                 attempt.id,
                 &attempt.target_number,
+                first.ring_timeout_secs,
                 ANNOUNCE_AGENT_FAILED,
             ))
         }
@@ -312,6 +332,7 @@ pub async fn on_dial_outcome(
                 .is_some_and(|c| c.ended_at.is_some()),
             None => false,
         };
+    let ring_ms = ring_ms_of(&attempt, now);
     if answered {
         store
             .finish_transfer(&TransferFinish {
@@ -325,14 +346,28 @@ pub async fn on_dial_outcome(
                 next: None,
                 callback: None,
                 failed_log: None,
+                outcome: Some(Outcome::Accepted.as_str().to_string()),
+                ring_ms: Some(ring_ms),
             })
             .await?;
         info!(attempt = %attempt.id, "transfer answered");
         return Ok(DialNext::Connected);
     }
+    let outcome = if caller_gone {
+        Outcome::CallerHungUp
+    } else if attempt.answered_at.is_some() || dial_status == Some("in-progress") {
+        // Picked up but not bridged: the gate said no (or a machine answered).
+        match gate_verdict(store, call.id, attempt.id).await? {
+            Some(GateVerdict::Machine) => Outcome::Machine,
+            _ => Outcome::Declined,
+        }
+    } else {
+        Outcome::from_dial_status(dial_status)
+    };
     let failure = format!(
-        "{} did not answer ({}{}){}",
+        "{} did not take the call ({}: {}{}){}",
         attempt.target_role,
+        outcome.as_str(),
         dial_status.unwrap_or("no status"),
         sip_status.map(|s| format!(", SIP {s}")).unwrap_or_default(),
         if caller_gone {
@@ -341,23 +376,30 @@ pub async fn on_dial_outcome(
             ""
         }
     );
-    let next = match (&tenant.transfer.secondary, attempt.target_role.as_str()) {
-        _ if caller_gone => None,
-        (Some(secondary), "primary") => Some(NewTransferAttempt {
-            id: Uuid::now_v7(),
-            call_id: call.id,
-            tenant_id: tenant.id.clone(),
-            tool_call_log_id: attempt.tool_call_log_id,
-            target_role: "secondary",
-            target_number: secondary.to_string(),
-            callback_number: attempt.callback_number.clone(),
-            caller_name: attempt.caller_name.clone(),
-            reason: attempt.reason.clone(),
-            pet_name: attempt.pet_name.clone(),
-            started_at: now,
-        }),
-        _ => None,
+    let next = if caller_gone {
+        None
+    } else {
+        next_step(store, tenant, call, &attempt, now).await?
     };
+    let next = next.map(|(step_no, step, ring)| {
+        (
+            NewTransferAttempt {
+                id: Uuid::now_v7(),
+                call_id: call.id,
+                tenant_id: tenant.id.clone(),
+                tool_call_log_id: attempt.tool_call_log_id,
+                target_role: role_of(step_no, step.is_final),
+                target_number: step.number.to_string(),
+                callback_number: attempt.callback_number.clone(),
+                caller_name: attempt.caller_name.clone(),
+                reason: attempt.reason.clone(),
+                pet_name: attempt.pet_name.clone(),
+                started_at: now,
+                chain_step: Some(step_no),
+            },
+            ring,
+        )
+    });
     let callback = next
         .is_none()
         .then(|| failed_transfer_callback(&tenant.id, call, &attempt, now));
@@ -380,21 +422,24 @@ pub async fn on_dial_outcome(
             dial_call_status: dial_status.map(str::to_string),
             dial_sip_status: sip_status,
             failure_reason: Some(failure.clone()),
-            next: next.clone(),
+            next: next.as_ref().map(|(n, _)| n.clone()),
             callback,
             failed_log,
+            outcome: Some(outcome.as_str().to_string()),
+            ring_ms: Some(ring_ms),
         })
         .await?;
     if !applied {
         return Ok(DialNext::NoTransfer);
     }
     Ok(match next {
-        Some(next) => {
-            warn!(attempt = %attempt.id, %failure, "trying the secondary on-call number");
+        Some((next, ring)) => {
+            warn!(attempt = %attempt.id, %failure, step = ?next.chain_step, "trying the next on-call step");
             DialNext::Ring(plan_for(
                 tenant,
                 next.id,
                 &next.target_number,
+                ring,
                 ANNOUNCE_SECONDARY,
             ))
         }
@@ -405,6 +450,250 @@ pub async fn on_dial_outcome(
             }
         }
     })
+}
+
+/// How one transfer attempt ended (`transfer_attempts.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A human pressed 1 (or, without the gate, the call was bridged).
+    Accepted,
+    /// Picked up, but no key in time or another key (voicemail, IVR, a pocket).
+    Declined,
+    /// Answering-machine detection said machine before the gate.
+    Machine,
+    NoAnswer,
+    Busy,
+    Failed,
+    /// The caller left while it rang.
+    CallerHungUp,
+    /// Lifeline stopped the dial.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The word stored in `transfer_attempts.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Declined => "declined",
+            Self::Machine => "machine",
+            Self::NoAnswer => "no_answer",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+            Self::CallerHungUp => "caller_hung_up",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// An unanswered dial's status: Jambonz's ring-timeout bug reports the last progress
+    /// status (`ringing`, `early-media`) for a ring-out, so anything unknown is `no_answer`.
+    pub fn from_dial_status(status: Option<&str>) -> Self {
+        match status {
+            Some("busy") => Self::Busy,
+            Some("failed") => Self::Failed,
+            Some("canceled" | "cancelled") => Self::Cancelled,
+            // Answered but never bridged (Twilio `completed` with `DialBridged=false`, Jambonz
+            // `in-progress` after the confirm application hung up): the gate said no.
+            Some("completed" | "answered" | "in-progress") => Self::Declined,
+            _ => Self::NoAnswer,
+        }
+    }
+}
+
+/// What the acceptance gate decided on the on-call person's leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateVerdict {
+    Accepted,
+    Declined,
+    Machine,
+}
+
+impl GateVerdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Declined => "declined",
+            Self::Machine => "machine",
+        }
+    }
+}
+
+/// The call event that records a gate's verdict (read back when the dial's outcome arrives,
+/// possibly on another instance; shown in the call's timeline).
+pub const GATE_EVENT: &str = "transfer_gate";
+
+/// What the on-call person hears at the gate.
+pub const GATE_PROMPT: &str =
+    "Press 1 to take this call. Press any other key or hang up to decline.";
+/// Said once the on-call person pressed 1.
+pub const GATE_CONNECTING: &str = "Connecting you now.";
+
+/// Records the gate's verdict for the attempt ringing `call_id` (`attempt`: the one the
+/// webhook named, else the one dialing). An acceptance also writes `accepted_at`.
+pub async fn on_gate(
+    store: &dyn Store,
+    call_id: Uuid,
+    attempt: Option<Uuid>,
+    verdict: GateVerdict,
+    detail: Value,
+) -> Result<Option<Uuid>, StoreError> {
+    let attempt_id = match attempt {
+        Some(id) => Some(id),
+        None => store.dialing_transfer(call_id).await?.map(|a| a.id),
+    };
+    let Some(attempt_id) = attempt_id else {
+        return Ok(None);
+    };
+    let now = Utc::now();
+    // The marks are best effort: the event below (journaled when the database is slow) is
+    // what the dial's outcome reads, and an accepted finish fills `accepted_at` itself.
+    let marked = if verdict == GateVerdict::Accepted {
+        store.mark_transfer_accepted(attempt_id, now).await
+    } else {
+        // Picked up, even if only by a machine: the ring time ends here.
+        store.mark_transfer_answered(attempt_id, now).await
+    };
+    if let Err(e) = marked {
+        warn!(attempt = %attempt_id, error = %e, "could not mark the gate's verdict on the attempt");
+    }
+    store
+        .append_call_event(&crate::store::NewCallEvent {
+            id: Uuid::now_v7(),
+            call_id,
+            at: now,
+            kind: GATE_EVENT.to_string(),
+            detail: json!({
+                "attempt_id": attempt_id,
+                "verdict": verdict.as_str(),
+                "detail": detail,
+            }),
+        })
+        .await?;
+    info!(attempt = %attempt_id, verdict = verdict.as_str(), "transfer gate");
+    Ok(Some(attempt_id))
+}
+
+/// The last gate verdict recorded for an attempt.
+async fn gate_verdict(
+    store: &dyn Store,
+    call_id: Uuid,
+    attempt_id: Uuid,
+) -> Result<Option<GateVerdict>, StoreError> {
+    let events = store.call_events(call_id).await?;
+    let id = attempt_id.to_string();
+    Ok(events
+        .iter()
+        .rev()
+        .filter(|e| e.kind == GATE_EVENT)
+        .find(|e| e.detail.0.get("attempt_id").and_then(Value::as_str) == Some(id.as_str()))
+        .and_then(
+            |e| match e.detail.0.get("verdict").and_then(Value::as_str) {
+                Some("accepted") => Some(GateVerdict::Accepted),
+                Some("machine") => Some(GateVerdict::Machine),
+                Some("declined") => Some(GateVerdict::Declined),
+                _ => None,
+            },
+        ))
+}
+
+/// The attempt's ring time: until pick-up, else until now.
+fn ring_ms_of(attempt: &TransferAttemptRow, now: DateTime<Utc>) -> i64 {
+    let until = attempt.answered_at.unwrap_or(now).min(now);
+    (until - attempt.started_at).num_milliseconds().max(0)
+}
+
+/// The on-call chain at `at`: the schedule's steps, or `primary` then `secondary`.
+pub fn chain(tenant: &Tenant, at: DateTime<Utc>) -> Vec<ChainStep> {
+    if let Some(oncall) = &tenant.oncall {
+        let steps = oncall.chain_at(at);
+        if !steps.is_empty() {
+            return steps;
+        }
+    }
+    let t = &tenant.transfer;
+    std::iter::once(&t.primary)
+        .chain(t.secondary.iter())
+        .map(|n| ChainStep {
+            number: n.clone(),
+            ring_timeout_secs: t.ring_timeout_secs,
+            is_final: false,
+        })
+        .collect()
+}
+
+/// The chain's whole ring budget in seconds (`None`: no limit but the steps' own timeouts).
+fn ring_budget(tenant: &Tenant) -> Option<u32> {
+    tenant.oncall.as_ref().map(|o| o.total_ring_budget_secs)
+}
+
+/// A dial shorter than this is not worth starting.
+const MIN_RING_SECS: u32 = 5;
+
+fn first_step(tenant: &Tenant, now: DateTime<Utc>) -> ChainStep {
+    let mut first = chain(tenant, now).into_iter().next().unwrap_or(ChainStep {
+        number: tenant.transfer.primary.clone(),
+        ring_timeout_secs: tenant.transfer.ring_timeout_secs,
+        is_final: false,
+    });
+    if let Some(budget) = ring_budget(tenant) {
+        first.ring_timeout_secs = first.ring_timeout_secs.min(budget);
+    }
+    first
+}
+
+/// The role word of a chain step (`target_role`).
+pub fn role_of(step: i32, is_final: bool) -> &'static str {
+    match (step, is_final) {
+        (_, true) => "final",
+        (1, _) => "primary",
+        (2, _) => "secondary",
+        _ => "escalation",
+    }
+}
+
+/// The step after `attempt`, with its ring timeout cut to what is left of the budget; `None`
+/// when the chain is exhausted.
+async fn next_step(
+    store: &dyn Store,
+    tenant: &Tenant,
+    call: &CallRow,
+    attempt: &TransferAttemptRow,
+    now: DateTime<Utc>,
+) -> Result<Option<(i32, ChainStep, u32)>, StoreError> {
+    let current = attempt
+        .chain_step
+        .unwrap_or(if attempt.target_role == "primary" {
+            1
+        } else {
+            2
+        });
+    // The chain as it was when this transfer began (a handoff mid-call does not reshuffle it).
+    let attempts = store.transfer_attempts(call.id).await?;
+    let chain_start = attempts
+        .iter()
+        .filter(|a| a.chain_step == Some(1) && a.started_at <= attempt.started_at)
+        .map(|a| a.started_at)
+        .max()
+        .unwrap_or(attempt.started_at);
+    let steps = chain(tenant, chain_start);
+    let Some(step) = usize::try_from(current)
+        .ok()
+        .and_then(|i| steps.get(i))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let mut ring = step.ring_timeout_secs;
+    if let Some(budget) = ring_budget(tenant) {
+        let spent = u32::try_from((now - chain_start).num_seconds().max(0)).unwrap_or(u32::MAX);
+        let left = budget.saturating_sub(spent);
+        if left < MIN_RING_SECS {
+            warn!(budget, spent, "the chain's ring budget is spent");
+            return Ok(None);
+        }
+        ring = ring.min(left);
+    }
+    Ok(Some((current + 1, step, ring)))
 }
 
 /// Ends an attempt whose dial will never report (the call ended without its outcome, the
@@ -432,6 +721,8 @@ pub async fn abandon_attempt(
                 next: None,
                 callback: None,
                 failed_log: None,
+                outcome: Some(Outcome::Accepted.as_str().to_string()),
+                ring_ms: Some(ring_ms_of(attempt, now)),
             })
             .await?;
         if ended {
@@ -465,6 +756,8 @@ pub async fn abandon_attempt(
             next: None,
             callback: Some(callback),
             failed_log,
+            outcome: Some(Outcome::Failed.as_str().to_string()),
+            ring_ms: Some(ring_ms_of(attempt, now)),
         })
         .await?;
     if ended {
@@ -481,7 +774,20 @@ pub fn plan_of(tenant: &Tenant, attempt: &TransferAttemptRow) -> TransferPlan {
         "primary" => ANNOUNCE_PRIMARY,
         _ => ANNOUNCE_SECONDARY,
     };
-    plan_for(tenant, attempt.id, &attempt.target_number, announcement)
+    // The step's own timeout when the chain still names this number at that step.
+    let step = attempt.chain_step.unwrap_or(1);
+    let ring = usize::try_from(step - 1)
+        .ok()
+        .and_then(|i| chain(tenant, attempt.started_at).get(i).cloned())
+        .filter(|s| s.number.as_str() == attempt.target_number)
+        .map_or(tenant.transfer.ring_timeout_secs, |s| s.ring_timeout_secs);
+    plan_for(
+        tenant,
+        attempt.id,
+        &attempt.target_number,
+        ring,
+        announcement,
+    )
 }
 
 /// The dial of one attempt, with the tenant's trunk, caller id and ring timeout.
@@ -489,6 +795,7 @@ pub fn plan_for(
     tenant: &Tenant,
     attempt_id: Uuid,
     target: &str,
+    ring_timeout_secs: u32,
     announcement: &str,
 ) -> TransferPlan {
     TransferPlan {
@@ -496,8 +803,9 @@ pub fn plan_for(
         target: target.to_string(),
         trunk: tenant.transfer.trunk.clone(),
         caller_id: tenant.transfer.caller_id.as_ref().map(ToString::to_string),
-        ring_timeout_secs: tenant.transfer.ring_timeout_secs,
+        ring_timeout_secs,
         announcement: announcement.to_string(),
+        gate: tenant.transfer.accept_gate,
     }
 }
 
@@ -511,10 +819,14 @@ pub fn plan_without_record(tenant: &Tenant) -> TransferPlan {
         caller_id: tenant.transfer.caller_id.as_ref().map(ToString::to_string),
         ring_timeout_secs: tenant.transfer.ring_timeout_secs,
         announcement: ANNOUNCE_AGENT_FAILED.to_string(),
+        // Nothing recorded to gate against: whoever answers gets the caller.
+        gate: false,
     }
 }
 
-/// What the on-call person hears before being connected: who calls and why.
+/// What the on-call person hears before being connected: who calls, about which pet, how
+/// urgent, and why (numbers in the reason masked: the whisper may play on a speaker). With the
+/// gate, the prompt to press 1 follows ([`GATE_PROMPT`]).
 pub fn whisper(tenant: &Tenant, attempt: &TransferAttemptRow) -> String {
     let who = attempt.caller_name.as_deref().unwrap_or("a caller");
     let pet = attempt
@@ -522,10 +834,42 @@ pub fn whisper(tenant: &Tenant, attempt: &TransferAttemptRow) -> String {
         .as_deref()
         .map(|p| format!(" about {p}"))
         .unwrap_or_default();
+    let urgency = Urgency::derive(None, &[&attempt.reason], Urgency::Urgent);
+    let ending = if tenant.transfer.accept_gate {
+        ""
+    } else {
+        " Connecting you now."
+    };
     format!(
-        "Transferred call for {}, from {who}{pet}. Reason: {}. Connecting you now.",
-        tenant.name, attempt.reason
+        "Transferred call for {}, from {who}{pet}. Urgency: {}. Reason: {}.{ending}",
+        tenant.name,
+        urgency.as_str(),
+        mask_numbers(&attempt.reason)
     )
+}
+
+/// `text` with every run of five or more digits (a phone number, an account) replaced.
+fn mask_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= 5 {
+            out.push_str("a number");
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut digits, &mut out);
+    out
 }
 
 /// What the caller hears when nobody could take the call.
@@ -621,29 +965,6 @@ pub fn interrupted_transfer_callback(
         urgency_reason: Some(reason),
         urgency: Urgency::Critical,
         metadata: json!({ "caller_id": caller_id }),
-    }
-}
-
-/// The row an attempt becomes, for building its callback request without reading it back.
-fn attempt_row(a: &NewTransferAttempt) -> TransferAttemptRow {
-    TransferAttemptRow {
-        id: a.id,
-        call_id: a.call_id,
-        tenant_id: a.tenant_id.clone(),
-        tool_call_log_id: a.tool_call_log_id,
-        target_role: a.target_role.to_string(),
-        target_number: a.target_number.clone(),
-        status: "dialing".into(),
-        dial_call_status: None,
-        dial_sip_status: None,
-        failure_reason: None,
-        callback_number: a.callback_number.clone(),
-        caller_name: a.caller_name.clone(),
-        reason: a.reason.clone(),
-        pet_name: a.pet_name.clone(),
-        started_at: a.started_at,
-        ended_at: None,
-        answered_at: None,
     }
 }
 

@@ -4,7 +4,7 @@
 //! - no `tool_call_logs` row is left `pending` (an effect that never recorded its outcome);
 //! - no `transfer_attempts` row is left `dialing` (a caller nobody is watching over);
 //! - every failed transfer has its critical callback request (on the attempt itself, or on the
-//!   secondary attempt that followed it);
+//!   next step of the on-call chain that followed it);
 //! - every call that ended with a transfer has its `transfer_outcome`.
 //!
 //! The check waits (a generous deadline) for the state to settle, since the server's tasks may
@@ -32,7 +32,7 @@ const CHECKS: [(&str, &str); 4] = [
          AND NOT EXISTS (SELECT 1 FROM callback_requests r WHERE r.transfer_attempt_id = a.id \
                          AND r.urgency_level = 'critical' AND r.reason = 'failed_transfer') \
          AND NOT EXISTS (SELECT 1 FROM transfer_attempts b WHERE b.call_id = a.call_id \
-                         AND a.target_role = 'primary' AND b.target_role = 'secondary' \
+                         AND b.chain_step = a.chain_step + 1 \
                          AND b.id <> a.id AND b.started_at >= a.started_at \
                          AND (b.tool_call_log_id = a.tool_call_log_id \
                               OR (b.tool_call_log_id IS NULL AND a.tool_call_log_id IS NULL)))",

@@ -422,6 +422,10 @@ pub struct FakeFeatureServer {
     pub llm_action_hook: Option<String>,
     pub dial_action_hook: Option<String>,
     pub confirm_hook: Option<String>,
+    /// The acceptance gate's hooks, from the confirm application (`gather` actionHook, `config`
+    /// amd actionHook).
+    pub gate_hook: Option<String>,
+    pub amd_hook: Option<String>,
     /// Every verb array the app sent (acks with verbs, redirects), for the validator.
     pub verb_arrays: Vec<Value>,
     /// Messages received while waiting for something else.
@@ -525,6 +529,8 @@ impl FakeFeatureServer {
             llm_action_hook: None,
             dial_action_hook: None,
             confirm_hook: None,
+            gate_hook: None,
+            amd_hook: None,
             verb_arrays: Vec::new(),
             backlog: Vec::new(),
             pings: 0,
@@ -608,6 +614,14 @@ impl FakeFeatureServer {
                     // A new dial starts (lib/tasks/dial.js: results start empty, the B leg's
                     // first status is `trying`).
                     self.dial = Some(("trying".to_string(), 100));
+                }
+                Some("gather") => {
+                    self.gate_hook = verb["actionHook"].as_str().map(str::to_string);
+                }
+                Some("config") => {
+                    if let Some(hook) = verb["amd"]["actionHook"].as_str() {
+                        self.amd_hook = Some(hook.to_string());
+                    }
                 }
                 _ => {}
             }
@@ -837,6 +851,77 @@ impl FakeFeatureServer {
         self.dial = None;
         let ack = self.request(msg).await;
         ack["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The on-call person picks up. As the feature-server does (`lib/utils/place-outdial.js`
+    /// `SingleDialer.exec`, ~lines 205-245: `callStatusChange` in-progress/200, then
+    /// `_executeApp(confirmHook)`, ~lines 275-310): the B leg's `call:status` in-progress on
+    /// this socket, then `dial:confirm` to the target's confirmHook with the B leg's call-info;
+    /// the ack's verbs are the confirm application (only verbs with the `StableCall` or
+    /// `Endpoint` precondition are allowed: say, gather, config, hangup…). Returns them.
+    pub async fn dial_confirm(&mut self) -> Vec<Value> {
+        self.dial_progress("in-progress", 200).await;
+        let mut msg = fixture("verb:hook", Some("/dialAction"));
+        msg["type"] = json!("dial:confirm");
+        msg["call_sid"] = json!(self.call_sid);
+        msg["hook"] = json!(
+            self.confirm_hook
+                .clone()
+                .expect("confirmHook on the target")
+        );
+        msg["data"]["call_sid"] = json!(format!("{}-b", self.call_sid));
+        msg["data"]["parent_call_sid"] = json!(self.call_sid);
+        msg["data"]["direction"] = json!("outbound");
+        msg["data"]["call_status"] = json!("in-progress");
+        let ack = self.request(msg).await;
+        ack["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The confirm application's `gather` ends (`lib/tasks/gather.js` `_resolve`:
+    /// `performAction({digits, reason: 'dtmfDetected'})` for a key, `{reason: 'timeout'}`
+    /// otherwise): a `verb:hook` to its actionHook with the B leg's call-info. The ack's verbs
+    /// replace the confirm application (`Task.performAction` → `replaceApplication`).
+    pub async fn dial_gate(&mut self, digits: Option<&str>) -> Vec<Value> {
+        let hook = self.gate_hook.clone().expect("no gate gather actionHook");
+        let data = match digits {
+            Some(d) => json!({ "reason": "dtmfDetected", "digits": d }),
+            None => json!({ "reason": "timeout" }),
+        };
+        self.b_leg_hook(&hook, data).await
+    }
+
+    /// An answering-machine detection event of the confirm application's `config` amd
+    /// (`lib/tasks/config.js` `_onAmdEvent` → `performHook(cs, actionHook, evt)`; verbs in the
+    /// ack redirect the confirm application).
+    pub async fn dial_amd(&mut self, kind: &str) -> Vec<Value> {
+        let hook = self.amd_hook.clone().expect("no amd actionHook");
+        self.b_leg_hook(&hook, json!({ "type": kind, "reason": "long greeting" }))
+            .await
+    }
+
+    async fn b_leg_hook(&mut self, hook: &str, extra: Value) -> Vec<Value> {
+        let mut msg = fixture("verb:hook", Some("/dialAction"));
+        msg["call_sid"] = json!(self.call_sid);
+        msg["hook"] = json!(hook);
+        msg["data"]["call_sid"] = json!(format!("{}-b", self.call_sid));
+        msg["data"]["parent_call_sid"] = json!(self.call_sid);
+        msg["data"]["direction"] = json!("outbound");
+        msg["data"]["call_status"] = json!("in-progress");
+        for (k, v) in extra.as_object().expect("object").clone() {
+            msg["data"][k] = v;
+        }
+        let ack = self.request(msg).await;
+        ack["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The confirm application ended with the B leg hung up (a `hangup` verb ran): the
+    /// feature-server's decline path. `place-outdial.js` `_executeApp` emits `decline` (the
+    /// dialog is no longer connected); `dial.js` `on('decline')` (~lines 560-570) kills the
+    /// dial, whose actionHook reports `this.results` as last set by `callStatusChange`:
+    /// in-progress/200 (a hangup from our side emits no `destroy`, so no `completed`).
+    /// Returns the ack's verbs (what the caller gets next).
+    pub async fn dial_declined(&mut self) -> Vec<Value> {
+        self.dial_result("in-progress", 200).await
     }
 
     /// The on-call leg's progress while the dial rings: a `call:status` of the B leg on the

@@ -32,7 +32,7 @@ use crate::protocol::jambonz::{
 use crate::store::{CallRow, CallStatusUpdate, NewCall, NewCallEvent, StoreError};
 use crate::telephony::jambonz::JambonzCallControl;
 use crate::tools::pipeline::CallScope;
-use crate::tools::transfer::{self, AgentFailure, DialNext, DialOutcome};
+use crate::tools::transfer::{self, AgentFailure, DialNext, DialOutcome, GateVerdict};
 use crate::tools::{Platform, ToolInvocation};
 
 /// Frames queued for the socket by tool tasks.
@@ -698,6 +698,45 @@ impl Session {
                 }
                 wire::ack(msgid, Some(verbs))
             }
+            Some(hooks::DIAL_GATE) => {
+                // Unreadable means no key: declined, the chain moves on.
+                let result: wire::GateResult =
+                    serde_json::from_value(env.data.clone()).unwrap_or_default();
+                let verdict = if result.accepted() {
+                    GateVerdict::Accepted
+                } else {
+                    GateVerdict::Declined
+                };
+                let detail = json!({
+                    "platform": "jambonz",
+                    "reason": result.reason,
+                    "digits": result.digits,
+                });
+                self.gate(verdict, detail).await;
+                // The confirm application ends still connected (accepted) or hung up
+                // (declined): `lib/utils/place-outdial.js` `_executeApp`.
+                let verbs = match verdict {
+                    GateVerdict::Accepted => vec![wire::say(transfer::GATE_CONNECTING)],
+                    _ => vec![wire::hangup()],
+                };
+                wire::ack(msgid, Some(verbs))
+            }
+            Some(hooks::DIAL_AMD) => {
+                let event: wire::AmdEvent =
+                    serde_json::from_value(env.data.clone()).unwrap_or_default();
+                if !event.machine() {
+                    // A human (or no decision): the gate goes on.
+                    return wire::ack(msgid, None);
+                }
+                let detail = json!({
+                    "platform": "jambonz",
+                    "amd": event.kind,
+                    "reason": event.reason,
+                });
+                self.gate(GateVerdict::Machine, detail).await;
+                // Replaces the confirm application: the leg is hung up, declined as a machine.
+                wire::ack(msgid, Some(vec![wire::hangup()]))
+            }
             other => {
                 debug!(hook = other.unwrap_or(""), "verb hook acknowledged");
                 wire::ack(msgid, None)
@@ -766,6 +805,16 @@ impl Session {
         }
     }
 
+    /// Records the acceptance gate's verdict on the attempt ringing for this call.
+    async fn gate(&self, verdict: GateVerdict, detail: Value) {
+        let Some(call) = &self.call else { return };
+        if let Err(e) =
+            transfer::on_gate(self.state.store.as_ref(), call.id, None, verdict, detail).await
+        {
+            error!(error = %e, "could not record the transfer gate's verdict");
+        }
+    }
+
     /// The outcome could not be written: promise nothing we did not record.
     fn dial_result_unrecorded(&self, e: StoreError) -> Vec<Value> {
         error!(error = %e, "could not record the dial result");
@@ -793,10 +842,17 @@ impl Session {
                 {
                     error!(error = %e, "could not record that the transfer was picked up");
                 }
-                wire::ack(
-                    msgid,
-                    Some(vec![wire::say(&transfer::whisper(tenant, &attempt))]),
-                )
+                let whisper = transfer::whisper(tenant, &attempt);
+                let verbs = if tenant.transfer.accept_gate {
+                    wire::gate_verbs(
+                        &whisper,
+                        transfer::GATE_PROMPT,
+                        tenant.transfer.gate_timeout_secs,
+                    )
+                } else {
+                    vec![wire::say(&whisper)]
+                };
+                wire::ack(msgid, Some(verbs))
             }
             Ok(None) => wire::ack(msgid, None),
             Err(e) => {

@@ -4,16 +4,16 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use serde::de::IgnoredAny;
+use serde::Deserialize;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::attempt::AttemptQuery;
-use super::{SORRY, SignedTwilio, ring, say_and_hang_up, twiml};
+use super::{SORRY, SignedTwilio, public, ring, say_and_hang_up, twiml};
 use crate::AppState;
-use crate::protocol::twilio::{self as wire, DialAction, Say, Verb};
+use crate::protocol::twilio::{self as wire, DialAction, Gather, HttpMethod, Say, Verb};
 use crate::tools::Platform;
-use crate::tools::transfer::{self, DialNext};
+use crate::tools::transfer::{self, DialNext, GateVerdict};
 
 /// `POST /twilio/dial-action`.
 pub async fn dial_action(
@@ -106,24 +106,49 @@ fn after_unrecorded_dial(succeeded: bool) -> Response {
     }
 }
 
-/// `POST /twilio/whisper`: played to the on-call person before the caller is connected.
+/// What Twilio sends with the whisper request and the gate's action: the answering-machine
+/// verdict (with `<Number machineDetection>`) and the key pressed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GateForm {
+    /// `human`, `machine_start`, `machine_end_beep`, `fax`, `unknown`…
+    #[serde(default)]
+    pub answered_by: Option<String>,
+    /// The key(s) pressed at the `<Gather>`.
+    #[serde(default)]
+    pub digits: Option<String>,
+}
+
+impl GateForm {
+    /// Twilio's answering-machine detection said a machine (or a fax) answered.
+    fn machine(&self) -> bool {
+        self.answered_by
+            .as_deref()
+            .is_some_and(|a| a.starts_with("machine") || a == "fax")
+    }
+}
+
+/// `POST /twilio/whisper`: played to the on-call person before the caller is connected. With
+/// the gate: who is calling, then a `<Gather>` that asks for 1; no key within the gate's
+/// timeout falls through to `<Hangup/>` (declined), and a machine is hung up on at once.
 pub async fn whisper(
     State(state): State<AppState>,
     query: AttemptQuery,
-    // Nothing in the form is needed: the attempt in the URL (which the signature covers) is.
-    _: SignedTwilio<IgnoredAny>,
+    SignedTwilio(form): SignedTwilio<GateForm>,
 ) -> Response {
     // The on-call person's leg: its attempt names the call it belongs to.
     let span = info_span!("twilio_whisper", attempt = %query.attempt.map(|a| a.to_string()).unwrap_or_default());
-    whisper_text(&state, query.attempt).instrument(span).await
+    whisper_text(&state, query.attempt, &form)
+        .instrument(span)
+        .await
 }
 
-async fn whisper_text(state: &AppState, attempt: Option<Uuid>) -> Response {
+async fn whisper_text(state: &AppState, attempt: Option<Uuid>, form: &GateForm) -> Response {
     let attempt = match attempt {
         Some(id) => state.store.transfer_attempt(id).await,
         None => Ok(None),
     };
-    let text = match attempt {
+    let found = match attempt {
         Ok(Some(attempt)) => {
             // Twilio asks for the whisper when the on-call person picks up: from here the
             // attempt is talking, not stuck (the reconciler leaves it alone).
@@ -137,7 +162,7 @@ async fn whisper_text(state: &AppState, attempt: Option<Uuid>) -> Response {
             state
                 .config
                 .tenant(&attempt.tenant_id)
-                .map(|tenant| transfer::whisper(tenant, &attempt))
+                .map(|tenant| (tenant.clone(), attempt))
         }
         Ok(None) => None,
         Err(e) => {
@@ -145,7 +170,90 @@ async fn whisper_text(state: &AppState, attempt: Option<Uuid>) -> Response {
             None
         }
     };
-    // With nothing to say, the on-call person is simply connected.
-    let text = text.unwrap_or_else(|| "Transferred call from the after-hours line.".to_string());
-    twiml(wire::Response::new().verb(Say::new(text)))
+    let Some((tenant, attempt)) = found else {
+        // With nothing to say, the on-call person is simply connected.
+        return twiml(
+            wire::Response::new().verb(Say::new("Transferred call from the after-hours line.")),
+        );
+    };
+    let text = transfer::whisper(&tenant, &attempt);
+    if !tenant.transfer.accept_gate {
+        return twiml(wire::Response::new().verb(Say::new(text)));
+    }
+    if form.machine() {
+        info!(answered_by = ?form.answered_by, "a machine answered the on-call number");
+        record_gate(state, &attempt, GateVerdict::Machine, form).await;
+        return twiml(wire::Response::new().verb(Verb::Hangup));
+    }
+    let gather = Gather {
+        action: format!("{}?attempt={}", public(state, "/twilio/gate"), attempt.id),
+        method: Some(HttpMethod::Post),
+        num_digits: 1,
+        timeout: tenant.transfer.gate_timeout_secs,
+        say: Some(Say::new(transfer::GATE_PROMPT)),
+    };
+    // No key: Twilio goes on past the <Gather> to the <Hangup/>, which declines.
+    twiml(
+        wire::Response::new()
+            .verb(Say::new(text))
+            .verb(gather)
+            .verb(Verb::Hangup),
+    )
+}
+
+/// `POST /twilio/gate`: the key the on-call person pressed at the whisper's `<Gather>`. 1
+/// accepts (the whisper ends and Twilio bridges the caller); anything else hangs up this leg,
+/// which declines, and the dial's action moves the chain on.
+pub async fn gate(
+    State(state): State<AppState>,
+    query: AttemptQuery,
+    SignedTwilio(form): SignedTwilio<GateForm>,
+) -> Response {
+    let span = info_span!("twilio_gate", attempt = %query.attempt.map(|a| a.to_string()).unwrap_or_default());
+    async {
+        let attempt = match query.attempt {
+            Some(id) => state.store.transfer_attempt(id).await.ok().flatten(),
+            None => None,
+        };
+        let accepted = form.digits.as_deref().map(str::trim) == Some("1");
+        let verdict = if accepted {
+            GateVerdict::Accepted
+        } else {
+            GateVerdict::Declined
+        };
+        if let Some(attempt) = &attempt {
+            record_gate(&state, attempt, verdict, &form).await;
+        }
+        if accepted {
+            twiml(wire::Response::new().verb(Say::new(transfer::GATE_CONNECTING)))
+        } else {
+            twiml(wire::Response::new().verb(Verb::Hangup))
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn record_gate(
+    state: &AppState,
+    attempt: &crate::store::TransferAttemptRow,
+    verdict: GateVerdict,
+    form: &GateForm,
+) {
+    let detail = serde_json::json!({
+        "platform": "twilio",
+        "digits": form.digits,
+        "answered_by": form.answered_by,
+    });
+    if let Err(e) = transfer::on_gate(
+        state.store.as_ref(),
+        attempt.call_id,
+        Some(attempt.id),
+        verdict,
+        detail,
+    )
+    .await
+    {
+        error!(error = %e, "could not record the transfer gate's verdict");
+    }
 }

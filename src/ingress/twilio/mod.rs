@@ -1,6 +1,7 @@
 //! Twilio voice webhooks: `POST /twilio/incoming` (call setup), `/twilio/dial-action` (how a
 //! transfer's dial ended), `/twilio/whisper` (what the on-call person hears before being
-//! connected), `/twilio/status` (the call's progress) and `/twilio/recording` (a message left
+//! connected, with the acceptance gate's `<Gather>`), `/twilio/gate` (the key the on-call person
+//! pressed), `/twilio/status` (the call's progress) and `/twilio/recording` (a message left
 //! when the AI agent could not be reached).
 //!
 //! Every request is authenticated by `X-Twilio-Signature` over the URL Twilio requested (our
@@ -32,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/twilio/incoming", post(setup::incoming))
         .route("/twilio/dial-action", post(dial::dial_action))
         .route("/twilio/whisper", post(dial::whisper))
+        .route("/twilio/gate", post(dial::gate))
         .route("/twilio/status", post(status::status))
         .route("/twilio/recording", post(status::recording))
 }

@@ -449,6 +449,7 @@ async fn fallback(
                                 tenant,
                                 row.id,
                                 &row.target_number,
+                                tenant.transfer.ring_timeout_secs,
                                 transfer::ANNOUNCE_AGENT_FAILED,
                             ),
                         ),

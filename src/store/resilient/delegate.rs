@@ -227,6 +227,23 @@ impl AdminStore for ResilientStore {
 }
 
 #[async_trait]
+impl crate::store::TransferGateStore for ResilientStore {
+    // Not journaled: a lost acceptance time is filled from the pick-up time when the attempt
+    // finishes `accepted` (see `finish_transfer`), and the caller is connected either way.
+    async fn mark_transfer_accepted(
+        &self,
+        attempt_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let marked = self.inner.mark_transfer_accepted(attempt_id, at).await?;
+        if marked {
+            self.lock().rows.answered(attempt_id, at);
+        }
+        Ok(marked)
+    }
+}
+
+#[async_trait]
 impl TwilioCallStore for ResilientStore {
     async fn claim_call_setup(
         &self,

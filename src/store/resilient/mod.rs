@@ -839,8 +839,15 @@ impl Store for ResilientStore {
     }
 
     async fn call_events(&self, call_id: Uuid) -> Result<Vec<CallEventRow>, StoreError> {
-        self.bounded(self.inner.call_events(self.alias(call_id)))
-            .await
+        // On the call path (a transfer gate's verdict is read back when the dial ends): within
+        // the read budget, else none (the verdict then counts as a plain decline).
+        self.read(
+            |_| None,
+            self.inner.call_events(self.alias(call_id)),
+            |_, _| {},
+            Vec::new(),
+        )
+        .await
     }
 
     async fn begin_invocation(
@@ -1028,8 +1035,19 @@ impl Store for ResilientStore {
         &self,
         call_id: Uuid,
     ) -> Result<Vec<TransferAttemptRow>, StoreError> {
-        self.bounded(self.inner.transfer_attempts(self.alias(call_id)))
-            .await
+        // On the call path (the chain's start, for its ring budget): within the read budget,
+        // else the attempts memory holds.
+        let call_id = self.alias(call_id);
+        self.read(
+            |rows| {
+                let found = rows.attempts_of(call_id);
+                (!found.is_empty()).then_some(found)
+            },
+            self.inner.transfer_attempts(call_id),
+            |_, _| {},
+            Vec::new(),
+        )
+        .await
     }
 
     async fn finish_transfer(&self, finish: &TransferFinish) -> Result<bool, StoreError> {

@@ -205,6 +205,15 @@ impl Rows {
             attempt.dial_sip_status = finish.dial_sip_status;
             attempt.failure_reason = finish.failure_reason.clone();
             attempt.ended_at = Some(finish.at);
+            if finish.outcome.is_some() {
+                attempt.outcome = finish.outcome.clone();
+            }
+            if finish.ring_ms.is_some() {
+                attempt.ring_ms = finish.ring_ms;
+            }
+            if finish.outcome.as_deref() == Some("accepted") && attempt.accepted_at.is_none() {
+                attempt.accepted_at = Some(attempt.answered_at.unwrap_or(finish.at));
+            }
         }
         if let Some(next) = &finish.next {
             self.attempt(new_attempt_row(next));
@@ -217,6 +226,18 @@ impl Rows {
     }
 
     /// Records that the on-call person picked up.
+    /// The attempts of a call held in memory, oldest first.
+    pub fn attempts_of(&self, call_id: Uuid) -> Vec<TransferAttemptRow> {
+        let mut found: Vec<TransferAttemptRow> = self
+            .attempts
+            .values()
+            .filter(|a| a.call_id == call_id)
+            .cloned()
+            .collect();
+        found.sort_by_key(|a| (a.started_at, a.id));
+        found
+    }
+
     pub fn answered(&mut self, attempt_id: Uuid, at: DateTime<Utc>) {
         if let Some(attempt) = self.attempts.get_mut(&attempt_id) {
             attempt.answered_at.get_or_insert(at);
