@@ -540,6 +540,8 @@ mod tests {
             business_hours: Some(toronto_hours()),
             frontend: None,
             alerts: Default::default(),
+            paging: None,
+            caller_sms: None,
             profile: TenantProfile {
                 office_phone: Some(n("+14167431331")),
                 office_website: Some("https://humbervet.example".into()),

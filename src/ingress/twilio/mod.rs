@@ -1,7 +1,8 @@
 //! Twilio voice webhooks: `POST /twilio/incoming` (call setup), `/twilio/dial-action` (how a
 //! transfer's dial ended), `/twilio/whisper` (what the on-call person hears before being
 //! connected), `/twilio/status` (the call's progress) and `/twilio/recording` (a message left
-//! when the AI agent could not be reached).
+//! when the AI agent could not be reached); `/twilio/sms` (texts to the number: STOP/START and
+//! page acknowledgements) and `/twilio/sms-status` (delivery of texts to callers).
 //!
 //! Every request is authenticated by `X-Twilio-Signature` over the URL Twilio requested (our
 //! public URL plus the path and query) and the form parameters, before anything is read from it.
@@ -12,6 +13,7 @@ mod attempt;
 mod dial;
 mod setup;
 mod signed;
+mod sms;
 mod status;
 
 use axum::Router;
@@ -34,6 +36,8 @@ pub fn routes() -> Router<AppState> {
         .route("/twilio/whisper", post(dial::whisper))
         .route("/twilio/status", post(status::status))
         .route("/twilio/recording", post(status::recording))
+        .route("/twilio/sms", post(sms::inbound))
+        .route("/twilio/sms-status", post(sms::status))
 }
 
 /// Why a webhook was not accepted.
