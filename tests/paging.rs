@@ -405,8 +405,25 @@ async fn forged_and_unknown_texts_acknowledge_nothing(engine: Engine) {
     assert_eq!(h.text_in(ONCALL_1, wrong, false).await, 200);
     assert_eq!(h.page_state(id).await, "paging");
 
-    // So the ladder goes on.
-    h.at_minute(5).await;
+    // So the ladder goes on: three workers at once still page the next rung once.
+    h.clock.set(t0() + TimeDelta::minutes(5));
+    let others: Vec<Worker> = (0..2)
+        .map(|_| {
+            Worker::new(h.app.server.state.config.clone(), h.store().clone())
+                .unwrap()
+                .with_clock(h.clock.clone())
+        })
+        .collect();
+    let passes = futures_util::future::join_all(
+        others
+            .iter()
+            .chain(std::iter::once(&h.worker))
+            .map(|w| w.page_once()),
+    )
+    .await;
+    for p in passes {
+        p.unwrap();
+    }
     assert_eq!(h.texts_to(ONCALL_2).await.len(), 1);
     assert!(!h.audit(id).await.contains(&"page_acknowledged".to_string()));
 
