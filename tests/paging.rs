@@ -506,6 +506,17 @@ async fn callers_are_texted_what_happens_next_unless_they_said_stop(engine: Engi
         h.store().caller_text(first).await.unwrap().unwrap().status,
         "delivered"
     );
+    // A late `sent` (callbacks may arrive out of order) does not take it back.
+    let late = [
+        ("AccountSid", SID),
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "sent"),
+    ];
+    assert_eq!(h.webhook("/twilio/sms-status", &late, false).await, 200);
+    assert_eq!(
+        h.store().caller_text(first).await.unwrap().unwrap().status,
+        "delivered"
+    );
     assert_eq!(h.timeline(first).await, ["caller_text_sent"]);
 
     // The caller replies STOP: no more texts to them.

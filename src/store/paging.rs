@@ -155,7 +155,8 @@ pub trait PagingStore: Send + Sync {
     async fn record_caller_text(&self, outcome: &CallerTextOutcome) -> Result<(), StoreError>;
 
     /// Applies a Twilio status callback to the text with this `MessageSid`. False when no text
-    /// has it (a page's message, say).
+    /// has it (a page's message, say) or its status is already final (callbacks may arrive out
+    /// of order).
     async fn caller_text_status(
         &self,
         message_sid: &str,
@@ -491,9 +492,13 @@ macro_rules! impl_paging_store {
                     now: DateTime<Utc>,
                 ) -> Result<bool, StoreError> {
                     let detail = error_code.map(|c| format!("Twilio error {c}"));
+                    // Callbacks may arrive out of order: a final status is not taken back by a
+                    // late `sent` (only `read` may follow `delivered`).
                     let n = sqlx::query(
                         "UPDATE caller_texts SET status = $2, \
-                         detail = COALESCE($3, detail), updated_at = $4 WHERE message_sid = $1",
+                         detail = COALESCE($3, detail), updated_at = $4 WHERE message_sid = $1 \
+                         AND (status NOT IN ('delivered', 'undelivered', 'failed', 'canceled', \
+                              'read') OR ($2 = 'read' AND status = 'delivered'))",
                     )
                     .bind(sid)
                     .bind(status)
