@@ -21,6 +21,7 @@ mod journal;
 mod lifecycle;
 pub mod oncall;
 mod ops;
+mod paging;
 mod server;
 mod source;
 pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
@@ -29,6 +30,7 @@ pub use demo::DemoSettings;
 pub use journal::default_dir as default_journal_dir;
 pub use lifecycle::LifecycleSettings;
 pub use ops::OpsSettings;
+pub use paging::{CallerSms, PagingSettings};
 pub use server::{ConnectionSettings, RESERVED_DESCRIPTORS};
 pub use source::CONFIG_TOML_VAR;
 
@@ -191,6 +193,11 @@ pub struct Tenant {
     pub alerts: TenantAlerts,
     /// The on-call schedule a transfer walks (`None`: primary, then secondary).
     pub oncall: Option<oncall::OncallSchedule>,
+    /// Paging the on-call ladder until a critical request is acknowledged (`None`: the one-off
+    /// alert only).
+    pub paging: Option<PagingSettings>,
+    /// Texting callers what happens next (`None`: no texts).
+    pub caller_sms: Option<CallerSms>,
 }
 
 /// Facts about a clinic for the prompt's template variables (the original `clients` row).
@@ -401,6 +408,25 @@ impl Config {
             if twilio.is_none() || alerts.sms_from.is_none() {
                 problems.push(format!(
                     "tenant {:?}: SMS alerts need [twilio] and alerts.sms_from",
+                    t.id
+                ));
+            }
+        }
+        for t in &tenants {
+            if (t.paging.is_some() || t.caller_sms.is_some())
+                && (twilio.is_none() || alerts.sms_from.is_none())
+            {
+                problems.push(format!(
+                    "tenant {:?}: [tenants.paging] and [tenants.caller_sms] need [twilio] and alerts.sms_from",
+                    t.id
+                ));
+            }
+            if let Some(p) = &t.paging
+                && t.alerts.sms.is_empty()
+                && p.manager.is_none()
+            {
+                problems.push(format!(
+                    "tenant {:?}: [tenants.paging] needs on-call numbers ([tenants.alerts] sms) or paging.manager",
                     t.id
                 ));
             }
@@ -833,6 +859,8 @@ struct RawTenant {
     frontend: Option<delivery::RawTenantFrontend>,
     alerts: Option<delivery::RawTenantAlerts>,
     oncall: Option<oncall::RawOncall>,
+    paging: Option<paging::RawPaging>,
+    caller_sms: Option<paging::RawCallerSms>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1061,6 +1089,8 @@ impl RawTenant {
             .alerts
             .map(|a| a.validate(label, problems))
             .unwrap_or_default();
+        let paging = self.paging.map(|p| p.validate(label, problems));
+        let caller_sms = self.caller_sms.map(|c| c.validate(label, problems));
         if problems.len() > before {
             return None;
         }
@@ -1068,6 +1098,8 @@ impl RawTenant {
             frontend,
             alerts,
             oncall,
+            paging,
+            caller_sms,
             business_hours: self.business_hours,
             profile,
             fallback: self.fallback,

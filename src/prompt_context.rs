@@ -543,6 +543,8 @@ mod tests {
             frontend: None,
             alerts: Default::default(),
             oncall: None,
+            paging: None,
+            caller_sms: None,
             profile: TenantProfile {
                 office_phone: Some(n("+14167431331")),
                 office_website: Some("https://humbervet.example".into()),

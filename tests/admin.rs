@@ -410,6 +410,17 @@ async fn actions_are_audited_and_refused_without_token_or_from_another_site(engi
         )
         .await;
     assert_eq!(cross.status, 403);
+    // Resolving needs a note (who called back, when, the outcome): none, or only blanks, is
+    // refused.
+    for note in [None, Some("   ")] {
+        let mut form = vec![("csrf", csrf.as_str())];
+        if let Some(n) = note {
+            form.push(("note", n));
+        }
+        let bare = b.post(&path, &form).await;
+        assert_eq!(bare.status, 400, "{note:?}");
+        assert!(bare.body.contains("needs a note"), "{}", bare.body);
+    }
     let row = app.store.callback_request(r.id).await.unwrap().unwrap();
     assert!(row.resolved_at.is_none(), "refused actions change nothing");
 

@@ -148,6 +148,8 @@ async fn execute(
                 .map_err(|e| e.to_string())?;
             let (alerts, sends) = store.alerts_for(id).await.map_err(|e| e.to_string())?;
             let audit = store.audit_trail(id).await.map_err(|e| e.to_string())?;
+            let page = store.page(id).await.map_err(|e| e.to_string())?;
+            let caller_text = store.caller_text(id).await.map_err(|e| e.to_string())?;
             if json {
                 let doc = json!({
                     "request": detail_json(&r),
@@ -164,6 +166,16 @@ async fn execute(
                         "kind": s.kind, "channel": s.channel, "target": s.target,
                         "at": s.at, "ok": s.ok, "statusCode": s.status_code, "error": s.error,
                     })).collect::<Vec<_>>(),
+                    "page": page.as_ref().map(|p| json!({
+                        "state": p.state, "code": p.code, "pagesSent": p.pages_sent,
+                        "pagedTo": p.paged_to, "nextAt": p.next_at,
+                        "acknowledgedAt": p.acknowledged_at, "acknowledgedBy": p.acknowledged_by,
+                        "reminders": p.reminders,
+                    })),
+                    "callerText": caller_text.as_ref().map(|t| json!({
+                        "status": t.status, "to": t.to_number, "messageSid": t.message_sid,
+                        "detail": t.detail, "updatedAt": t.updated_at,
+                    })),
                     "audit": audit.iter().map(|a| json!({
                         "at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail.0,
                     })).collect::<Vec<_>>(),
@@ -209,6 +221,27 @@ async fn execute(
                     s.target,
                     if s.ok { "sent" } else { "failed" },
                     s.error.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(p) = &page {
+                text.push_str(&format!(
+                    "\nPage: {} (code {}), {} sent, last to {}{}, {} reminders\n",
+                    p.state,
+                    p.code.as_deref().unwrap_or("-"),
+                    p.pages_sent,
+                    p.paged_to.as_deref().unwrap_or("-"),
+                    p.acknowledged_by
+                        .as_deref()
+                        .map(|b| format!(", acknowledged by {b}"))
+                        .unwrap_or_default(),
+                    p.reminders,
+                ));
+            }
+            if let Some(t) = &caller_text {
+                text.push_str(&format!(
+                    "\nText to the caller: {} {}\n",
+                    t.status,
+                    t.detail.as_deref().unwrap_or("")
                 ));
             }
             text.push_str(&format!("\nAudit ({}):\n", audit.len()));

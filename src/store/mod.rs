@@ -9,6 +9,7 @@ mod common;
 mod connect_check;
 pub mod journal;
 pub mod models;
+pub mod paging;
 pub mod postgres;
 pub mod queue;
 pub mod resilient;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 pub use admin::*;
 pub use models::*;
+pub use paging::{CallerTextOutcome, CallerTextRow, PageRow, PageStep, PageUpdate, PagingStore};
 pub use queue::*;
 pub use twilio_calls::{CallSetup, TwilioCallStore};
 
@@ -148,7 +150,14 @@ pub fn chain_step_of(a: &NewTransferAttempt) -> i32 {
 /// The durable state of lifeline (the delivery queue included).
 #[async_trait]
 pub trait Store:
-    DeliveryQueue + AdminStore + TwilioCallStore + TransferGateStore + Send + Sync + 'static
+    DeliveryQueue
+    + AdminStore
+    + TwilioCallStore
+    + TransferGateStore
+    + PagingStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;

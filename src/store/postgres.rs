@@ -238,6 +238,7 @@ impl PgStore {
 crate::store::common::impl_store!(PgStore, sqlx::Postgres, sqlx::PgConnection);
 crate::store::queue::impl_delivery_queue!(PgStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
 crate::store::admin::impl_admin_store!(PgStore);
+crate::store::paging::impl_paging_store!(PgStore, sqlx::Postgres);
 crate::store::twilio_calls::impl_twilio_call_store!(PgStore);
 
 /// A connection that sat idle is checked (one round trip) before it is handed out: the server

@@ -236,4 +236,5 @@ impl SqliteStore {
 crate::store::common::impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
 crate::store::queue::impl_delivery_queue!(SqliteStore, sqlx::Sqlite, "");
 crate::store::admin::impl_admin_store!(SqliteStore);
+crate::store::paging::impl_paging_store!(SqliteStore, sqlx::Sqlite);
 crate::store::twilio_calls::impl_twilio_call_store!(SqliteStore);

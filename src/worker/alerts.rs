@@ -137,7 +137,12 @@ pub async fn send_round(
         );
     }
     let tenant = config.tenant(&claimed.alert.tenant_id).map(|t| t.as_ref());
-    let all = targets(config, tenant);
+    let mut all = targets(config, tenant);
+    if claimed.alert.kind == "critical_request" && tenant.is_some_and(|t| t.paging.is_some()) {
+        // The clinic pages its ladder one rung at a time (see `paging`): texting every on-call
+        // number at once as well would defeat it. Webhooks still get the alert.
+        all.retain(|t| t.channel != "sms");
+    }
     if all.is_empty() {
         return (
             Vec::new(),

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod delivery;
 pub mod direct_alerts;
 pub mod gate;
+pub mod paging;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -214,7 +215,23 @@ impl Worker {
                 Err(e) => tracing::error!(error = %e, "a delivery task was cancelled"),
             }
         }
+        self.page_once().await?;
         Ok(report)
+    }
+
+    /// One pass of paging and caller texts ([`paging`]): pages due, re-pages, reminders, texts
+    /// to callers. [`Worker::run_once`] makes one too; [`Worker::run`] makes one every
+    /// `worker.poll_interval`.
+    pub async fn page_once(&self) -> Result<paging::PagingReport, StoreError> {
+        let inner = &self.inner;
+        paging::pass(
+            &inner.http,
+            &inner.config,
+            inner.store.as_ref(),
+            inner.clock.as_ref(),
+            inner.config.worker.lease,
+        )
+        .await
     }
 
     /// Runs until `shutdown` turns true; then stops claiming, lets in-flight deliveries finish
@@ -258,6 +275,32 @@ impl Worker {
         let refill_at = settings
             .concurrency
             .saturating_sub(batch.min(settings.concurrency / 2).max(1));
+        // Paging runs beside deliveries, so that a slow frontend never delays a page.
+        let pager = {
+            let worker = Worker {
+                inner: inner.clone(),
+            };
+            let mut shutdown = shutdown.clone();
+            let every = settings.poll_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = worker.page_once().await {
+                                tracing::error!(error = %e, "paging pass failed; trying again at the next poll");
+                            }
+                        }
+                        changed = shutdown.changed() => {
+                            if changed.is_err() || *shutdown.borrow() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
         let mut inflight: JoinSet<PassReport> = JoinSet::new();
         let mut keys: HashMap<tokio::task::Id, JobKey> = HashMap::new();
         let mut more = true;
@@ -358,6 +401,7 @@ impl Worker {
             }
         }
         inflight.abort_all();
+        pager.abort();
         while inflight.join_next().await.is_some() {}
         for key in keys.into_values() {
             let released = match &key {

@@ -2,7 +2,8 @@
 //! transfer's dial ended), `/twilio/whisper` (what the on-call person hears before being
 //! connected, with the acceptance gate's `<Gather>`), `/twilio/gate` (the key the on-call person
 //! pressed), `/twilio/status` (the call's progress) and `/twilio/recording` (a message left
-//! when the AI agent could not be reached).
+//! when the AI agent could not be reached); `/twilio/sms` (texts to the number: STOP/START and
+//! page acknowledgements) and `/twilio/sms-status` (delivery of texts to callers).
 //!
 //! Every request is authenticated by `X-Twilio-Signature` over the URL Twilio requested (our
 //! public URL plus the path and query) and the form parameters, before anything is read from it.
@@ -13,6 +14,7 @@ mod attempt;
 mod dial;
 mod setup;
 mod signed;
+mod sms;
 mod status;
 
 use axum::Router;
@@ -36,6 +38,8 @@ pub fn routes() -> Router<AppState> {
         .route("/twilio/gate", post(dial::gate))
         .route("/twilio/status", post(status::status))
         .route("/twilio/recording", post(status::recording))
+        .route("/twilio/sms", post(sms::inbound))
+        .route("/twilio/sms-status", post(sms::status))
 }
 
 /// Why a webhook was not accepted.

@@ -122,7 +122,7 @@ struct ActionForm {
     note: Option<String>,
 }
 
-/// `POST /admin/callbacks/{id}/{resolve|retry|cancel}`.
+/// `POST /admin/callbacks/{id}/{resolve|retry|cancel|acknowledge}` (resolve needs a note).
 async fn act(
     State(state): State<AppState>,
     staff: Staff,
@@ -137,7 +137,17 @@ async fn act(
         .note
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty());
+    if action == "acknowledge" {
+        return acknowledge(&state, &staff, id).await;
+    }
     let action = match action.as_str() {
+        // Resolving says what was done: who called back, when, the outcome.
+        "resolve" if note.is_none() => {
+            return pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "Resolving needs a note: who called back, when, and the outcome.",
+            );
+        }
         "resolve" => StaffAction::Resolve { note },
         "retry" => StaffAction::Retry,
         "cancel" => StaffAction::Cancel { note },
@@ -176,6 +186,35 @@ async fn act(
             pages::error_page(StatusCode::CONFLICT, &e.to_string())
         }
         Err(ActionError::Store(e)) => db_error(e),
+    }
+}
+
+/// Acknowledges a critical request's page from the dashboard (the ladder stops; reminders
+/// follow until it is resolved).
+async fn acknowledge(state: &AppState, staff: &Staff, id: Uuid) -> Response {
+    let request = match state.store.callback_request(id).await {
+        Ok(Some(r)) if staff.sees(&r.tenant_id) => r,
+        Ok(_) => return pages::error_page(StatusCode::NOT_FOUND, "No such callback request."),
+        Err(e) => return db_error(e),
+    };
+    match crate::worker::paging::acknowledge_by_staff(
+        &state.config,
+        state.store.as_ref(),
+        &request,
+        &staff.username,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(true) => {
+            tracing::info!(staff = %staff.username, callback_request = %id, "page acknowledged");
+            Redirect::to("/admin").into_response()
+        }
+        Ok(false) => pages::error_page(
+            StatusCode::CONFLICT,
+            "This request has no page waiting for an acknowledgement.",
+        ),
+        Err(e) => db_error(e),
     }
 }
 

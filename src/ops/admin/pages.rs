@@ -133,9 +133,17 @@ pub fn callback_card(r: &CallbackRequestRow, csrf: &str, now: DateTime<Utc>) -> 
             @if let Some(u) = &r.urgency_reason { p.concern { (u) } }
             p.delivery { (delivery_state(r)) }
             @if let Some(call) = r.call_id { p { a href={ "/admin/calls/" (call) } { "Call timeline" } } }
+            @if r.urgency_level == "critical" {
+                // Stops the on-call ladder's pages (when the clinic pages); reminders follow
+                // until the request is marked done.
+                form method="post" action={ "/admin/callbacks/" (r.id) "/acknowledge" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" { "Acknowledge page" }
+                }
+            }
             form.done method="post" action={ "/admin/callbacks/" (r.id) "/resolve" } {
                 input type="hidden" name="csrf" value=(csrf);
-                input name="note" placeholder="What was done (e.g. called back, advised ER)" required;
+                input name="note" placeholder="Who called back, when, the outcome" required;
                 button.primary type="submit" { "Mark done" }
             }
             div.more {

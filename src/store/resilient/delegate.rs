@@ -287,3 +287,93 @@ impl TwilioCallStore for ResilientStore {
             .await
     }
 }
+
+// Paging and caller texts are the worker's and the SMS webhooks', never the call path's: they
+// go to the database as they are (their rows are queued by triggers when a journaled callback
+// request is replayed).
+#[async_trait]
+impl PagingStore for ResilientStore {
+    async fn due_pages(
+        &self,
+        tenant_id: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<PageRow>, StoreError> {
+        self.inner.due_pages(tenant_id, now, since, limit).await
+    }
+    async fn page(&self, id: Uuid) -> Result<Option<PageRow>, StoreError> {
+        self.inner.page(id).await
+    }
+    async fn open_pages_with_code(
+        &self,
+        tenant_id: &str,
+        code: &str,
+    ) -> Result<Vec<PageRow>, StoreError> {
+        self.inner.open_pages_with_code(tenant_id, code).await
+    }
+    async fn claim_page(
+        &self,
+        id: Uuid,
+        version: i32,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.claim_page(id, version, lease_until).await
+    }
+    async fn advance_page(&self, update: &PageUpdate) -> Result<bool, StoreError> {
+        self.inner.advance_page(update).await
+    }
+    async fn acknowledge_page(
+        &self,
+        id: Uuid,
+        by: &str,
+        via: &str,
+        now: DateTime<Utc>,
+        remind_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .acknowledge_page(id, by, via, now, remind_at)
+            .await
+    }
+    async fn waiting_caller_texts(
+        &self,
+        tenant_id: &str,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<CallerTextRow>, StoreError> {
+        self.inner
+            .waiting_caller_texts(tenant_id, since, limit)
+            .await
+    }
+    async fn claim_caller_text(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.claim_caller_text(id, now).await
+    }
+    async fn record_caller_text(&self, outcome: &CallerTextOutcome) -> Result<(), StoreError> {
+        self.inner.record_caller_text(outcome).await
+    }
+    async fn caller_text_status(
+        &self,
+        sid: &str,
+        status: &str,
+        error_code: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .caller_text_status(sid, status, error_code, now)
+            .await
+    }
+    async fn caller_text(&self, id: Uuid) -> Result<Option<CallerTextRow>, StoreError> {
+        self.inner.caller_text(id).await
+    }
+    async fn set_sms_opt_out(
+        &self,
+        number: &str,
+        opted_out: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_sms_opt_out(number, opted_out, now).await
+    }
+    async fn sms_opted_out(&self, number: &str) -> Result<bool, StoreError> {
+        self.inner.sms_opted_out(number).await
+    }
+}
