@@ -27,6 +27,7 @@ on_both_engines!(
     timeline_dead_letters_alerts_and_stats_show_a_calls_story,
     the_live_feed_streams_new_requests_as_they_are_queued,
     accounts_made_with_the_cli_log_in_and_removing_one_ends_its_sessions,
+    on_call_figures_per_clinic_day_match_a_seeded_scenario,
 );
 
 const NURSE: &str = "night-nurse";
@@ -780,4 +781,167 @@ async fn accounts_made_with_the_cli_log_in_and_removing_one_ends_its_sessions(en
         "correct horse battery",
         hash.trim()
     ));
+}
+
+/// Issue 14 item 6: what on-call managers look at, from a seeded scenario written through the
+/// store: a transfer whose primary rang out (25 s) and whose secondary accepted 40 s after the
+/// first ring; a critical request acknowledged after 4 minutes and resolved after 30. The
+/// dashboard's On call table and `/metrics` show the clinic's day.
+async fn on_call_figures_per_clinic_day_match_a_seeded_scenario(engine: Engine) {
+    use lifeline::store::{NewCall, NewTransferAttempt, StaffAction, TransferFinish};
+    let app = app(engine).await;
+    let store = &app.store;
+    let base = Utc::now();
+    let secs = chrono::Duration::seconds;
+    let call = store
+        .upsert_call(&NewCall {
+            id: Uuid::now_v7(),
+            tenant_id: "riverside".into(),
+            platform: lifeline::tools::Platform::Jambonz,
+            call_ref: "stats-call".into(),
+            from_number: Some("+14168189171".into()),
+            to_number: Some("+15083728299".into()),
+            direction: "inbound".into(),
+            status: "in-progress".into(),
+            account_sid: None,
+            application_sid: None,
+            started_at: base,
+        })
+        .await
+        .unwrap();
+    let attempt = |role: &'static str, step: i32, at| NewTransferAttempt {
+        id: Uuid::now_v7(),
+        call_id: call.id,
+        tenant_id: "riverside".into(),
+        tool_call_log_id: None,
+        target_role: role,
+        target_number: "+15557654321".into(),
+        callback_number: "+14168189171".into(),
+        caller_name: None,
+        reason: "hit by a car".into(),
+        pet_name: Some("Max".into()),
+        started_at: at,
+        chain_step: Some(step),
+    };
+    let first = attempt("primary", 1, base);
+    let second = attempt("secondary", 2, base + secs(25));
+    store.start_transfer(&first).await.unwrap();
+    let finish = |a: &NewTransferAttempt, at, ok, outcome: &str, next| TransferFinish {
+        attempt_id: a.id,
+        call_id: call.id,
+        at,
+        succeeded: ok,
+        dial_call_status: Some(if ok { "completed" } else { "no-answer" }.into()),
+        dial_sip_status: Some(if ok { 200 } else { 487 }),
+        failure_reason: None,
+        next,
+        callback: None,
+        failed_log: None,
+        outcome: Some(outcome.into()),
+        ring_ms: Some(25_000),
+    };
+    assert!(
+        store
+            .finish_transfer(&finish(
+                &first,
+                base + secs(25),
+                false,
+                "no_answer",
+                Some(second.clone())
+            ))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .mark_transfer_accepted(second.id, base + secs(40))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_transfer(&finish(&second, base + secs(300), true, "accepted", None))
+            .await
+            .unwrap()
+    );
+    let mut critical = request(1, "riverside", Urgency::Critical);
+    critical.created_at = base;
+    critical.call_id = Some(call.id);
+    store.insert_callback_request(&critical).await.unwrap();
+    assert!(
+        store
+            .acknowledge_page(
+                critical.id,
+                "+15557654321",
+                "sms",
+                base + secs(240),
+                base + secs(2040)
+            )
+            .await
+            .unwrap()
+    );
+    store
+        .staff_action(
+            critical.id,
+            &StaffAction::Resolve {
+                note: Some("called back, dog seen at the ER".into()),
+            },
+            NURSE,
+            base + secs(1800),
+        )
+        .await
+        .unwrap();
+
+    let mut b = Browser::new(&app);
+    b.login(NURSE, NURSE_PASSWORD).await;
+    let stats = b.get("/admin/stats").await;
+    assert_eq!(stats.status, 200);
+    let row = format!(
+        "<td>{}</td><td>riverside</td><td>1</td><td>1</td><td>accepted 1, no_answer 1</td>\
+         <td>40 s</td><td>40 s</td><td>1</td><td>1</td><td>1</td><td>0</td><td>1</td><td>30 min</td>",
+        base.date_naive()
+    );
+    assert!(stats.body.contains(&row), "{row}\nin\n{}", stats.body);
+
+    let metrics = reqwest::get(app.http_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str, labels: &[&str]| -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| l.contains("tenant=\"riverside\""))
+            .find(|l| labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let t = "lifeline_clinic_day_";
+    assert_eq!(
+        gauge(&format!("{t}transfer_attempts"), &["outcome=\"accepted\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge(&format!("{t}transfer_attempts"), &["outcome=\"no_answer\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(&format!("{t}transfer_attempts"), &["outcome=\"machine\""]),
+        Some(0.0)
+    );
+    assert_eq!(
+        gauge(&format!("{t}time_to_human_seconds"), &["quantile=\"0.5\""]),
+        Some(40.0)
+    );
+    assert_eq!(
+        gauge(&format!("{t}acknowledged"), &["within=\"5m\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(&format!("{t}resolve_median_seconds"), &[]),
+        Some(1800.0)
+    );
+    assert_eq!(gauge(&format!("{t}paged"), &[]), Some(1.0));
 }

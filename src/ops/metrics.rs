@@ -322,6 +322,13 @@ async fn refresh(state: &AppState) {
             metrics::gauge!("lifeline_metrics_database_up").set(0.0);
         }
     }
+    // Today's on-call figures per clinic (two days back covers any clinic's today).
+    let since = now - chrono::Duration::days(2);
+    match tokio::time::timeout(STATS_TIMEOUT, state.store.oncall_rows(None, since)).await {
+        Ok(Ok(rows)) => crate::ops::clinic_day::export_today(&state.config, &rows, now),
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not read the on-call figures"),
+        Err(_) => tracing::warn!("metrics: reading the on-call figures timed out"),
+    }
     for (api, state) in circuit_states() {
         metrics::gauge!("lifeline_circuit_state", "api" => api).set(state.gauge_value());
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod backup;
 pub mod callbacks_cli;
+pub mod clinic_day;
 pub mod headers;
 pub mod health;
 pub mod metrics;

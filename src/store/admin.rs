@@ -55,9 +55,52 @@ pub struct DayStats {
     pub median_minutes_to_callback: Option<f64>,
 }
 
+/// A transfer attempt, as the on-call figures count it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OncallAttempt {
+    pub tenant_id: String,
+    pub call_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub status: String,
+    pub outcome: Option<String>,
+    pub accepted_at: Option<DateTime<Utc>>,
+}
+
+/// A page of a critical request, as the on-call figures count it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OncallPage {
+    pub tenant_id: String,
+    pub created_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub pages_sent: i32,
+}
+
+/// A callback request, as the on-call figures count it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OncallCallback {
+    pub tenant_id: String,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// The raw rows behind the on-call figures ([`crate::ops::clinic_day`]).
+#[derive(Debug, Clone, Default)]
+pub struct OncallRows {
+    pub attempts: Vec<OncallAttempt>,
+    pub pages: Vec<OncallPage>,
+    pub callbacks: Vec<OncallCallback>,
+}
+
 /// The dashboard's queries.
 #[async_trait]
 pub trait AdminStore: Send + Sync {
+    /// Transfer attempts, pages and callback requests since `since` (of one tenant, or all).
+    async fn oncall_rows(
+        &self,
+        tenant: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<OncallRows, StoreError>;
+
     /// Creates the account or replaces its password and tenant.
     async fn upsert_staff_account(
         &self,
@@ -472,6 +515,43 @@ macro_rules! impl_admin_store {
                     .bind(limit)
                     .fetch_all(self.reader())
                     .await?)
+                }
+
+                async fn oncall_rows(
+                    &self,
+                    tenant: Option<&str>,
+                    since: DateTime<Utc>,
+                ) -> Result<$crate::store::OncallRows, StoreError> {
+                    let attempts = sqlx::query_as(
+                        "SELECT tenant_id, call_id, started_at, status, outcome, accepted_at \
+                         FROM transfer_attempts \
+                         WHERE started_at >= $2 AND ($1 IS NULL OR tenant_id = $1)",
+                    )
+                    .bind(tenant)
+                    .bind(since)
+                    .fetch_all(self.reader())
+                    .await?;
+                    let pages = sqlx::query_as(
+                        "SELECT tenant_id, created_at, acknowledged_at, pages_sent FROM pages \
+                         WHERE created_at >= $2 AND ($1 IS NULL OR tenant_id = $1)",
+                    )
+                    .bind(tenant)
+                    .bind(since)
+                    .fetch_all(self.reader())
+                    .await?;
+                    let callbacks = sqlx::query_as(
+                        "SELECT tenant_id, created_at, resolved_at FROM callback_requests \
+                         WHERE created_at >= $2 AND ($1 IS NULL OR tenant_id = $1)",
+                    )
+                    .bind(tenant)
+                    .bind(since)
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok($crate::store::OncallRows {
+                        attempts,
+                        pages,
+                        callbacks,
+                    })
                 }
 
                 async fn daily_stats(

@@ -104,15 +104,21 @@ async fn system(State(state): State<AppState>, staff: Staff) -> Response {
 }
 
 async fn stats(State(state): State<AppState>, staff: Staff) -> Response {
-    let since = Utc::now() - chrono::Duration::days(14);
-    match state
-        .store
-        .daily_stats(staff.tenant.as_deref(), since)
-        .await
-    {
-        Ok(days) => pages::stats(&staff, &days).into_response(),
-        Err(e) => db_error(e),
-    }
+    // A day more than shown: the clinics' days start before UTC's (or after it).
+    let since = Utc::now() - chrono::Duration::days(15);
+    let tenant = staff.tenant.as_deref();
+    let (days, oncall) = match tokio::try_join!(
+        state.store.daily_stats(tenant, since),
+        state.store.oncall_rows(tenant, since)
+    ) {
+        Ok(found) => found,
+        Err(e) => return db_error(e),
+    };
+    let config = state.config.clone();
+    let zone = move |t: &str| crate::ops::clinic_day::clinic_zone(&config, t);
+    let mut clinic_days = crate::ops::clinic_day::fold(&oncall, &zone);
+    clinic_days.truncate(14 * state.config.tenants.len().max(1));
+    pages::stats(&staff, &days, &clinic_days).into_response()
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
+use crate::ops::clinic_day::ClinicDay;
 use crate::store::{AlertRow, CallbackRequestRow, DayStats, QueueStats, URGENCIES};
 use crate::telephony::breaker::{BreakerState, BreakerStatus};
 
@@ -215,11 +216,37 @@ pub fn alerts(staff: &Staff, rows: &[AlertRow]) -> Markup {
     )
 }
 
-pub fn stats(staff: &Staff, days: &[DayStats]) -> Markup {
+pub fn stats(staff: &Staff, days: &[DayStats], oncall: &[ClinicDay]) -> Markup {
+    let secs = |v: Option<f64>| match v {
+        Some(s) if s >= 120.0 => format!("{:.0} min", s / 60.0),
+        Some(s) => format!("{s:.0} s"),
+        None => "–".to_string(),
+    };
     layout(
         "Stats",
         Some(staff),
         html! {
+            h2 { "On call" }
+            p.hint { "Per clinic and day (the clinic's own day, in its time zone). Time to human: from the first ring of a transfer to the on-call person pressing 1." }
+            table #oncall {
+                thead { tr {
+                    th { "Day" } th { "Clinic" } th { "Transfers" } th { "Accepted" } th { "Attempts by outcome" }
+                    th { "Time to human (median)" } th { "(p90)" } th { "Paged" } th { "Ack ≤ 5 min" } th { "Ack ≤ 15 min" }
+                    th { "Pages sent" } th { "Callbacks" } th { "Median to resolve" }
+                } }
+                tbody {
+                    @for d in oncall {
+                        tr {
+                            td { (d.day) } td { (d.tenant_id) } td { (d.transfers) } td { (d.transfers_accepted) }
+                            td { (d.attempts_by_outcome.iter().map(|(o, n)| format!("{o} {n}")).collect::<Vec<_>>().join(", ")) }
+                            td { (secs(d.time_to_human_median)) } td { (secs(d.time_to_human_p90)) }
+                            td { (d.paged) } td { (d.acknowledged_within_5m) } td { (d.acknowledged_within_15m) }
+                            td { (d.pages_sent) } td { (d.callbacks) } td { (secs(d.resolve_median)) }
+                        }
+                    }
+                }
+            }
+            h2 { "Calls" }
             p.hint { "Per clinic and day (UTC), last 14 days." }
             table {
                 thead { tr {

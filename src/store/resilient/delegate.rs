@@ -128,6 +128,13 @@ impl DeliveryQueue for ResilientStore {
 
 #[async_trait]
 impl AdminStore for ResilientStore {
+    async fn oncall_rows(
+        &self,
+        tenant: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<OncallRows, StoreError> {
+        self.bounded(self.inner.oncall_rows(tenant, since)).await
+    }
     async fn upsert_staff_account(
         &self,
         account: &StaffAccountRow,
