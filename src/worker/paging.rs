@@ -98,16 +98,41 @@ pub async fn pass(
     Ok(report)
 }
 
-/// The ladder of a clinic: its on-call numbers in order, then its manager.
-pub fn ladder(tenant: &Tenant) -> Vec<String> {
-    let mut out: Vec<String> = tenant.alerts.sms.iter().map(|n| n.to_string()).collect();
-    if let Some(m) = tenant.paging.as_ref().and_then(|p| p.manager.as_ref()) {
-        let m = m.to_string();
-        if !out.contains(&m) {
-            out.push(m);
+/// The ladder of a clinic at `now`: the steps of its on-call chain (its schedule's, who is on
+/// call now, in order) or, without a schedule, its on-call alert numbers in order; then its
+/// manager. Each number once.
+pub fn ladder(tenant: &Tenant, now: DateTime<Utc>) -> Vec<String> {
+    let chain: Vec<String> = match &tenant.oncall {
+        Some(schedule) => schedule
+            .chain_at(now)
+            .into_iter()
+            .map(|step| step.number.to_string())
+            .collect(),
+        None => tenant.alerts.sms.iter().map(|n| n.to_string()).collect(),
+    };
+    let manager = tenant
+        .paging
+        .as_ref()
+        .and_then(|p| p.manager.as_ref())
+        .map(|m| m.to_string());
+    ladder_of(chain, manager)
+}
+
+fn ladder_of(chain: Vec<String>, manager: Option<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in chain.into_iter().chain(manager) {
+        if !out.contains(&n) {
+            out.push(n);
         }
     }
     out
+}
+
+/// Whether `from` may acknowledge a clinic's pages: a number of its ladder now, or one of its
+/// on-call alert numbers (a rotation may have moved on since the page went out).
+fn may_acknowledge(tenant: &Tenant, from: &str, now: DateTime<Utc>) -> bool {
+    ladder(tenant, now).iter().any(|n| n == from)
+        || tenant.alerts.sms.iter().any(|n| n.to_string() == from)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -133,7 +158,7 @@ async fn page_step(
         // Another worker has it, or it was acknowledged just now.
         return Ok(());
     }
-    let ladder = ladder(tenant);
+    let ladder = ladder(tenant, now);
     let minutes = |d: Duration| i64::try_from(d.as_secs() / 60).unwrap_or(i64::MAX);
     let after =
         |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::minutes(1));
@@ -486,7 +511,7 @@ pub async fn acknowledge_by_code(
         let Some(paging) = &tenant.paging else {
             continue;
         };
-        if !ladder(tenant).iter().any(|n| n == from) {
+        if !may_acknowledge(tenant, from, now) {
             continue;
         }
         for page in store.open_pages_with_code(&tenant.id, code).await? {
@@ -525,6 +550,17 @@ pub async fn acknowledge_by_staff(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_ladder_is_the_chain_then_the_manager_each_number_once() {
+        let l = super::ladder_of(
+            vec!["+1555001".into(), "+1555002".into(), "+1555001".into()],
+            Some("+1555002".into()),
+        );
+        assert_eq!(l, ["+1555001", "+1555002"]);
+        let l = super::ladder_of(vec!["+1555001".into()], Some("+1555009".into()));
+        assert_eq!(l, ["+1555001", "+1555009"]);
+    }
+
     use super::*;
 
     #[test]
