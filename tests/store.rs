@@ -12,8 +12,8 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::{Engine, TestDb};
 use lifeline::store::{
     Begun, CallRow, CallStatusUpdate, CallbackFilter, CountWindows, NewCall, NewCallbackRequest,
-    NewToolCallLog, NewTransferAttempt, Plan, Recorded, Store, StoreError, TransferFinish,
-    TransferStart, WindowCounts,
+    NewToolCallLog, NewTransferAttempt, Plan, Recorded, Store, StoreError, Thresholds,
+    TransferFinish, TransferStart, WindowCounts,
 };
 use lifeline::tools::urgency::Urgency;
 use lifeline::tools::{ErrorKind, Platform, ToolError, ToolOutput};
@@ -45,6 +45,9 @@ on_both_engines!(
     finish_invocation_records_the_outcome_of_a_pending_row_once,
     status_events_apply_in_sequence_order_and_calls_are_found_by_ultravox_id,
     attempts_record_typed_outcomes_ring_time_acceptance_and_chain_step,
+    with_thresholds_concurrent_invocations_of_one_call_cannot_overrun_its_limit,
+    with_thresholds_a_complete_plan_commits_its_callback_once_and_a_repeat_finds_it,
+    with_thresholds_a_refusal_is_worded_by_the_check_and_recorded_without_its_callback,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -100,6 +103,15 @@ impl Raw {
     async fn count_where(&self, sql: &'static str, id: Uuid) -> i64 {
         on_raw!(self, |p| sqlx::query_scalar::<_, i64>(sql)
             .bind(id)
+            .fetch_one(p)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")))
+    }
+
+    /// The `COUNT(*)` of a query with one text parameter.
+    async fn count_text(&self, sql: &'static str, value: &str) -> i64 {
+        on_raw!(self, |p| sqlx::query_scalar::<_, i64>(sql)
+            .bind(value)
             .fetch_one(p)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}")))
@@ -169,6 +181,7 @@ fn wide_windows() -> CountWindows {
         call_since: t0() - TimeDelta::days(3650),
         tool_since: t0() - TimeDelta::days(3650),
         tool: "transfer".into(),
+        thresholds: None,
     }
 }
 
@@ -1068,6 +1081,7 @@ async fn limit_check_sees_counts_of_this_call_within_each_window_only(engine: En
         call_since: now - secs(60),
         tool_since: now - secs(600),
         tool: "transfer".into(),
+        thresholds: None,
     };
     let log = new_log("call-a", "new", "transfer", now);
     let begun = store
@@ -1088,6 +1102,7 @@ async fn limit_check_sees_counts_of_this_call_within_each_window_only(engine: En
         call_since: now - secs(1),
         tool_since: now - secs(400),
         tool: "collect_info".into(),
+        thresholds: None,
     };
     let log = new_log("call-a", "new-2", "collect_info", now + secs(1));
     store
@@ -1106,6 +1121,7 @@ async fn limit_check_sees_counts_of_this_call_within_each_window_only(engine: En
         call_since: now - secs(1),
         tool_since: now - secs(1),
         tool: "transfer".into(),
+        thresholds: None,
     };
     let log = new_log("call-a", "new-3", "transfer", now + secs(2));
     store
@@ -2007,4 +2023,236 @@ async fn attempts_record_typed_outcomes_ring_time_acceptance_and_chain_step(engi
     .await
     .is_err());
     assert!(bad, "an untyped outcome is refused");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Limits given as thresholds (as the tool pipeline gives them): on PostgreSQL the store decides
+// in the database, in the one statement that logs the invocation
+// (`migrations/postgres/0010_log_invocation_function.sql`), and calls the check only to word a
+// refusal. The guarantees are the same as with the check alone.
+
+/// Windows wide enough to count everything, with thresholds.
+fn windows_with(call: Option<i64>, tool: Option<i64>) -> CountWindows {
+    CountWindows {
+        thresholds: Some(Thresholds { call, tool }),
+        ..wide_windows()
+    }
+}
+
+/// The check the thresholds stand for: refuses at `call` invocations of the call, or `tool`
+/// invocations of the transfer tool.
+fn refuse_at(call: i64, tool: Option<i64>) -> impl Fn(&WindowCounts) -> Option<ToolError> {
+    move |c: &WindowCounts| {
+        (c.call >= call || tool.is_some_and(|t| c.tool >= t)).then(|| {
+            ToolError::new(
+                ErrorKind::RateLimited,
+                format!("{} calls, {} transfers already", c.call, c.tool),
+            )
+        })
+    }
+}
+
+async fn with_thresholds_concurrent_invocations_of_one_call_cannot_overrun_its_limit(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    // Several rounds of 16 invocations of one call at once, each round on a call of its own:
+    // the advisory lock and the statement's fresh snapshot after it make the count exact.
+    for round in 0..4 {
+        let call_ref = format!("call-thresholds-{round}");
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let (store, call_ref) = (store.clone(), call_ref.clone());
+            tasks.push(tokio::spawn(async move {
+                let log = new_log(
+                    &call_ref,
+                    &format!("burst-{i}"),
+                    "collect_info",
+                    t0() + TimeDelta::milliseconds(i),
+                );
+                store
+                    .begin_invocation(
+                        &log,
+                        &Plan::Run,
+                        &windows_with(Some(CALL_LIMIT), None),
+                        &refuse_at(CALL_LIMIT, None),
+                    )
+                    .await
+                    .expect("begin_invocation")
+            }));
+        }
+        let (mut ran, mut refused) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Begun::Running => ran += 1,
+                Begun::Recorded(r) if r.error_kind == Some("rate_limited") => refused += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let raw = Raw::open(&db, engine).await;
+        let pending = raw
+            .count_text(
+                "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'pending'",
+                &call_ref,
+            )
+            .await;
+        let failed = raw
+            .count_text(
+                "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'failed' \
+                 AND error_kind = 'rate_limited'",
+                &call_ref,
+            )
+            .await;
+        assert_eq!(
+            (ran, refused, pending, failed),
+            (CALL_LIMIT, 16 - CALL_LIMIT, CALL_LIMIT, 16 - CALL_LIMIT),
+            "round {round}: a call allowed {CALL_LIMIT} invocations ran {ran} of 16 sent at once"
+        );
+    }
+}
+
+async fn with_thresholds_a_complete_plan_commits_its_callback_once_and_a_repeat_finds_it(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let call = store.upsert_call(&new_call("call-fast")).await.unwrap();
+    let mut log = new_log("call-fast", "msg-1", "collect_info", t0());
+    log.call_id = Some(call.id);
+    let cb = callback(TENANT, Some(call.id), Some(log.id), Urgency::Critical, t0());
+    let plan = Plan::Complete {
+        outcome: success(t0() + secs(1)),
+        callback: Some(Box::new(cb.clone())),
+    };
+    let windows = windows_with(Some(10), None);
+    let begun = store
+        .begin_invocation(&log, &plan, &windows, &refuse_at(10, None))
+        .await
+        .expect("begin_invocation");
+    assert!(
+        matches!(begun, Begun::Recorded(ref r) if r.success),
+        "{begun:?}"
+    );
+    let row = store.tool_call_log(log.id).await.unwrap().expect("log row");
+    assert_eq!(row.status, "success");
+    assert_eq!(row.processed_at, Some(t0() + secs(1)));
+    let raw = Raw::open(&db, engine).await;
+    const QUEUED: &str = "SELECT COUNT(*) FROM callback_requests WHERE tool_call_log_id = $1 \
+         AND status = 'pending' AND urgency_level = 'critical' AND urgency_rank = 0";
+    assert_eq!(
+        raw.count_where(QUEUED, log.id).await,
+        1,
+        "the callback request, queued"
+    );
+
+    // The same invocation again (another id, as a retrying platform sends it): nothing new.
+    let mut again = log.clone();
+    again.id = Uuid::new_v4();
+    let mut cb2 = cb.clone();
+    cb2.id = Uuid::new_v4();
+    cb2.tool_call_log_id = Some(again.id);
+    let plan2 = Plan::Complete {
+        outcome: success(t0() + secs(2)),
+        callback: Some(Box::new(cb2)),
+    };
+    let begun = store
+        .begin_invocation(&again, &plan2, &windows, &refuse_at(10, None))
+        .await
+        .expect("repeat");
+    assert!(
+        matches!(begun, Begun::Duplicate(ref row) if row.id == log.id),
+        "{begun:?}"
+    );
+    assert_eq!(
+        raw.count_where(QUEUED, log.id).await,
+        1,
+        "still one callback request"
+    );
+    assert_eq!(
+        raw.count("SELECT COUNT(*) FROM callback_requests").await,
+        1,
+        "and no other"
+    );
+}
+
+async fn with_thresholds_a_refusal_is_worded_by_the_check_and_recorded_without_its_callback(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let call = store.upsert_call(&new_call("call-over")).await.unwrap();
+    // History: one transfer and one message.
+    for (key, tool) in [("t-1", "transfer"), ("m-1", "collect_info")] {
+        let mut log = new_log("call-over", key, tool, t0());
+        log.call_id = Some(call.id);
+        let begun = store
+            .begin_invocation(&log, &Plan::Run, &windows_with(None, None), &allow)
+            .await
+            .unwrap();
+        assert!(matches!(begun, Begun::Running), "{begun:?}");
+    }
+    // A second transfer, with one transfer allowed: refused, worded by the check from the
+    // counts the database found.
+    let mut log = new_log("call-over", "t-2", "transfer", t0() + secs(1));
+    log.call_id = Some(call.id);
+    let begun = store
+        .begin_invocation(
+            &log,
+            &Plan::Run,
+            &windows_with(Some(10), Some(1)),
+            &refuse_at(10, Some(1)),
+        )
+        .await
+        .unwrap();
+    match begun {
+        Begun::Recorded(r) => {
+            assert_eq!(r.error_kind, Some("rate_limited"));
+            assert_eq!(
+                r.error_message.as_deref(),
+                Some("2 calls, 1 transfers already")
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let row = store
+        .tool_call_log(log.id)
+        .await
+        .unwrap()
+        .expect("refusal row");
+    assert_eq!(row.status, "failed");
+    // A message over the call's limit: refused, and its callback request is not written.
+    let mut log = new_log("call-over", "m-2", "collect_info", t0() + secs(2));
+    log.call_id = Some(call.id);
+    let plan = Plan::Complete {
+        outcome: success(t0() + secs(2)),
+        callback: Some(Box::new(callback(
+            TENANT,
+            Some(call.id),
+            Some(log.id),
+            Urgency::Normal,
+            t0(),
+        ))),
+    };
+    let begun = store
+        .begin_invocation(
+            &log,
+            &plan,
+            &windows_with(Some(3), None),
+            &refuse_at(3, None),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(begun, Begun::Recorded(ref r) if r.error_kind == Some("rate_limited")),
+        "{begun:?}"
+    );
+    let raw = Raw::open(&db, engine).await;
+    assert_eq!(raw.count("SELECT COUNT(*) FROM callback_requests").await, 0);
+    assert_eq!(
+        raw.count("SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = 'call-over'")
+            .await,
+        4,
+        "two ran, two refusals recorded"
+    );
 }

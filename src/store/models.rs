@@ -218,6 +218,21 @@ pub struct CountWindows {
     /// Count the call's invocations of `tool` since then.
     pub tool_since: DateTime<Utc>,
     pub tool: String,
+    /// The limits the accompanying check enforces, when it is a plain threshold check: it
+    /// refuses exactly when the call's count reaches `call` or the tool's reaches `tool`. With
+    /// them a store may decide in the database (on PostgreSQL, in the one round trip that logs
+    /// the invocation) and call the check only to word the refusal; without them it calls the
+    /// check on the counts.
+    pub thresholds: Option<Thresholds>,
+}
+
+/// Counts at which an invocation is refused (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Refused when the call's invocations within `call_since` reach this.
+    pub call: Option<i64>,
+    /// Refused when the call's invocations of the tool within `tool_since` reach this.
+    pub tool: Option<i64>,
 }
 
 /// How many invocations a call made within the windows (the new one not included).

@@ -15,6 +15,53 @@ const QUEUE_CHANNEL: &str = "lifeline_queue";
 /// announce their queued work themselves (see `migrations/postgres/0007_notify_after_commit.sql`).
 const QUEUE_NOTIFY_SETTING: &str = "lifeline.queue_notify";
 
+/// No TLS to a server on this host unless the URL or `PGSSLMODE` asks for it. sqlx's default
+/// (`prefer`) encrypts whenever the server offers it, and on loopback that buys nothing (the
+/// bytes never leave the kernel) while costing a third of the call path's CPU: every statement
+/// and its reply go through rustls' buffers (measured by `perf` at 800 tool calls/s). A URL
+/// that names `sslmode` (e.g. `?sslmode=require`) keeps exactly what it names.
+fn plain_on_loopback(
+    url: &str,
+    env_names_mode: bool,
+    options: PgConnectOptions,
+) -> PgConnectOptions {
+    let names_mode = url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            key.eq_ignore_ascii_case("sslmode") || key.eq_ignore_ascii_case("ssl-mode")
+        })
+    });
+    if names_mode || env_names_mode {
+        return options;
+    }
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        options
+    }
+}
+
+/// One tool call's log in one statement (see `migrations/postgres/0010_log_invocation_function.sql`):
+/// the lock, the windows and limits ($1–$7), the log row ($8–$30).
+const LOG_INVOCATION: &str = "SELECT outcome, call_count, tool_count FROM lifeline_log_invocation(\
+     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+     $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
+
+/// The same with the log row's callback request ($31–$50).
+const LOG_INVOCATION_WITH_CALLBACK: &str = "SELECT outcome, call_count, tool_count FROM \
+     lifeline_log_invocation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, \
+     $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50)";
+
 /// The store on PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -116,12 +163,18 @@ impl PgStore {
     }
 
     /// `synchronous_commit=on`, whatever the server default: a logged tool call must survive a
-    /// crash of the database server.
+    /// crash of the database server. TLS as the URL (or `PGSSLMODE`) asks; when neither says,
+    /// none to a server on this host (see [`plain_on_loopback`]).
     fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
-        Ok(url
+        let options = url
             .parse::<PgConnectOptions>()?
             .application_name("lifeline")
-            .options([("synchronous_commit", "on")]))
+            .options([("synchronous_commit", "on")]);
+        Ok(plain_on_loopback(
+            url,
+            std::env::var_os("PGSSLMODE").is_some(),
+            options,
+        ))
     }
 
     /// A store on the same database with a pool of its own of at most `max_connections`, for
@@ -180,12 +233,86 @@ impl PgStore {
         &self.pool
     }
 
-    /// Logs an invocation in a transaction of its own holding the call's advisory lock (sent
-    /// with BEGIN: no extra round trip), so one call's invocations are logged one at a time
-    /// across every instance; concurrent tool calls of different calls share WAL flushes
-    /// (PostgreSQL's own group commit). Returns what it begins with, and whether it queued a
-    /// callback request.
+    /// Logs an invocation. With the limits as plain thresholds ([`CountWindows::thresholds`],
+    /// as the tool pipeline gives them) this is one round trip: the stored function
+    /// `lifeline_log_invocation` (migration `0010`) takes the call's advisory lock, checks for a
+    /// repeat, counts the windows and writes the rows in the one implicit transaction of its
+    /// statement, answered after the commit. Otherwise, and to record a refusal, a transaction
+    /// does the same work statement by statement. Either way one call's invocations are logged
+    /// one at a time across every instance, and concurrent tool calls of different calls share
+    /// WAL flushes (PostgreSQL's own group commit). Returns what it begins with, and whether it
+    /// queued a callback request.
+    ///
+    /// [`CountWindows::thresholds`]: crate::store::CountWindows::thresholds
     async fn log_invocation(
+        &self,
+        log: &crate::store::NewToolCallLog,
+        plan: &crate::store::Plan,
+        windows: &crate::store::CountWindows,
+        check: crate::store::LimitCheck<'_>,
+    ) -> Result<(crate::store::Begun, bool), StoreError> {
+        use crate::store::{Begun, Plan, Recorded, WindowCounts};
+        let Some(thresholds) = windows.thresholds else {
+            return self.log_in_transaction(log, plan, windows, check).await;
+        };
+        let (outcome, callback, limits) = match plan {
+            Plan::Fail(outcome) => (Some(outcome), None, (None, None)),
+            Plan::Run => (None, None, (thresholds.call, thresholds.tool)),
+            Plan::Complete { outcome, callback } => (
+                Some(outcome),
+                callback.as_deref(),
+                (thresholds.call, thresholds.tool),
+            ),
+        };
+        let key = crate::store::call_lock_key(log.platform.as_str(), &log.call_ref);
+        let q = sqlx::query(if callback.is_some() {
+            LOG_INVOCATION_WITH_CALLBACK
+        } else {
+            LOG_INVOCATION
+        })
+        .bind(crate::store::CALL_LOCK_NAMESPACE)
+        .bind(key)
+        .bind(windows.call_since)
+        .bind(&windows.tool)
+        .bind(windows.tool_since)
+        .bind(limits.0)
+        .bind(limits.1);
+        let q = bind_log(q, log, outcome);
+        let q = match callback {
+            Some(cb) => bind_callback(q, cb),
+            None => q,
+        };
+        let row = q.fetch_one(&self.pool).await?;
+        let (found, call, tool): (String, i64, i64) = {
+            use sqlx::Row;
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)
+        };
+        match found.as_str() {
+            "queued" | "logged" => {
+                let begun = match outcome {
+                    None => Begun::Running,
+                    Some(o) => Begun::Recorded(o.clone()),
+                };
+                Ok((begun, found == "queued"))
+            }
+            "duplicate" => Ok((self.logged_before(log).await?, false)),
+            // Over a limit: nothing was written. The refusal is recorded as the row's outcome,
+            // without its callback request, as the transaction below would have.
+            _ => match check(&WindowCounts { call, tool }) {
+                Some(err) => {
+                    let refusal = Plan::Fail(Recorded::of(&Err(err), log.created_at, 0.0));
+                    self.log_in_transaction(log, &refusal, windows, &|_: &WindowCounts| None)
+                        .await
+                }
+                // The check disagrees with its thresholds: it decides.
+                None => self.log_in_transaction(log, plan, windows, check).await,
+            },
+        }
+    }
+
+    /// [`Self::log_invocation`] as a transaction holding the call's advisory lock (sent with
+    /// BEGIN: no extra round trip), the limits decided by `check` from the counts.
+    async fn log_in_transaction(
         &self,
         log: &crate::store::NewToolCallLog,
         plan: &crate::store::Plan,
@@ -208,19 +335,26 @@ impl PgStore {
             }
             None => {
                 tx.rollback().await?;
-                // Logged before: the recorded row.
-                let mut conn = self.pool.acquire().await?;
-                let row = find_log(
-                    &mut conn,
-                    log.platform.as_str(),
-                    &log.call_ref,
-                    &log.invocation_key,
-                )
-                .await?
-                .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
-                Ok((crate::store::Begun::Duplicate(Box::new(row)), false))
+                Ok((self.logged_before(log).await?, false))
             }
         }
+    }
+
+    /// The recorded row of an invocation logged before.
+    async fn logged_before(
+        &self,
+        log: &crate::store::NewToolCallLog,
+    ) -> Result<crate::store::Begun, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let row = find_log(
+            &mut conn,
+            log.platform.as_str(),
+            &log.call_ref,
+            &log.invocation_key,
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
+        Ok(crate::store::Begun::Duplicate(Box::new(row)))
     }
 
     /// The migrations this build embeds for the engine.
@@ -330,5 +464,50 @@ async fn listen_for_work(options: PgConnectOptions, signal: QueueSignal) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+    use super::plain_on_loopback;
+
+    fn mode(url: &str, env: bool) -> PgSslMode {
+        let options: PgConnectOptions = url.parse().expect("url");
+        plain_on_loopback(url, env, options).get_ssl_mode()
+    }
+
+    #[test]
+    fn loopback_without_a_named_mode_connects_plain() {
+        for url in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "postgres://u@127.0.0.1/db?application_name=x",
+        ] {
+            assert!(matches!(mode(url, false), PgSslMode::Disable), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_named_mode_or_a_remote_host_keeps_what_sqlx_would_do() {
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require", false),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?ssl-mode=verify-full", false),
+            PgSslMode::VerifyFull
+        ));
+        // PGSSLMODE set: sqlx read it; nothing is overridden.
+        assert!(!matches!(
+            mode("postgres://u@127.0.0.1/db", true),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example.com/db", false),
+            PgSslMode::Prefer
+        ));
     }
 }

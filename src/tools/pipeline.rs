@@ -49,7 +49,7 @@ use super::{
 };
 use crate::config::{Limits, Tenant};
 use crate::store::{
-    Begun, CallRow, CountWindows, NewToolCallLog, Plan, Recorded, Store, WindowCounts,
+    Begun, CallRow, CountWindows, NewToolCallLog, Plan, Recorded, Store, Thresholds, WindowCounts,
 };
 use crate::telephony::CallControl;
 
@@ -297,13 +297,14 @@ impl Pipeline {
             // The original kept request headers here; lifeline keeps nothing it has elsewhere.
             tool_data: serde_json::json!({}),
         };
+        let tenant_allowed = self.per_tenant.check_key(&ctx.tenant.id).is_ok();
+        let is_transfer = tool == Some(ToolName::Transfer);
         let windows = CountWindows {
             call_since: now - self.limits.call_window,
             tool_since: now - self.limits.transfer_window,
             tool: ToolName::Transfer.as_str().to_string(),
+            thresholds: Some(limit_thresholds(&self.limits, tenant_allowed, is_transfer)),
         };
-        let tenant_allowed = self.per_tenant.check_key(&ctx.tenant.id).is_ok();
-        let is_transfer = tool == Some(ToolName::Transfer);
         let limits = &self.limits;
         let check =
             move |counts: &WindowCounts| limit_refusal(limits, tenant_allowed, is_transfer, counts);
@@ -484,6 +485,19 @@ fn prepare(
 }
 
 /// The limit an invocation breaks, if any. Counts exclude the invocation itself.
+/// What [`limit_refusal`] refuses, as thresholds the store can apply in the database (over the
+/// clinic's rate: everything).
+fn limit_thresholds(limits: &Limits, tenant_allowed: bool, is_transfer: bool) -> Thresholds {
+    Thresholds {
+        call: Some(if tenant_allowed {
+            i64::from(limits.tool_calls_per_call)
+        } else {
+            0
+        }),
+        tool: is_transfer.then(|| i64::from(limits.transfers_per_call)),
+    }
+}
+
 pub(super) fn limit_refusal(
     limits: &Limits,
     tenant_allowed: bool,
@@ -562,4 +576,39 @@ fn finish_metrics(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{limit_refusal, limit_thresholds};
+    use crate::config::Limits;
+    use crate::store::WindowCounts;
+
+    /// The store may refuse from the thresholds alone (PostgreSQL decides in the statement that
+    /// logs the invocation), so they must refuse exactly what the check refuses.
+    #[test]
+    fn thresholds_refuse_exactly_what_the_check_refuses() {
+        let limits = Limits {
+            tool_calls_per_call: 5,
+            transfers_per_call: 2,
+            ..Limits::default()
+        };
+        for tenant_allowed in [true, false] {
+            for is_transfer in [true, false] {
+                let t = limit_thresholds(&limits, tenant_allowed, is_transfer);
+                for call in 0..8 {
+                    for tool in 0..4 {
+                        let counts = WindowCounts { call, tool };
+                        let over =
+                            t.call.is_some_and(|n| call >= n) || t.tool.is_some_and(|n| tool >= n);
+                        assert_eq!(
+                            limit_refusal(&limits, tenant_allowed, is_transfer, &counts).is_some(),
+                            over,
+                            "tenant_allowed={tenant_allowed} transfer={is_transfer} {counts:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -281,6 +281,11 @@ pub async fn apply(
                 call_since: log.created_at,
                 tool_since: log.created_at,
                 tool: log.canonical_tool.clone(),
+                // No limits: one round trip on PostgreSQL.
+                thresholds: Some(crate::store::Thresholds {
+                    call: None,
+                    tool: None,
+                }),
             };
             let begun = store
                 .begin_invocation(log, plan, &windows, &|_: &WindowCounts| None)
