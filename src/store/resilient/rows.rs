@@ -30,6 +30,10 @@ pub struct Rows {
     journaled_calls: HashMap<Uuid, ()>,
     logs: HashMap<Uuid, ToolCallLogRow>,
     log_keys: HashMap<(String, String, String), Uuid>,
+    /// The journaled logs of each call (platform, call ref), so counting a call's window does
+    /// not walk every journaled row: at 1,000 tool calls/s a walk over all of them took a sixth
+    /// of the process's CPU within seconds.
+    logs_by_call: HashMap<(String, String), Vec<Uuid>>,
 }
 
 impl Rows {
@@ -123,12 +127,10 @@ impl Rows {
     /// The call's journaled invocations within `windows` (what this instance can count while
     /// the database is away).
     pub fn count(&self, log: &NewToolCallLog, windows: &CountWindows) -> WindowCounts {
-        let platform = log.platform.as_str();
         let mut counts = WindowCounts { call: 0, tool: 0 };
-        for row in self.logs.values() {
-            if row.platform != platform || row.call_ref != log.call_ref {
-                continue;
-            }
+        let key = (log.platform.as_str().to_string(), log.call_ref.clone());
+        let ids = self.logs_by_call.get(&key).map_or(&[][..], Vec::as_slice);
+        for row in ids.iter().filter_map(|id| self.logs.get(id)) {
             if row.created_at >= windows.call_since {
                 counts.call += 1;
             }
@@ -284,6 +286,10 @@ impl Rows {
                     }
                 }
                 self.log_keys.insert(key, row.id);
+                self.logs_by_call
+                    .entry((row.platform.clone(), row.call_ref.clone()))
+                    .or_default()
+                    .push(row.id);
                 self.logs.insert(row.id, row);
             }
             Record::FinishInvocation { log_id, outcome } => {
@@ -333,6 +339,13 @@ impl Rows {
                 }
             }
             Record::BeginInvocation { log, .. } if self.logs.remove(&log.id).is_some() => {
+                let call = (log.platform.as_str().to_string(), log.call_ref.clone());
+                if let Some(ids) = self.logs_by_call.get_mut(&call) {
+                    ids.retain(|id| *id != log.id);
+                    if ids.is_empty() {
+                        self.logs_by_call.remove(&call);
+                    }
+                }
                 self.log_keys.remove(&(
                     log.platform.as_str().to_string(),
                     log.call_ref.clone(),
@@ -357,6 +370,7 @@ impl Rows {
         self.journaled_calls.clear();
         self.logs.clear();
         self.log_keys.clear();
+        self.logs_by_call.clear();
     }
 }
 
