@@ -2,11 +2,14 @@
 //! cookie (stored hashed), a CSRF token per session checked on every action together with the
 //! request's origin, and a lock-out after repeated failures.
 
+use std::time::Duration;
+
 use axum::Form;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use base64::Engine as _;
 use chrono::Utc;
 use serde::Deserialize;
@@ -16,42 +19,16 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::store::NewSession;
 
+use super::error::AdminError;
 use super::pages;
+use super::staff::Staff;
 
 /// The session cookie.
-pub const SESSION_COOKIE: &str = "lifeline_session";
+const SESSION_COOKIE: &str = "lifeline_session";
 /// The login form's double-submit CSRF cookie.
 const LOGIN_COOKIE: &str = "lifeline_login";
-
-/// A logged-in staff member.
-#[derive(Debug, Clone)]
-pub struct Staff {
-    pub username: String,
-    /// The one clinic this staff member sees; `None`: every clinic.
-    pub tenant: Option<String>,
-    /// The session's CSRF token, put in every form.
-    pub csrf: String,
-    pub(super) token_hash: String,
-}
-
-impl Staff {
-    /// Whether this staff member may see `tenant_id`'s data.
-    pub fn sees(&self, tenant_id: &str) -> bool {
-        self.tenant.as_deref().is_none_or(|t| t == tenant_id)
-    }
-}
-
-/// A value of the request's `Cookie` header.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
+/// How long a login form stays good.
+const LOGIN_FORM_TTL: Duration = Duration::from_secs(3600);
 
 /// 32 random bytes, URL-safe base64.
 fn random_token() -> String {
@@ -77,27 +54,33 @@ fn behind_tls(state: &AppState, headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-fn set_cookie(
+/// One of the dashboard's cookies: for its pages only, out of scripts' reach, never sent with
+/// a request from another site, and only over TLS when the client uses TLS. A zero `max_age`
+/// (with an empty value) clears the cookie.
+fn cookie(
     state: &AppState,
     headers: &HeaderMap,
-    name: &str,
-    value: &str,
-    max_age: i64,
-) -> String {
-    format!(
-        "{name}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
-        if behind_tls(state, headers) {
-            "; Secure"
-        } else {
-            ""
-        }
-    )
+    name: &'static str,
+    value: String,
+    max_age: Duration,
+) -> Cookie<'static> {
+    let mut cookie = Cookie::build((name, value))
+        .path("/admin")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(behind_tls(state, headers));
+    // `Max-Age` is whole seconds in an i64: only an absurd session length does not fit, and
+    // then the cookie lasts as long as the browser (the session still ends on the server).
+    if let Ok(max_age) = max_age.try_into() {
+        cookie = cookie.max_age(max_age);
+    }
+    cookie.build()
 }
 
 /// Refuses a request that a browser sent from another site: its `Origin` (or, without one, its
 /// `Sec-Fetch-Site`) must be this site: the configured public URL's origin when there is one
 /// (a proxy may rewrite `Host`), else the request's own host.
-pub fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
+fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         Some(origin) => match state.config.public_url.as_deref() {
@@ -125,61 +108,50 @@ fn tokens_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Checks an action's CSRF token and origin: the response to send back when they fail.
-pub fn refuse_action(
+/// Checks an action's CSRF token and origin: refused unless both are this session's and site's.
+pub(super) fn check_action(
     state: &AppState,
     staff: &Staff,
     token: &str,
     headers: &HeaderMap,
-) -> Option<Response> {
+) -> Result<(), AdminError> {
     if same_origin(state, headers) && tokens_equal(&staff.csrf, token) {
-        return None;
+        return Ok(());
     }
     tracing::warn!(staff = %staff.username, "action refused: cross-site or bad CSRF token");
-    Some(pages::error_page(
-        StatusCode::FORBIDDEN,
-        "This action was refused: it did not come from a lifeline page. Reload the page and try again.",
-    ))
+    Err(AdminError::Refused)
 }
 
 impl FromRequestParts<AppState> for Staff {
-    type Rejection = Response;
+    type Rejection = AdminError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
         let refuse = || {
             if parts.method == Method::GET || parts.method == Method::HEAD {
-                Redirect::to("/admin/login").into_response()
+                AdminError::LoginNeeded
             } else {
-                pages::error_page(StatusCode::UNAUTHORIZED, "Log in first.")
+                AdminError::Unauthorized
             }
         };
-        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+        let jar = CookieJar::from_headers(&parts.headers);
+        let Some(token) = jar.get(SESSION_COOKIE).map(Cookie::value) else {
             return Err(refuse());
         };
         let token_hash = hash_token(token);
-        let session = state.store.session(&token_hash, Utc::now()).await;
+        let Some(session) = state.store.session(&token_hash, Utc::now()).await? else {
+            return Err(refuse());
+        };
         // The account must still exist, and its clinic is read from it now: removing an account
         // or moving it to another clinic takes effect at once, not at the session's end.
-        let account = match &session {
-            Ok(Some(s)) => current_tenant(state, &s.username).await,
-            _ => Ok(None),
+        let Some(tenant) = current_tenant(state, &session.username).await? else {
+            return Err(refuse());
         };
-        match (session, account) {
-            (Ok(Some(s)), Ok(Some(tenant))) => Ok(Staff {
-                username: s.username,
-                tenant,
-                csrf: s.csrf_token,
-                token_hash,
-            }),
-            (Ok(_), Ok(_)) => Err(refuse()),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "session lookup failed");
-                Err(pages::error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The database is not answering; try again in a moment.",
-                ))
-            }
-        }
+        Ok(Staff {
+            username: session.username,
+            tenant,
+            csrf: session.csrf_token,
+            token_hash,
+        })
     }
 }
 
@@ -205,7 +177,7 @@ async fn current_tenant(
 }
 
 /// Whether a session still stands (the live feed asks now and then).
-pub async fn still_valid(state: &AppState, staff: &Staff) -> bool {
+pub(super) async fn still_valid(state: &AppState, staff: &Staff) -> bool {
     matches!(
         state.store.session(&staff.token_hash, Utc::now()).await,
         Ok(Some(_))
@@ -216,45 +188,47 @@ pub async fn still_valid(state: &AppState, staff: &Staff) -> bool {
 }
 
 /// `GET /admin/login`.
-pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(super) async fn login_form(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     let csrf = random_token();
     let page = pages::login_page(&csrf, None);
     (
-        [(
-            header::SET_COOKIE,
-            set_cookie(&state, &headers, LOGIN_COOKIE, &csrf, 3600),
-        )],
+        jar.add(cookie(&state, &headers, LOGIN_COOKIE, csrf, LOGIN_FORM_TTL)),
         page,
     )
-        .into_response()
 }
 
+/// The login form's fields.
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(super) struct LoginForm {
     username: String,
     password: String,
     csrf: String,
 }
 
 /// `POST /admin/login`.
-pub async fn login(
+pub(super) async fn login(
     State(state): State<AppState>,
+    jar: CookieJar,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    // The form again, with why, and a fresh token for the next try.
     let fail = |message: &str, status: StatusCode| {
         let csrf = random_token();
+        let page = pages::login_page(&csrf, Some(message));
         (
             status,
-            [(
-                header::SET_COOKIE,
-                set_cookie(&state, &headers, LOGIN_COOKIE, &csrf, 3600),
-            )],
-            pages::login_page(&csrf, Some(message)),
+            jar.clone()
+                .add(cookie(&state, &headers, LOGIN_COOKIE, csrf, LOGIN_FORM_TTL)),
+            page,
         )
             .into_response()
     };
-    let cookie_token = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    let cookie_token = jar.get(LOGIN_COOKIE).map_or("", Cookie::value);
     if !same_origin(&state, &headers)
         || cookie_token.is_empty()
         || !tokens_equal(cookie_token, &form.csrf)
@@ -383,22 +357,23 @@ pub async fn login(
     }
     metrics::counter!("lifeline_admin_logins_total", "outcome" => "ok").increment(1);
     tracing::info!(staff = %username, "dashboard login");
-    let ttl = i64::try_from(settings.session_ttl.as_secs()).unwrap_or(43_200);
-    (
-        // Appended: a second `Set-Cookie` must not replace the first.
-        AppendHeaders([
-            (
-                header::SET_COOKIE,
-                set_cookie(&state, &headers, SESSION_COOKIE, &token, ttl),
-            ),
-            (
-                header::SET_COOKIE,
-                set_cookie(&state, &headers, LOGIN_COOKIE, "", 0),
-            ),
-        ]),
-        Redirect::to("/admin"),
-    )
-        .into_response()
+    // The jar sends each cookie in a `Set-Cookie` of its own (appended, not replaced).
+    let jar = jar
+        .add(cookie(
+            &state,
+            &headers,
+            SESSION_COOKIE,
+            token,
+            settings.session_ttl,
+        ))
+        .add(cookie(
+            &state,
+            &headers,
+            LOGIN_COOKIE,
+            String::new(),
+            Duration::ZERO,
+        ));
+    (jar, Redirect::to("/admin")).into_response()
 }
 
 /// How many password checks may run at once.
@@ -442,21 +417,21 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| hash_password("no account has this password").unwrap_or_default())
 }
 
+/// A form that carries only the session's CSRF token.
 #[derive(Deserialize)]
-pub struct CsrfForm {
+pub(super) struct CsrfForm {
     csrf: String,
 }
 
 /// `POST /admin/logout`.
-pub async fn logout(
+pub(super) async fn logout(
     State(state): State<AppState>,
     staff: Staff,
+    jar: CookieJar,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Some(r) = refuse_action(&state, &staff, &form.csrf, &headers) {
-        return r;
-    }
+) -> Result<impl IntoResponse, AdminError> {
+    check_action(&state, &staff, &form.csrf, &headers)?;
     if let Err(e) = state.store.delete_session(&staff.token_hash).await {
         tracing::error!(error = %e, "logout: could not delete the session");
     }
@@ -467,12 +442,14 @@ pub async fn logout(
     {
         tracing::error!(error = %e, "could not audit a logout");
     }
-    (
-        [(
-            header::SET_COOKIE,
-            set_cookie(&state, &headers, SESSION_COOKIE, "", 0),
-        )],
+    Ok((
+        jar.add(cookie(
+            &state,
+            &headers,
+            SESSION_COOKIE,
+            String::new(),
+            Duration::ZERO,
+        )),
         Redirect::to("/admin/login"),
-    )
-        .into_response()
+    ))
 }

@@ -3,7 +3,9 @@
 //! and origin and written to the audit table.
 
 pub mod auth;
+mod error;
 mod pages;
+mod staff;
 mod timeline;
 
 use std::convert::Infallible;
@@ -11,22 +13,24 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
+use maud::Markup;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::store::{ActionError, CallbackFilter, StaffAction};
+use crate::store::{CallbackFilter, CallbackRequestRow, StaffAction};
 
-use auth::Staff;
+use error::AdminError;
+use staff::Staff;
 
 /// The dashboard's routes.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin", get(needs_callback))
         .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
@@ -44,27 +48,16 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::middleware::map_response(no_store))
 }
 
-fn db_error(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "dashboard: database error");
-    pages::error_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "The database is not answering; try again in a moment.",
-    )
-}
-
-async fn needs_callback(State(state): State<AppState>, staff: Staff) -> Response {
+async fn needs_callback(State(state): State<AppState>, staff: Staff) -> Result<Markup, AdminError> {
     let now = Utc::now();
-    match state
+    let open = state
         .store
         .open_callbacks(staff.tenant.as_deref(), 500)
-        .await
-    {
-        Ok(open) => pages::needs_callback(&staff, &open, now).into_response(),
-        Err(e) => db_error(e),
-    }
+        .await?;
+    Ok(pages::needs_callback(&staff, &open, now))
 }
 
-async fn dead_letters(State(state): State<AppState>, staff: Staff) -> Response {
+async fn dead_letters(State(state): State<AppState>, staff: Staff) -> Result<Markup, AdminError> {
     let rows = state
         .store
         .callback_requests(&CallbackFilter {
@@ -73,52 +66,41 @@ async fn dead_letters(State(state): State<AppState>, staff: Staff) -> Response {
             limit: Some(500),
             ..Default::default()
         })
-        .await;
-    match rows {
-        Ok(rows) => pages::dead_letters(&staff, &rows, Utc::now()).into_response(),
-        Err(e) => db_error(e),
-    }
+        .await?;
+    Ok(pages::dead_letters(&staff, &rows, Utc::now()))
 }
 
-async fn alerts(State(state): State<AppState>, staff: Staff) -> Response {
-    match state
+async fn alerts(State(state): State<AppState>, staff: Staff) -> Result<Markup, AdminError> {
+    let rows = state
         .store
         .recent_alerts(staff.tenant.as_deref(), 200)
-        .await
-    {
-        Ok(rows) => pages::alerts(&staff, &rows).into_response(),
-        Err(e) => db_error(e),
-    }
+        .await?;
+    Ok(pages::alerts(&staff, &rows))
 }
 
-async fn system(State(state): State<AppState>, staff: Staff) -> Response {
+async fn system(State(state): State<AppState>, staff: Staff) -> Result<Markup, AdminError> {
     let breakers = crate::telephony::breaker::snapshot();
     // The queue's figures cover every clinic: shown to staff who see every clinic.
     if staff.tenant.is_some() {
-        return pages::system(&staff, None, &breakers).into_response();
+        return Ok(pages::system(&staff, None, &breakers));
     }
-    match state.store.queue_stats(Utc::now()).await {
-        Ok(queue) => pages::system(&staff, Some(&queue), &breakers).into_response(),
-        Err(e) => db_error(e),
-    }
+    let queue = state.store.queue_stats(Utc::now()).await?;
+    Ok(pages::system(&staff, Some(&queue), &breakers))
 }
 
-async fn stats(State(state): State<AppState>, staff: Staff) -> Response {
+async fn stats(State(state): State<AppState>, staff: Staff) -> Result<Markup, AdminError> {
     // A day more than shown: the clinics' days start before UTC's (or after it).
     let since = Utc::now() - chrono::Duration::days(15);
     let tenant = staff.tenant.as_deref();
-    let (days, oncall) = match tokio::try_join!(
+    let (days, oncall) = tokio::try_join!(
         state.store.daily_stats(tenant, since),
         state.store.oncall_rows(tenant, since)
-    ) {
-        Ok(found) => found,
-        Err(e) => return db_error(e),
-    };
+    )?;
     let config = state.config.clone();
     let zone = move |t: &str| crate::ops::clinic_day::clinic_zone(&config, t);
     let mut clinic_days = crate::ops::clinic_day::fold(&oncall, &zone);
     clinic_days.truncate(14 * state.config.tenants.len().max(1));
-    pages::stats(&staff, &days, &clinic_days).into_response()
+    Ok(pages::stats(&staff, &days, &clinic_days))
 }
 
 #[derive(Deserialize)]
@@ -135,10 +117,8 @@ async fn act(
     headers: HeaderMap,
     Path((id, action)): Path<(Uuid, String)>,
     Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(r) = auth::refuse_action(&state, &staff, &form.csrf, &headers) {
-        return r;
-    }
+) -> Result<Redirect, AdminError> {
+    auth::check_action(&state, &staff, &form.csrf, &headers)?;
     let note = form
         .note
         .map(|n| n.trim().to_string())
@@ -149,79 +129,68 @@ async fn act(
     let action = match action.as_str() {
         // Resolving says what was done: who called back, when, the outcome.
         "resolve" if note.is_none() => {
-            return pages::error_page(
-                StatusCode::BAD_REQUEST,
+            return Err(AdminError::BadRequest(
                 "Resolving needs a note: who called back, when, and the outcome.",
-            );
+            ));
         }
         "resolve" => StaffAction::Resolve { note },
         "retry" => StaffAction::Retry,
         "cancel" => StaffAction::Cancel { note },
-        _ => return pages::error_page(StatusCode::NOT_FOUND, "No such action."),
+        _ => return Err(AdminError::NotFound("No such action.")),
     };
-    // Another clinic's request does not exist for this staff member.
-    match state.store.callback_request(id).await {
-        Ok(Some(r)) if staff.sees(&r.tenant_id) => {}
-        Ok(_) => return pages::error_page(StatusCode::NOT_FOUND, "No such callback request."),
-        Err(e) => return db_error(e),
-    }
-    match state
+    visible_request(&state, &staff, id).await?;
+    state
         .store
         .staff_action(id, &action, &staff.username, Utc::now())
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(staff = %staff.username, callback_request = %id, action = action.name(), "staff action");
-            // Back to the page the action was on: only a dashboard page's path.
-            let back = headers
-                .get(header::REFERER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|r| reqwest::Url::parse(r).ok())
-                .map(|u| u.path().to_string())
-                .filter(|p| {
-                    (p == "/admin" || p.starts_with("/admin/"))
-                        && !p.starts_with("/admin/callbacks")
-                })
-                .unwrap_or_else(|| "/admin".into());
-            Redirect::to(&back).into_response()
-        }
-        Err(ActionError::NotFound(_)) => {
-            pages::error_page(StatusCode::NOT_FOUND, "No such callback request.")
-        }
-        Err(e @ ActionError::Conflict { .. }) => {
-            pages::error_page(StatusCode::CONFLICT, &e.to_string())
-        }
-        Err(ActionError::Store(e)) => db_error(e),
-    }
+        .await?;
+    tracing::info!(staff = %staff.username, callback_request = %id, action = action.name(), "staff action");
+    // Back to the page the action was on: only a dashboard page's path.
+    let back = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| reqwest::Url::parse(r).ok())
+        .map(|u| u.path().to_string())
+        .filter(|p| {
+            (p == "/admin" || p.starts_with("/admin/")) && !p.starts_with("/admin/callbacks")
+        })
+        .unwrap_or_else(|| "/admin".into());
+    Ok(Redirect::to(&back))
+}
+
+/// The callback request `id`, if it exists and is this staff member's to see (another
+/// clinic's request does not exist for them).
+async fn visible_request(
+    state: &AppState,
+    staff: &Staff,
+    id: Uuid,
+) -> Result<CallbackRequestRow, AdminError> {
+    state
+        .store
+        .callback_request(id)
+        .await?
+        .filter(|r| staff.sees(&r.tenant_id))
+        .ok_or(AdminError::NotFound("No such callback request."))
 }
 
 /// Acknowledges a critical request's page from the dashboard (the ladder stops; reminders
 /// follow until it is resolved).
-async fn acknowledge(state: &AppState, staff: &Staff, id: Uuid) -> Response {
-    let request = match state.store.callback_request(id).await {
-        Ok(Some(r)) if staff.sees(&r.tenant_id) => r,
-        Ok(_) => return pages::error_page(StatusCode::NOT_FOUND, "No such callback request."),
-        Err(e) => return db_error(e),
-    };
-    match crate::worker::paging::acknowledge_by_staff(
+async fn acknowledge(state: &AppState, staff: &Staff, id: Uuid) -> Result<Redirect, AdminError> {
+    let request = visible_request(state, staff, id).await?;
+    let acknowledged = crate::worker::paging::acknowledge_by_staff(
         &state.config,
         state.store.as_ref(),
         &request,
         &staff.username,
         Utc::now(),
     )
-    .await
-    {
-        Ok(true) => {
-            tracing::info!(staff = %staff.username, callback_request = %id, "page acknowledged");
-            Redirect::to("/admin").into_response()
-        }
-        Ok(false) => pages::error_page(
-            StatusCode::CONFLICT,
-            "This request has no page waiting for an acknowledgement.",
-        ),
-        Err(e) => db_error(e),
+    .await?;
+    if !acknowledged {
+        return Err(AdminError::Conflict(
+            "This request has no page waiting for an acknowledgement.".into(),
+        ));
     }
+    tracing::info!(staff = %staff.username, callback_request = %id, "page acknowledged");
+    Ok(Redirect::to("/admin"))
 }
 
 #[derive(Deserialize)]

@@ -1,7 +1,5 @@
 //! The dashboard's HTML: a layout readable on a phone, and one function per view.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
@@ -9,10 +7,10 @@ use crate::ops::clinic_day::ClinicDay;
 use crate::store::{AlertRow, CallbackRequestRow, DayStats, QueueStats, URGENCIES};
 use crate::telephony::breaker::{BreakerState, BreakerStatus};
 
-use super::auth::Staff;
+use super::staff::Staff;
 
 /// The page around every view.
-pub fn layout(title: &str, staff: Option<&Staff>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, staff: Option<&Staff>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -47,20 +45,8 @@ pub fn layout(title: &str, staff: Option<&Staff>, body: Markup) -> Markup {
     }
 }
 
-/// An error in the dashboard's layout.
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        layout(
-            "Error",
-            None,
-            html! { p.error { (message) } a href="/admin" { "Back" } },
-        ),
-    )
-        .into_response()
-}
-
-pub fn login_page(csrf: &str, error: Option<&str>) -> Markup {
+/// The login form, with why the last attempt failed when it did.
+pub(super) fn login_page(csrf: &str, error: Option<&str>) -> Markup {
     layout(
         "Log in",
         None,
@@ -77,7 +63,7 @@ pub fn login_page(csrf: &str, error: Option<&str>) -> Markup {
 }
 
 /// "12 min", "3 h", for how long a caller has waited.
-pub fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let mins = (now - at).num_minutes().max(0);
     match mins {
         0 => "just now".into(),
@@ -116,7 +102,7 @@ fn delivery_state(r: &CallbackRequestRow) -> String {
 }
 
 /// One callback request as a card, with its actions (also sent live to open pages).
-pub fn callback_card(r: &CallbackRequestRow, csrf: &str, now: DateTime<Utc>) -> Markup {
+pub(super) fn callback_card(r: &CallbackRequestRow, csrf: &str, now: DateTime<Utc>) -> Markup {
     let caller = r.caller_name.as_deref().unwrap_or("Unknown caller");
     html! {
         article.callback.(r.urgency_level) data-id=(r.id) data-urgency=(r.urgency_level) {
@@ -166,7 +152,12 @@ pub fn callback_card(r: &CallbackRequestRow, csrf: &str, now: DateTime<Utc>) -> 
     }
 }
 
-pub fn needs_callback(staff: &Staff, open: &[CallbackRequestRow], now: DateTime<Utc>) -> Markup {
+/// `/admin`: the open callback requests, newest arriving live.
+pub(super) fn needs_callback(
+    staff: &Staff,
+    open: &[CallbackRequestRow],
+    now: DateTime<Utc>,
+) -> Markup {
     layout(
         "Needs callback",
         Some(staff),
@@ -180,7 +171,12 @@ pub fn needs_callback(staff: &Staff, open: &[CallbackRequestRow], now: DateTime<
     )
 }
 
-pub fn dead_letters(staff: &Staff, rows: &[CallbackRequestRow], now: DateTime<Utc>) -> Markup {
+/// `/admin/dead-letters`: requests the clinic system never received.
+pub(super) fn dead_letters(
+    staff: &Staff,
+    rows: &[CallbackRequestRow],
+    now: DateTime<Utc>,
+) -> Markup {
     layout(
         "Dead letters",
         Some(staff),
@@ -192,7 +188,8 @@ pub fn dead_letters(staff: &Staff, rows: &[CallbackRequestRow], now: DateTime<Ut
     )
 }
 
-pub fn alerts(staff: &Staff, rows: &[AlertRow]) -> Markup {
+/// `/admin/alerts`: the alerts sent (or not) about requests.
+pub(super) fn alerts(staff: &Staff, rows: &[AlertRow]) -> Markup {
     layout(
         "Alerts",
         Some(staff),
@@ -216,7 +213,8 @@ pub fn alerts(staff: &Staff, rows: &[AlertRow]) -> Markup {
     )
 }
 
-pub fn stats(staff: &Staff, days: &[DayStats], oncall: &[ClinicDay]) -> Markup {
+/// `/admin/stats`: on-call and call figures per clinic and day.
+pub(super) fn stats(staff: &Staff, days: &[DayStats], oncall: &[ClinicDay]) -> Markup {
     let secs = |v: Option<f64>| match v {
         Some(s) if s >= 120.0 => format!("{:.0} min", s / 60.0),
         Some(s) => format!("{s:.0} s"),
@@ -267,7 +265,12 @@ pub fn stats(staff: &Staff, days: &[DayStats], oncall: &[ClinicDay]) -> Markup {
     )
 }
 
-pub fn system(staff: &Staff, queue: Option<&QueueStats>, breakers: &[BreakerStatus]) -> Markup {
+/// `/admin/system`: circuit breakers and, for staff who see every clinic, the queue.
+pub(super) fn system(
+    staff: &Staff,
+    queue: Option<&QueueStats>,
+    breakers: &[BreakerStatus],
+) -> Markup {
     layout(
         "System",
         Some(staff),

@@ -1,8 +1,6 @@
 //! One call's timeline: everything lifeline knows about it, in time order.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use uuid::Uuid;
@@ -11,8 +9,9 @@ use crate::AppState;
 use crate::store::{CallbackFilter, StoreError};
 use crate::tools::Platform;
 
-use super::auth::Staff;
+use super::error::AdminError;
 use super::pages;
+use super::staff::Staff;
 
 /// One line of the timeline.
 struct Entry {
@@ -26,30 +25,28 @@ fn json(v: &serde_json::Value) -> Markup {
 }
 
 /// `GET /admin/calls/{id}`.
-pub async fn call_timeline(
+pub(super) async fn call_timeline(
     State(state): State<AppState>,
     staff: Staff,
     Path(id): Path<Uuid>,
-) -> Response {
-    match entries(&state, &staff, id).await {
-        Ok(Some((title, entries))) => pages::layout(
-            &title,
-            Some(&staff),
-            html! {
-                table.timeline {
-                    thead { tr { th { "Time (UTC)" } th { "What" } th { "Detail" } } }
-                    tbody {
-                        @for e in &entries {
-                            tr { td { (e.at.format("%H:%M:%S%.3f")) } td { (e.what) } td { (e.detail) } }
-                        }
+) -> Result<Markup, AdminError> {
+    let (title, entries) = entries(&state, &staff, id)
+        .await?
+        .ok_or(AdminError::NotFound("No such call."))?;
+    Ok(pages::layout(
+        &title,
+        Some(&staff),
+        html! {
+            table.timeline {
+                thead { tr { th { "Time (UTC)" } th { "What" } th { "Detail" } } }
+                tbody {
+                    @for e in &entries {
+                        tr { td { (e.at.format("%H:%M:%S%.3f")) } td { (e.what) } td { (e.detail) } }
                     }
                 }
-            },
-        )
-        .into_response(),
-        Ok(None) => pages::error_page(StatusCode::NOT_FOUND, "No such call."),
-        Err(e) => super::db_error(e),
-    }
+            }
+        },
+    ))
 }
 
 async fn entries(
