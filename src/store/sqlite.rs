@@ -81,7 +81,15 @@ impl SqliteStore {
             // FULL: a commit is on disk before we answer, also in WAL mode.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Each tool call of a shared commit writes under a savepoint of its own, and SQLite
+            // copies every page a savepoint first changes into a sub-journal, by default a file:
+            // 30 writes per tool call, a fifth of the writer's time (perf, 3,000/s offered).
+            // Sub-journals only undo a savepoint within an open transaction; durability is the
+            // WAL's, so memory does.
+            .pragma("temp_store", "memory")
+            // The indexes a tool call touches stay in memory (16 MiB; SQLite's default is 2).
+            .pragma("cache_size", "-16384");
         // One writer: SQLite has one anyway, and queuing in the pool beats SQLITE_BUSY.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
