@@ -2,8 +2,9 @@
 //! start: jambonz drops frames over `JAMBONES_WS_MAX_PAYLOAD` (24 KiB by default), so such a
 //! tenant's every call would get no application. The size is that of the ack lifeline would
 //! actually send — the verbs with the prompt rendered — at the longest values its template
-//! variables can take (`ingress::jambonz::session_verbs::largest_session_ack`), not a guess from the raw
-//! prompt: a short prompt can grow past the limit once filled, and a long one can still fit.
+//! variables can take (`ingress::jambonz::session_verbs::largest_session_ack`), not a guess from
+//! the raw prompt: a short prompt can grow past the limit once filled, and a long one can still
+//! fit.
 
 use super::Tenant;
 use crate::ingress::jambonz::session_verbs::largest_session_ack;
