@@ -2,7 +2,7 @@
 //! per call, the way the system being replaced filled them (`original-system.md` §1.1 step 3).
 //!
 //! This is the one implementation both platforms use: the Twilio call setup
-//! (`ingress/twilio/setup.rs`) and the Jambonz `llm` verb (`protocol::jambonz::session_verbs`)
+//! (`ingress/twilio/setup.rs`) and the Jambonz `llm` verb (`ingress::jambonz::session_verbs`)
 //! both build [`template_context`] from the call's facts and turn it into what the agent is
 //! given with [`agent_prompt`], so a clinic's agent hears the same about the clinic and the
 //! caller whichever platform carries the call.

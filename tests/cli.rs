@@ -702,7 +702,7 @@ async fn dotenv_fills_in_what_the_environment_does_not_set() {
 
 #[tokio::test]
 async fn tools_schema_prints_what_call_setup_declares() {
-    use lifeline::protocol::ultravox::{client_tools, data_connection_tools};
+    use lifeline::ingress::ultravox::declarations::{client_tools, data_connection_tools};
     let json = |out: &Finished| -> Value {
         assert!(out.status.success(), "{}", out.stderr);
         serde_json::from_str(&out.stdout).expect("JSON")

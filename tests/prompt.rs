@@ -14,7 +14,8 @@ use common::{
 };
 use lifeline::Server;
 use lifeline::config::{Config, ProcessSettings};
-use lifeline::protocol::jambonz::{MAX_FRAME_BYTES, largest_session_ack};
+use lifeline::ingress::jambonz::session_verbs::largest_session_ack;
+use lifeline::protocol::jambonz::MAX_FRAME_BYTES;
 use lifeline::protocol::twilio::compute_signature;
 use serde_json::{Map, Value, json};
 use wiremock::matchers::{method, path};

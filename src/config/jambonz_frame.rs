@@ -2,11 +2,13 @@
 //! start: jambonz drops frames over `JAMBONES_WS_MAX_PAYLOAD` (24 KiB by default), so such a
 //! tenant's every call would get no application. The size is that of the ack lifeline would
 //! actually send — the verbs with the prompt rendered — at the longest values its template
-//! variables can take (`protocol::jambonz::largest_session_ack`), not a guess from the raw
-//! prompt: a short prompt can grow past the limit once filled, and a long one can still fit.
+//! variables can take (`ingress::jambonz::session_verbs::largest_session_ack`), not a guess from
+//! the raw prompt: a short prompt can grow past the limit once filled, and a long one can still
+//! fit.
 
 use super::Tenant;
-use crate::protocol::jambonz::{MAX_FRAME_BYTES, largest_session_ack};
+use crate::ingress::jambonz::session_verbs::largest_session_ack;
+use crate::protocol::jambonz::MAX_FRAME_BYTES;
 
 /// Adds a problem when `tenant` is reachable through Jambonz and its session ack can exceed
 /// one frame.
@@ -37,8 +39,9 @@ mod tests {
     use std::path::Path;
 
     use super::super::{Config, ProcessSettings};
+    use crate::ingress::jambonz::session_verbs::session_verbs;
     use crate::prompt_context::CallFacts;
-    use crate::protocol::jambonz::{MAX_FRAME_BYTES, ack, session_verbs};
+    use crate::protocol::jambonz::{MAX_FRAME_BYTES, ack};
 
     fn build(prompt: &str, jambonz: bool) -> Result<Config, Vec<String>> {
         let process = ProcessSettings {
@@ -117,7 +120,7 @@ mod tests {
     fn the_bound_covers_real_acks() {
         let config = build(&growing_prompt(100), true).expect("fits");
         let tenant = &config.tenants[0];
-        let bound = crate::protocol::jambonz::largest_session_ack(tenant);
+        let bound = crate::ingress::jambonz::session_verbs::largest_session_ack(tenant);
         let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .to_utc();

@@ -6,7 +6,7 @@
 use clap::{Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::protocol::ultravox::{client_tools, data_connection_tools};
+use crate::ingress::ultravox::declarations::{client_tools, data_connection_tools};
 
 /// The `tools` subcommands.
 #[derive(Debug, Subcommand)]

@@ -2,37 +2,35 @@
 //! `shared/reference/jambonz-protocol.md`): message envelopes, the data we read, and the acks,
 //! commands and verbs we send.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::config::Tenant;
-use crate::prompt_context::{self, AgentPrompt, CallFacts};
-use crate::telephony::TransferPlan;
-
 /// The only subprotocol the feature-server offers, and the one we must echo.
-pub const SUBPROTOCOL: &str = "ws.jambonz.org";
+pub(crate) const SUBPROTOCOL: &str = "ws.jambonz.org";
 /// Jambonz drops the socket on any frame we send that is larger.
 pub const MAX_FRAME_BYTES: usize = 24 * 1024;
 
 /// Hooks we configure in our verbs; Jambonz echoes them in `hook`.
-pub mod hooks {
-    pub const TOOL_CALL: &str = "/tool-call";
-    pub const LLM_COMPLETE: &str = "/llm-complete";
-    pub const LLM_EVENT: &str = "/llm-event";
-    pub const DIAL_ACTION: &str = "/dial-action";
-    pub const DIAL_CONFIRM: &str = "/dial-confirm";
+pub(crate) mod hooks {
+    /// The `llm` verb's tool calls.
+    pub(crate) const TOOL_CALL: &str = "/tool-call";
+    /// The `llm` verb's end (its actionHook).
+    pub(crate) const LLM_COMPLETE: &str = "/llm-complete";
+    /// The `llm` verb's events.
+    pub(crate) const LLM_EVENT: &str = "/llm-event";
+    /// The transfer dial's outcome (its actionHook).
+    pub(crate) const DIAL_ACTION: &str = "/dial-action";
+    /// The transfer dial's confirm application, run on the on-call person's leg.
+    pub(crate) const DIAL_CONFIRM: &str = "/dial-confirm";
     /// The acceptance gate's `gather` on the on-call person's leg.
-    pub const DIAL_GATE: &str = "/dial-gate";
+    pub(crate) const DIAL_GATE: &str = "/dial-gate";
     /// Answering-machine detection on the on-call person's leg.
-    pub const DIAL_AMD: &str = "/dial-amd";
+    pub(crate) const DIAL_AMD: &str = "/dial-amd";
 }
 
 /// Any message from the feature-server.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
@@ -63,7 +61,8 @@ impl Envelope {
 
 /// `data` of `session:new` / `session:reconnect` (snake-cased call info).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct SessionData {
+#[expect(dead_code, reason = "every field sent is declared; not all are read")]
+pub(crate) struct SessionData {
     #[serde(default)]
     pub call_sid: Option<String>,
     #[serde(default)]
@@ -84,7 +83,7 @@ pub struct SessionData {
 
 /// `data` of `llm:tool-call` (the code sends `tool_call_id`; old docs said `call_id`).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ToolCallData {
+pub(crate) struct ToolCallData {
     #[serde(alias = "call_id")]
     pub tool_call_id: String,
     pub name: String,
@@ -94,7 +93,8 @@ pub struct ToolCallData {
 
 /// `data` of `call:status` and the call-info part of hooks.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct CallInfo {
+#[expect(dead_code, reason = "every field sent is declared; not all are read")]
+pub(crate) struct CallInfo {
     #[serde(default)]
     pub call_sid: Option<String>,
     #[serde(default)]
@@ -111,7 +111,8 @@ pub struct CallInfo {
 
 /// The dial verb's actionHook payload: the dial's result and the caller's own call-info.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct DialResult {
+#[expect(dead_code, reason = "every field sent is declared; not all are read")]
+pub(crate) struct DialResult {
     #[serde(default)]
     pub dial_call_status: Option<String>,
     #[serde(default)]
@@ -146,7 +147,7 @@ const NORMAL_END: &str = "normal conversation end";
 
 /// How the llm verb ended, from its actionHook's `completion_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentEnd {
+pub(crate) enum AgentEnd {
     /// The conversation ended.
     Normal,
     /// The agent could not start or stopped: the call must not end on the caller.
@@ -155,7 +156,7 @@ pub enum AgentEnd {
 
 /// The failures the feature-server's llm tasks report (`lib/tasks/llm/llms/*_s2s.js`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentFailureKind {
+pub(crate) enum AgentFailureKind {
     /// `connection failure`, or `connection failure - <error>` when the vendor call could not
     /// be created (Ultravox: `connection failure - Error: Ultravox Error registering
     /// call:503 - …`, for any 4xx/5xx or a bad key).
@@ -197,17 +198,21 @@ impl AgentEnd {
 
 /// Whether the llm verb ended because the agent failed rather than because the conversation
 /// ended (a redirect we sent to transfer is reported as a normal end). See [`AgentEnd`].
-pub fn is_agent_failure(completion_reason: &str) -> bool {
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the session matches on AgentEnd")
+)]
+pub(crate) fn is_agent_failure(completion_reason: &str) -> bool {
     matches!(AgentEnd::classify(completion_reason), AgentEnd::Failed(_))
 }
 
 /// Final call statuses.
-pub fn is_final_status(status: &str) -> bool {
+pub(crate) fn is_final_status(status: &str) -> bool {
     matches!(status, "completed" | "failed" | "busy" | "no-answer")
 }
 
 /// `{"type":"ack","msgid":…,"data":[verbs]}`; no `data` means "carry on".
-pub fn ack(msgid: &str, verbs: Option<Vec<Value>>) -> String {
+pub(crate) fn ack(msgid: &str, verbs: Option<Vec<Value>>) -> String {
     match verbs {
         Some(v) => json!({ "type": "ack", "msgid": msgid, "data": v }),
         None => json!({ "type": "ack", "msgid": msgid }),
@@ -216,7 +221,7 @@ pub fn ack(msgid: &str, verbs: Option<Vec<Value>>) -> String {
 }
 
 /// The Ultravox tool result, sent while the `llm` verb still runs.
-pub fn tool_output(tool_call_id: &str, result: &str) -> String {
+pub(crate) fn tool_output(tool_call_id: &str, result: &str) -> String {
     json!({
         "type": "command",
         "command": "llm:tool-output",
@@ -232,16 +237,18 @@ pub fn tool_output(tool_call_id: &str, result: &str) -> String {
 }
 
 /// Replaces the running verb stack (and so ends the `llm` verb).
-pub fn redirect(verbs: Vec<Value>) -> String {
+pub(crate) fn redirect(verbs: Vec<Value>) -> String {
     json!({ "type": "command", "command": "redirect", "queueCommand": false, "data": verbs })
         .to_string()
 }
 
-pub fn say(text: &str) -> Value {
+/// Says `text`.
+pub(crate) fn say(text: &str) -> Value {
     json!({ "verb": "say", "text": text })
 }
 
-pub fn hangup() -> Value {
+/// Hangs up.
+pub(crate) fn hangup() -> Value {
     json!({ "verb": "hangup" })
 }
 
@@ -254,7 +261,7 @@ pub fn hangup() -> Value {
 ///   to keep a voicemail from "accepting"), its events to [`hooks::DIAL_AMD`];
 /// - a one-key `gather` whose result goes to [`hooks::DIAL_GATE`], where 1 accepts and
 ///   anything else (or the timeout) hangs the leg up.
-pub fn gate_verbs(whisper: &str, prompt: &str, timeout_secs: u32) -> Vec<Value> {
+pub(crate) fn gate_verbs(whisper: &str, prompt: &str, timeout_secs: u32) -> Vec<Value> {
     vec![
         say(whisper),
         json!({ "verb": "config", "amd": { "actionHook": hooks::DIAL_AMD } }),
@@ -272,7 +279,7 @@ pub fn gate_verbs(whisper: &str, prompt: &str, timeout_secs: u32) -> Vec<Value> 
 /// The gate's `gather` result (`lib/tasks/gather.js`: `{reason: "dtmfDetected", digits}` or
 /// `{reason: "timeout"}`), with the leg's call-info.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct GateResult {
+pub(crate) struct GateResult {
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
@@ -290,7 +297,7 @@ impl GateResult {
 /// `amd_machine_detected`, `amd_tone_detected`, `amd_machine_stopped_speaking`,
 /// `amd_no_speech_detected`, `amd_decision_timeout`, `amd_error`, `amd_stopped`).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct AmdEvent {
+pub(crate) struct AmdEvent {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     #[serde(default)]
@@ -307,91 +314,54 @@ impl AmdEvent {
     }
 }
 
-/// The PSTN dial of a transfer: ring timeout, trunk, caller id, the hook that reports the
-/// outcome, and a confirm hook so the on-call person hears who is calling before connecting.
-pub fn dial(plan: &TransferPlan) -> Value {
+/// The PSTN dial of a transfer: ring `number` (through `trunk`, showing `caller_id`, when
+/// given) for `ring_timeout_secs`, report the outcome to [`hooks::DIAL_ACTION`], and ask
+/// [`hooks::DIAL_CONFIRM`] first so the on-call person hears who is calling before connecting.
+pub(crate) fn dial(
+    number: &str,
+    trunk: Option<&str>,
+    caller_id: Option<&str>,
+    ring_timeout_secs: u32,
+) -> Value {
     let mut target = json!({
         "type": "phone",
-        "number": plan.target,
+        "number": number,
         "confirmHook": hooks::DIAL_CONFIRM,
     });
-    if let Some(trunk) = &plan.trunk {
+    if let Some(trunk) = trunk {
         target["trunk"] = json!(trunk);
     }
     let mut dial = json!({
         "verb": "dial",
         "target": [target],
-        "timeout": plan.ring_timeout_secs,
+        "timeout": ring_timeout_secs,
         "actionHook": hooks::DIAL_ACTION,
     });
-    if let Some(caller_id) = &plan.caller_id {
+    if let Some(caller_id) = caller_id {
         dial["callerId"] = json!(caller_id);
     }
     dial
 }
 
-/// The verbs for a new call: answer, run the tenant's Ultravox agent with lifeline's tools as
-/// client tools, and hang up when the conversation ends. The agent gets the call's context from
-/// [`prompt_context`], as on Twilio: an inline prompt is sent rendered, an agent gets every
-/// template variable (Ultravox uses those its prompt names; reading the agent's prompt here
-/// would add a request to Ultravox inside jambonz's 5 s ack deadline).
-pub fn session_verbs(tenant: &Tenant, call: &CallFacts<'_>, now: DateTime<Utc>) -> Vec<Value> {
-    let context = prompt_context::template_context(tenant, call, now);
-    verbs_with_context(tenant, call.call_sid, &context)
+/// Answers the call.
+pub(crate) fn answer() -> Value {
+    json!({ "verb": "answer" })
 }
 
-/// An upper bound of the size of any `session:new` ack lifeline can send for this tenant: the
-/// ack of [`session_verbs`] with every template variable at its longest
-/// ([`prompt_context::longest_context`]) and the call sid and msgid longer than jambonz's own
-/// (a 36-character UUID and a 22-character short-uuid).
-pub fn largest_session_ack(tenant: &Tenant) -> usize {
-    let call_sid = "x".repeat(64);
-    let msgid = "x".repeat(64);
-    let context = prompt_context::longest_context(tenant, &call_sid);
-    ack(
-        &msgid,
-        Some(verbs_with_context(tenant, &call_sid, &context)),
-    )
-    .len()
-}
-
-fn verbs_with_context(
-    tenant: &Tenant,
-    call_sid: &str,
-    context: &BTreeMap<&'static str, String>,
-) -> Vec<Value> {
-    let uv = &tenant.ultravox;
-    let mut auth = json!({ "apiKey": uv.api_key });
-    let metadata = json!({
-        "lifeline_tenant": tenant.id,
-        "jambonz_call_sid": call_sid,
-    });
-    let mut options = Map::new();
-    match prompt_context::agent_prompt(tenant, context, None) {
-        AgentPrompt::Agent(variables) => {
-            // Agent calls take template values (strings only); the agent's own tools apply,
-            // and `selectedTools` would be refused.
-            if let Some(agent_id) = &uv.agent_id {
-                auth["agent_id"] = json!(agent_id);
-            }
-            options.insert("templateContext".into(), Value::Object(variables));
-        }
-        AgentPrompt::Inline(prompt) => {
-            options.insert("systemPrompt".into(), json!(prompt));
-            options.insert("firstSpeaker".into(), json!("FIRST_SPEAKER_AGENT"));
-            options.insert(
-                "selectedTools".into(),
-                json!(super::ultravox::client_tools()),
-            );
-            if let Some(voice) = &uv.voice {
-                options.insert("voice".into(), json!(voice));
-            }
-            if let Some(t) = uv.temperature {
-                options.insert("temperature".into(), json!(t));
-            }
-        }
+/// The `llm` verb that runs an Ultravox agent with lifeline's hooks: the verb's end goes to
+/// [`hooks::LLM_COMPLETE`], its `createCall` event to [`hooks::LLM_EVENT`], tool calls to
+/// [`hooks::TOOL_CALL`]. `auth` holds the API key and, for an agent call, `agent_id`; `model`
+/// is only sent when given (an agent has its own); `llm_options` go to Ultravox as they are.
+pub(crate) fn ultravox_llm(
+    api_key: &str,
+    agent_id: Option<&str>,
+    model: Option<&str>,
+    llm_options: Map<String, Value>,
+) -> Value {
+    let mut auth = json!({ "apiKey": api_key });
+    if let Some(agent_id) = agent_id {
+        auth["agent_id"] = json!(agent_id);
     }
-    options.insert("metadata".into(), metadata);
     let mut llm = json!({
         "verb": "llm",
         "vendor": "ultravox",
@@ -400,13 +370,14 @@ fn verbs_with_context(
         "eventHook": hooks::LLM_EVENT,
         "toolHook": hooks::TOOL_CALL,
         "events": ["createCall"],
-        "llmOptions": Value::Object(options),
+        "llmOptions": Value::Object(llm_options),
     });
-    if uv.agent_id.is_none() {
-        llm["model"] = json!(uv.model);
+    if let Some(model) = model {
+        llm["model"] = json!(model);
     }
-    vec![json!({ "verb": "answer" }), llm, hangup()]
+    llm
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

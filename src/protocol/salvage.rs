@@ -14,7 +14,7 @@ fn usable(id: String) -> Option<String> {
 }
 
 /// The string member `key` of `object`, if it is a usable id.
-pub fn id_member(object: &Value, key: &str) -> Option<String> {
+pub(crate) fn id_member(object: &Value, key: &str) -> Option<String> {
     object
         .get(key)?
         .as_str()
@@ -25,7 +25,7 @@ pub fn id_member(object: &Value, key: &str) -> Option<String> {
 /// The first usable string value of a member named one of `keys`, found in the raw `text` of a
 /// frame that is not valid JSON as a whole: each `"key"` followed by `:` is tried, its value read
 /// by serde_json as one JSON string (escapes included) from the text after the colon.
-pub fn id_in_text(text: &str, keys: &[&str]) -> Option<String> {
+pub(crate) fn id_in_text(text: &str, keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|key| {
         let quoted = format!("\"{key}\"");
         text.match_indices(&quoted).find_map(|(at, _)| {
@@ -38,7 +38,7 @@ pub fn id_in_text(text: &str, keys: &[&str]) -> Option<String> {
 }
 
 /// Why a frame could not be read, in words for the model (never quoting the frame).
-pub fn category(e: &serde_json::Error) -> &'static str {
+pub(crate) fn category(e: &serde_json::Error) -> &'static str {
     match e.classify() {
         serde_json::error::Category::Eof => "the message was cut short",
         serde_json::error::Category::Syntax => "the message is not valid JSON",

@@ -7,9 +7,21 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use super::{CallControl, TelephonyError, TransferPlan};
 use crate::protocol::jambonz;
+
+/// The `dial` verb of a transfer: rings the plan's target, through its trunk, showing its
+/// caller id, for its ring timeout.
+pub(crate) fn transfer_dial(plan: &TransferPlan) -> Value {
+    jambonz::dial(
+        &plan.target,
+        plan.trunk.as_deref(),
+        plan.caller_id.as_deref(),
+        plan.ring_timeout_secs,
+    )
+}
 
 /// Commands for one tool invocation, to send after its output.
 #[derive(Debug, Default)]
@@ -37,7 +49,7 @@ impl CallControl for JambonzCallControl {
     async fn transfer(&self, plan: &TransferPlan) -> Result<(), TelephonyError> {
         self.push(jambonz::redirect(vec![
             jambonz::say(&plan.announcement),
-            jambonz::dial(plan),
+            transfer_dial(plan),
         ]));
         Ok(())
     }

@@ -5,6 +5,7 @@ mod calls;
 mod malformed;
 mod recovery;
 mod session;
+pub mod session_verbs;
 
 pub use calls::CallSockets;
 

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::config::Tenant;
 use crate::protocol::jambonz as wire;
 use crate::store::{CallRow, Store, StoreError, ToolCallLogRow};
+use crate::telephony::jambonz::transfer_dial;
 use crate::tools::{Platform, ToolName, transfer};
 
 /// The call event recorded when the llm verb's actionHook arrives.
@@ -103,7 +104,7 @@ pub async fn lost(
             let plan = transfer::plan_of(tenant, &attempt);
             frames.push(wire::redirect(vec![
                 wire::say(&plan.announcement),
-                wire::dial(&plan),
+                transfer_dial(&plan),
             ]));
         }
     } else if hang_up {

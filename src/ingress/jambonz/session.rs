@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::malformed;
 use super::recovery::{self, LLM_COMPLETE_EVENT};
+use super::session_verbs::session_verbs;
 use crate::AppState;
 use crate::config::Tenant;
 use crate::phone::{E164, mask};
@@ -30,7 +31,7 @@ use crate::protocol::jambonz::{
     self as wire, AgentEnd, CallInfo, DialResult, Envelope, SessionData, ToolCallData, hooks,
 };
 use crate::store::{CallRow, CallStatusUpdate, NewCall, NewCallEvent, StoreError};
-use crate::telephony::jambonz::JambonzCallControl;
+use crate::telephony::jambonz::{JambonzCallControl, transfer_dial};
 use crate::tools::pipeline::CallScope;
 use crate::tools::transfer::{self, AgentFailure, DialNext, DialOutcome, GateVerdict};
 use crate::tools::{Platform, ToolInvocation};
@@ -345,7 +346,7 @@ impl Session {
             None => match &self.tenant {
                 Some(tenant) => vec![
                     wire::say(transfer::ANNOUNCE_AGENT_FAILED),
-                    wire::dial(&transfer::plan_without_record(tenant)),
+                    transfer_dial(&transfer::plan_without_record(tenant)),
                 ],
                 None => vec![wire::hangup()],
             },
@@ -538,10 +539,7 @@ impl Session {
                 from: data.from.as_deref(),
                 to: data.to.as_deref(),
             };
-            return wire::ack(
-                msgid,
-                Some(wire::session_verbs(&tenant, &facts, Utc::now())),
-            );
+            return wire::ack(msgid, Some(session_verbs(&tenant, &facts, Utc::now())));
         }
 
         let call = match existing {
@@ -595,7 +593,7 @@ impl Session {
             from: data.from.as_deref(),
             to: data.to.as_deref(),
         };
-        let verbs = wire::session_verbs(&tenant, &facts, Utc::now());
+        let verbs = session_verbs(&tenant, &facts, Utc::now());
         wire::ack(msgid, Some(verbs))
     }
 
@@ -765,7 +763,7 @@ impl Session {
             transfer::on_dial_outcome(self.state.store.as_ref(), &tenant, &call, &outcome).await;
         match next {
             Ok(DialNext::Connected) => vec![wire::hangup()],
-            Ok(DialNext::Ring(plan)) => vec![wire::say(&plan.announcement), wire::dial(&plan)],
+            Ok(DialNext::Ring(plan)) => vec![wire::say(&plan.announcement), transfer_dial(&plan)],
             Ok(DialNext::CallbackPromised { last4 }) => {
                 vec![
                     wire::say(&transfer::callback_promise(&last4)),
@@ -787,7 +785,7 @@ impl Session {
         };
         match transfer::on_agent_failure(self.state.store.as_ref(), tenant, call, reason).await {
             Ok(AgentFailure::Ring(plan)) => {
-                Some(vec![wire::say(&plan.announcement), wire::dial(&plan)])
+                Some(vec![wire::say(&plan.announcement), transfer_dial(&plan)])
             }
             Ok(AgentFailure::MessageTaken) => Some(vec![
                 wire::say(transfer::MESSAGE_ALREADY_TAKEN),
@@ -799,7 +797,7 @@ impl Session {
                 error!(error = %e, "could not record the fallback transfer");
                 Some(vec![
                     wire::say(transfer::ANNOUNCE_AGENT_FAILED),
-                    wire::dial(&transfer::plan_without_record(tenant)),
+                    transfer_dial(&transfer::plan_without_record(tenant)),
                 ])
             }
         }

@@ -24,12 +24,12 @@ use crate::AppState;
 use crate::config::Tenant;
 use crate::protocol::salvage;
 use crate::protocol::ultravox::{
-    Incoming, MessageError, ToolChannel, ToolInvocationMessage, ToolResultMessage, headers,
-    verify_data_connection,
+    Incoming, MessageError, ToolChannel, ToolInvocationMessage, ToolResultMessage, hang_up_payload,
+    headers, verify_data_connection,
 };
 use crate::store::CallRow;
 use crate::tools::pipeline::CallScope;
-use crate::tools::{Platform, ToolError, ToolInvocation};
+use crate::tools::{Platform, ToolError, ToolInvocation, ToolResult};
 
 /// How long an upgrade waits for its call to be recorded: Ultravox may connect the moment the
 /// call is created, a few milliseconds before call setup has stored the Ultravox call id.
@@ -241,7 +241,7 @@ fn unreadable_invocation(text: &str, e: &MessageError) -> Option<String> {
     ));
     // The same call, sent again intact, will work.
     error.retryable = true;
-    Some(ToolResultMessage::from_tool_result(channel, id, &Err(error)).to_json())
+    Some(result_message(channel, id, &Err(error)).to_json())
 }
 
 async fn run_tool(
@@ -251,15 +251,10 @@ async fn run_tool(
     out: mpsc::Sender<String>,
     message: ToolInvocationMessage,
 ) {
-    let invocation = ToolInvocation {
-        // Keyed by the carrying platform's call, like the call's HTTP tools, so repeats and
-        // limits hold across both ways in.
-        platform: Platform::from_name(&call.platform).unwrap_or(Platform::Ultravox),
-        call_ref: call.call_ref.clone(),
-        invocation_id: Some(message.invocation_id.clone()),
-        tool_name: message.tool_name.clone(),
-        arguments: message.parameters.clone(),
-    };
+    // Keyed by the carrying platform's call, like the call's HTTP tools, so repeats and
+    // limits hold across both ways in.
+    let platform = Platform::from_name(&call.platform).unwrap_or(Platform::Ultravox);
+    let invocation = tool_invocation(&message, platform, &call.call_ref);
     let control = control_for(&state, Some(&call));
     let scope = CallScope {
         tenant,
@@ -267,8 +262,127 @@ async fn run_tool(
         control,
     };
     let result = state.pipeline.run(invocation, scope).await;
-    if out.send(message.reply(&result).to_json()).await.is_err() {
+    if out.send(reply(&message, &result).to_json()).await.is_err() {
         // A transfer ends the Ultravox call: its socket may be gone, and that is fine.
         debug!("data connection closed before the tool result");
+    }
+}
+
+/// The platform-neutral invocation of a tool call read from the data connection of the call
+/// `call_ref` (from our own records, never from the message), keyed by `platform`.
+fn tool_invocation(
+    message: &ToolInvocationMessage,
+    platform: Platform,
+    call_ref: &str,
+) -> ToolInvocation {
+    ToolInvocation {
+        platform,
+        call_ref: call_ref.to_owned(),
+        invocation_id: Some(message.invocation_id.clone()),
+        tool_name: message.tool_name.clone(),
+        arguments: message.parameters.clone(),
+    }
+}
+
+/// The result message answering `message` on the channel it came on.
+fn reply(message: &ToolInvocationMessage, result: &ToolResult) -> ToolResultMessage {
+    result_message(message.channel, message.invocation_id.clone(), result)
+}
+
+/// Translates lifeline's result of a tool call.
+///
+/// A failed tool is sent as a *result* holding [`ToolError::model_text`], not as
+/// `errorType`: Ultravox hides `errorMessage` from the model, and the model needs the kind
+/// and the retry hint to tell the caller something true (or take a message instead). A
+/// tool that ends the call answers `hang-up` with `{"strict":true}`, since the agent has
+/// already said goodbye and the caller must not keep the line open by talking.
+fn result_message(
+    channel: ToolChannel,
+    invocation_id: impl Into<String>,
+    result: &ToolResult,
+) -> ToolResultMessage {
+    match result {
+        Ok(output) if output.ends_call => {
+            ToolResultMessage::hang_up(channel, invocation_id, hang_up_payload(true, None))
+        }
+        Ok(output) => ToolResultMessage::result(channel, invocation_id, output.message.clone()),
+        Err(error) => ToolResultMessage::result(channel, invocation_id, error.model_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::tools::{ErrorKind, ToolOutput};
+
+    const CALL_ID: &str = "550e8400-e29b-41d4-a716-446655440000";
+    const FROM_ULTRAVOX: &str = include_str!("../../../fixtures/ultravox/ultravox.jsonl");
+
+    #[test]
+    fn lifeline_results_translate_for_the_model() {
+        let reply = |result: ToolResult| {
+            let inv = ToolInvocationMessage {
+                channel: ToolChannel::DataConnection,
+                tool_name: "transfer".into(),
+                invocation_id: "inv-7".into(),
+                parameters: json!({}),
+            };
+            serde_json::from_str::<Value>(&reply(&inv, &result).to_json()).unwrap()
+        };
+        let output = |ends_call| ToolOutput {
+            message: "Transferring the caller now.".into(),
+            data: json!({"secret": "not for the model"}),
+            ends_call,
+        };
+        assert_eq!(
+            reply(Ok(output(false))),
+            json!({
+                "type": "data_connection_tool_result",
+                "invocationId": "inv-7",
+                "result": "Transferring the caller now.",
+            })
+        );
+        assert_eq!(
+            reply(Ok(output(true))),
+            json!({
+                "type": "data_connection_tool_result",
+                "invocationId": "inv-7",
+                "result": r#"{"strict":true}"#,
+                "responseType": "hang-up",
+            })
+        );
+        // A failure reaches the model as a result (errorMessage would be hidden from it).
+        let error = ToolError::new(ErrorKind::Timeout, "the transfer took too long");
+        let v = reply(Err(error.clone()));
+        assert_eq!(v["result"], Value::from(error.model_text()));
+        assert!(v.get("errorType").is_none() && v.get("errorMessage").is_none());
+        let model: Value = serde_json::from_str(v["result"].as_str().unwrap()).unwrap();
+        assert_eq!(model["error"], "timeout");
+        assert_eq!(model["retryable"], true);
+    }
+
+    #[test]
+    fn an_invocation_becomes_a_tool_invocation_of_the_authenticated_call() {
+        let Incoming::ToolInvocation(msg) =
+            Incoming::parse(FROM_ULTRAVOX.lines().nth(2).unwrap()).unwrap()
+        else {
+            panic!("fixture 3 is a tool invocation");
+        };
+        let inv = tool_invocation(&msg, Platform::Ultravox, CALL_ID);
+        assert_eq!(inv.platform, Platform::Ultravox);
+        assert_eq!(inv.call_ref, CALL_ID);
+        assert_eq!(inv.tool_name, "transferCall");
+        assert_eq!(inv.invocation_key(), "id:inv-42");
+        assert_eq!(inv.arguments["transferReason"], "billing");
+        assert_eq!(
+            ToolChannel::DataConnection.result_type(),
+            "data_connection_tool_result"
+        );
+        assert_eq!(
+            ToolChannel::Client.invocation_type(),
+            "client_tool_invocation"
+        );
     }
 }

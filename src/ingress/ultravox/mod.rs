@@ -7,6 +7,7 @@
 //! invocation runs through the same pipeline as every other platform's.
 
 mod data_connection;
+pub mod declarations;
 mod http_tools;
 
 use std::sync::Arc;
