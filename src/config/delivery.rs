@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{non_empty, phone};
+use super::validate::{non_empty, phone};
 use crate::phone::E164;
 
 /// Where a tenant's callback requests are POSTed.
