@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 mod admin;
@@ -63,8 +64,8 @@ pub struct ConfigError(pub Vec<String>);
 /// The validated configuration of one lifeline process.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `sqlite://…` or `postgres://…`.
-    pub database_url: String,
+    /// `sqlite://…` or `postgres://…` (a secret: a PostgreSQL URL may carry the password).
+    pub database_url: SecretString,
     /// PostgreSQL pool size of this process's call path (tool calls, webhooks, dashboard).
     pub database_max_connections: u32,
     /// PostgreSQL pool size of the delivery worker (in `lifeline serve`, a pool of its own
@@ -135,13 +136,14 @@ impl Config {
             }
         };
 
-        if !(process.database_url.starts_with("sqlite:")
-            || process.database_url.starts_with("postgres://")
-            || process.database_url.starts_with("postgresql://"))
+        let database_url = process.database_url.expose_secret();
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
         {
             problems.push(format!(
                 "DATABASE_URL must start with sqlite: or postgres:// (got {:?})",
-                redact_url(&process.database_url)
+                redact_url(database_url)
             ));
         }
 
@@ -172,12 +174,9 @@ impl Config {
         let alerts = raw.alerts.validate(&mut problems);
         let ops = raw.ops.validate(env, &mut problems);
         let lifecycle = lifecycle::validate(&raw.shutdown, &raw.reconciler, &mut problems);
-        let journal = raw.journal.validate(
-            env,
-            &process.database_url,
-            limits.tool_timeout,
-            &mut problems,
-        );
+        let journal = raw
+            .journal
+            .validate(env, database_url, limits.tool_timeout, &mut problems);
         if worker.lease < delivery.timeout.max(alerts.timeout) + Duration::from_secs(5) {
             problems.push(format!(
                 "worker.lease_secs ({}) must exceed delivery.timeout_ms and alerts.timeout_ms by at least 5 s: a lease that expires mid-POST lets a second worker post the same request",

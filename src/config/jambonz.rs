@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::validate::non_empty;
@@ -15,13 +16,13 @@ pub struct JambonzSettings {
 }
 
 /// How Jambonz reaches a tenant.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct JambonzTenant {
     pub account_sid: Option<String>,
     pub application_sid: Option<String>,
     /// Basic-auth credentials Jambonz presents on the WebSocket upgrade.
     pub username: String,
-    pub password: String,
+    pub password: SecretString,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,7 +39,7 @@ pub(super) struct RawJambonzTenant {
     #[serde(default)]
     username: String,
     #[serde(default)]
-    password: String,
+    password: SecretString,
 }
 
 impl RawJambonz {
@@ -58,7 +59,7 @@ impl RawJambonzTenant {
         if self.username.trim().is_empty() {
             problems.push(format!("{label}: jambonz.username is required"));
         }
-        if self.password.chars().count() < 12 {
+        if self.password.expose_secret().chars().count() < 12 {
             problems.push(format!(
                 "{label}: jambonz.password must be at least 12 characters"
             ));

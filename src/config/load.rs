@@ -2,8 +2,11 @@
 //! flags), the TOML text (read by `source`), and the `${NAME}` references in
 //! it resolved from the environment, so that secrets need not live in the file.
 
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+use secrecy::SecretString;
 
 use super::source::{self, CONFIG_TOML_VAR};
 use super::{Config, ConfigError};
@@ -35,13 +38,17 @@ impl Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProcessSettings {
     /// Database: `sqlite://path?mode=rwc` (embedded default) or `postgres://…`.
+    // A secret (a PostgreSQL URL may carry the password): `--help` does not echo the
+    // environment's value either.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://lifeline.db?mode=rwc",
+        hide_env_values = true,
+        value_parser = secret_arg,
         global = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Address to listen on.
     #[arg(long, env = "LIFELINE_BIND", default_value = "0.0.0.0", global = true)]
     pub bind: IpAddr,
@@ -62,6 +69,11 @@ pub struct ProcessSettings {
     #[arg(long, env = "DATABASE_WORKER_CONNECTIONS", default_value_t = 4, global = true,
           value_parser = clap::value_parser!(u32).range(1..=512))]
     pub database_worker_connections: u32,
+}
+
+/// A command-line or environment value kept as a secret from the start.
+fn secret_arg(value: &str) -> Result<SecretString, Infallible> {
+    Ok(SecretString::from(value))
 }
 
 /// Hides the password of a connection URL.

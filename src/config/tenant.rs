@@ -2,6 +2,7 @@
 //! facts, and the sections of its own (Jambonz, transfer, Ultravox, frontend, alerts, on-call,
 //! paging, caller texts), each validated by its module and gathered here.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::delivery::{self, Frontend, TenantAlerts};
@@ -10,12 +11,12 @@ use super::oncall;
 use super::paging::{self, CallerSms, PagingSettings};
 use super::transfer::{RawTransfer, TransferTargets};
 use super::ultravox::{RawUltravox, UltravoxSettings};
-use super::validate::{non_empty, phone};
+use super::validate::{non_empty, non_empty_secret, phone};
 use crate::phone::E164;
 use crate::tools::business_hours::BusinessHours;
 
 /// A clinic.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Tenant {
     /// Stable identifier written to every row (`[a-z0-9_-]+`).
     pub id: String,
@@ -34,7 +35,7 @@ pub struct Tenant {
     pub fallback: Fallback,
     /// An API key that authenticates this tenant's Ultravox HTTP tools, and identifies the
     /// tenant when a tool sends no call id (the original `collectNameNumberConcernPetName`).
-    pub tool_api_key: Option<String>,
+    pub tool_api_key: Option<SecretString>,
     /// The tenant's own frontend for callback requests (else `delivery.frontend_url`).
     pub frontend: Option<Frontend>,
     /// Who is alerted about critical requests and dead letters.
@@ -88,7 +89,7 @@ pub(super) struct RawTenant {
     profile: Option<RawProfile>,
     #[serde(default)]
     fallback: Fallback,
-    tool_api_key: Option<String>,
+    tool_api_key: Option<SecretString>,
     frontend: Option<delivery::RawTenantFrontend>,
     alerts: Option<delivery::RawTenantAlerts>,
     oncall: Option<oncall::RawOncall>,
@@ -166,9 +167,9 @@ impl RawTenant {
             agent_name: non_empty(raw_profile.agent_name),
             voicemail_enabled: raw_profile.voicemail_enabled,
         };
-        let tool_api_key = non_empty(self.tool_api_key);
+        let tool_api_key = non_empty_secret(self.tool_api_key);
         if let Some(k) = &tool_api_key
-            && k.chars().count() < 16
+            && k.expose_secret().chars().count() < 16
         {
             problems.push(format!(
                 "{label}: tool_api_key must be at least 16 characters"

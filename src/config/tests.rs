@@ -1,6 +1,8 @@
 //! Tests of the whole assembly: a file with every section, `${NAME}` references, and the
 //! problems of several sections listed at once.
 
+use secrecy::ExposeSecret;
+
 use super::*;
 
 fn process() -> ProcessSettings {
@@ -35,7 +37,10 @@ fn accepts_a_good_file_and_resolves_secrets_from_the_environment() {
     let env = |n: &str| (n == "PASS").then(|| "a-long-password".to_string());
     let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
     let t = &cfg.tenants[0];
-    assert_eq!(t.jambonz.as_ref().unwrap().password, "a-long-password");
+    assert_eq!(
+        t.jambonz.as_ref().unwrap().password.expose_secret(),
+        "a-long-password"
+    );
     assert_eq!(
         t.transfer.secondary.as_ref().unwrap().as_str(),
         "+15557654322"
@@ -58,8 +63,11 @@ fn delivery_defaults_and_the_original_workers_environment_variables() {
     let cfg = Config::build(&process(), Some((GOOD, Path::new("t.toml"))), &env).unwrap();
     let frontend = cfg.delivery.frontend.as_ref().unwrap();
     assert_eq!(frontend.url, "https://clinic.example.org/api/callbacks");
-    assert_eq!(frontend.api_key.as_deref(), Some("frontend-key"));
-    assert_eq!(frontend.signing_secret, None);
+    assert_eq!(
+        frontend.api_key.as_ref().map(|k| k.expose_secret()),
+        Some("frontend-key")
+    );
+    assert!(frontend.signing_secret.is_none());
     assert_eq!(cfg.worker.poll_interval, Duration::from_secs(30));
     assert_eq!(cfg.worker.batch_size, 10);
     assert!(!cfg.worker.in_process);
@@ -293,4 +301,95 @@ fn a_demo_section_makes_a_staff_account_only_outside_production_settings() {
         err.contains("demo.staff_password must be at least 12"),
         "{err}"
     );
+}
+
+#[test]
+fn debug_output_shows_no_secret() {
+    const DATABASE_URL: &str = "postgres://lifeline:db-password-7f3a@db:5432/lifeline";
+    let text = r#"
+        [server]
+        public_url = "https://lifeline.example.com"
+        [twilio]
+        account_sid = "AC00000000000000000000000000000000"
+        auth_token = "twilio-auth-token-7f3a"
+        [ultravox]
+        data_connection_secrets = ["data-connection-secret-7f3a"]
+        tool_api_keys = ["global-tool-api-key-7f3a"]
+        [delivery]
+        frontend_url = "https://frontend.example.org/callbacks"
+        api_key = "delivery-api-key-7f3a"
+        signing_secret = "delivery-signing-secret-7f3a"
+        [ops]
+        metrics_token = "metrics-token-7f3a-0123"
+        [[tenants]]
+        id = "riverside"
+        name = "Riverside Emergency Vet"
+        numbers = ["+15083728299"]
+        tool_api_key = "tenant-tool-api-key-7f3a"
+        [tenants.jambonz]
+        username = "riverside"
+        password = "${JAMBONZ_PASSWORD}"
+        [tenants.transfer]
+        primary = "+15557654321"
+        [tenants.ultravox]
+        api_key = "ultravox-api-key-7f3a"
+        system_prompt = "You are a triage nurse."
+        [tenants.frontend]
+        url = "https://riverside.example.org/callbacks"
+        api_key = "tenant-frontend-key-7f3a"
+        signing_secret = "tenant-signing-secret-7f3a"
+    "#;
+    let process = ProcessSettings {
+        database_url: DATABASE_URL.into(),
+        ..process()
+    };
+    let env = |n: &str| (n == "JAMBONZ_PASSWORD").then(|| "jambonz-password-7f3a".to_string());
+    let cfg = Config::build(&process, Some((text, Path::new("t.toml"))), &env).unwrap();
+
+    // Every secret was read (so its absence below means it is hidden, not missing)…
+    let tenant = &cfg.tenants[0];
+    let twilio = cfg.twilio.as_ref().unwrap();
+    let delivery = cfg.delivery.frontend.as_ref().unwrap();
+    let frontend = tenant.frontend.as_ref().unwrap();
+    let held = [
+        cfg.database_url.expose_secret(),
+        process.database_url.expose_secret(),
+        twilio.auth_token.expose_secret(),
+        cfg.ultravox.data_connection_secrets[0].expose_secret(),
+        cfg.ultravox.tool_api_keys[0].expose_secret(),
+        delivery.api_key.as_ref().unwrap().expose_secret(),
+        delivery.signing_secret.as_ref().unwrap().expose_secret(),
+        cfg.ops.metrics_token.as_deref().unwrap(),
+        tenant.tool_api_key.as_ref().unwrap().expose_secret(),
+        tenant.jambonz.as_ref().unwrap().password.expose_secret(),
+        tenant.ultravox.api_key.expose_secret(),
+        frontend.api_key.as_ref().unwrap().expose_secret(),
+        frontend.signing_secret.as_ref().unwrap().expose_secret(),
+    ];
+    assert_eq!(
+        held,
+        [
+            DATABASE_URL,
+            DATABASE_URL,
+            "twilio-auth-token-7f3a",
+            "data-connection-secret-7f3a",
+            "global-tool-api-key-7f3a",
+            "delivery-api-key-7f3a",
+            "delivery-signing-secret-7f3a",
+            "metrics-token-7f3a-0123",
+            "tenant-tool-api-key-7f3a",
+            "jambonz-password-7f3a",
+            "ultravox-api-key-7f3a",
+            "tenant-frontend-key-7f3a",
+            "tenant-signing-secret-7f3a",
+        ]
+    );
+
+    // …and none of them is in what `{:?}` prints, the password of the database URL included.
+    let debug = format!("{cfg:?}\n{process:?}");
+    assert!(debug.contains("riverside"), "{debug}");
+    assert!(debug.contains("REDACTED"), "{debug}");
+    for secret in held.iter().copied().chain(["db-password-7f3a"]) {
+        assert!(!debug.contains(secret), "{secret:?} in:\n{debug}");
+    }
 }

@@ -2,17 +2,18 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::validate::base_url;
 
 /// The Twilio account lifeline answers webhooks for and updates live calls on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TwilioSettings {
     /// `AC…`
     pub account_sid: String,
     /// Signs webhooks (`X-Twilio-Signature`) and authenticates REST calls.
-    pub auth_token: String,
+    pub auth_token: SecretString,
     /// `https://api.twilio.com` (a fake on loopback in tests).
     pub api_base: String,
     /// How long a live-call update may take, retries included. Must leave room within the tool
@@ -26,7 +27,7 @@ pub(super) struct RawTwilio {
     #[serde(default)]
     account_sid: String,
     #[serde(default)]
-    auth_token: String,
+    auth_token: SecretString,
     api_base: Option<String>,
     update_deadline_ms: Option<u64>,
 }
@@ -38,7 +39,7 @@ impl RawTwilio {
                 "twilio.account_sid must be an account SID (AC followed by 32 characters)".into(),
             );
         }
-        if self.auth_token.trim().is_empty() {
+        if self.auth_token.expose_secret().trim().is_empty() {
             problems.push("twilio.auth_token is required".into());
         }
         let deadline = Duration::from_millis(self.update_deadline_ms.unwrap_or(1500));

@@ -4,21 +4,22 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::validate::{base_url, non_empty};
 
 /// Settings shared by every tenant's Ultravox use.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct UltravoxGlobal {
     /// `https://api.ultravox.ai` (a fake on loopback in tests).
     pub api_base: String,
     /// Secrets Ultravox signs data-connection upgrades with (`X-Ultravox-Signature`); several
     /// allow rotation. Inline-prompt calls are created with them; an agent's call template must
     /// carry one of them in its `sharedSecrets`.
-    pub data_connection_secrets: Vec<String>,
+    pub data_connection_secrets: Vec<SecretString>,
     /// API keys Ultravox HTTP tools present in `X-API-Key` (any tenant's calls).
-    pub tool_api_keys: Vec<String>,
+    pub tool_api_keys: Vec<SecretString>,
     /// How long call setup may wait for Ultravox before the caller gets the fallback.
     pub setup_timeout: Duration,
     /// How long an agent's prompt variables are cached.
@@ -38,9 +39,10 @@ impl Default for UltravoxGlobal {
 }
 
 /// The Ultravox settings of a tenant's `llm` verb.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct UltravoxSettings {
-    pub api_key: String,
+    /// Authenticates the `llm` verb and call creation to Ultravox.
+    pub api_key: SecretString,
     /// Use an Ultravox agent (its prompt and tools live at Ultravox)…
     pub agent_id: Option<String>,
     /// …or an inline system prompt (tools are declared by lifeline).
@@ -55,9 +57,9 @@ pub struct UltravoxSettings {
 pub(super) struct RawUltravoxGlobal {
     api_base: Option<String>,
     #[serde(default)]
-    data_connection_secrets: Vec<String>,
+    data_connection_secrets: Vec<SecretString>,
     #[serde(default)]
-    tool_api_keys: Vec<String>,
+    tool_api_keys: Vec<SecretString>,
     setup_timeout_ms: Option<u64>,
     agent_cache_secs: Option<u64>,
 }
@@ -66,14 +68,14 @@ impl RawUltravoxGlobal {
     pub(super) fn validate(self, problems: &mut Vec<String>) -> UltravoxGlobal {
         let d = UltravoxGlobal::default();
         for s in &self.data_connection_secrets {
-            if !(16..=127).contains(&s.chars().count()) {
+            if !(16..=127).contains(&s.expose_secret().chars().count()) {
                 problems.push(
                     "ultravox.data_connection_secrets: each secret must be 16 to 127 characters (Ultravox's limits)".into(),
                 );
             }
         }
         for k in &self.tool_api_keys {
-            if k.chars().count() < 16 {
+            if k.expose_secret().chars().count() < 16 {
                 problems
                     .push("ultravox.tool_api_keys: each key must be at least 16 characters".into());
             }
@@ -104,7 +106,7 @@ impl RawUltravoxGlobal {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUltravox {
     #[serde(default)]
-    api_key: String,
+    api_key: SecretString,
     agent_id: Option<String>,
     system_prompt: Option<String>,
     voice: Option<String>,
@@ -114,7 +116,7 @@ pub(super) struct RawUltravox {
 
 impl RawUltravox {
     pub(super) fn validate(self, label: &str, problems: &mut Vec<String>) -> UltravoxSettings {
-        if self.api_key.trim().is_empty() {
+        if self.api_key.expose_secret().trim().is_empty() {
             problems.push(format!("{label}: ultravox.api_key is required"));
         }
         let agent_id = non_empty(self.agent_id);

@@ -1,6 +1,8 @@
 //! Small checks shared by the sections' validation: blank values, phone numbers and base URLs,
 //! each reported as a problem naming its key.
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::phone::E164;
 
 /// `raw` as a phone number, or a problem naming `label` and `field`.
@@ -22,6 +24,11 @@ pub(super) fn phone(
 /// A value left blank counts as not given.
 pub(super) fn non_empty(opt: Option<String>) -> Option<String> {
     opt.filter(|s| !s.trim().is_empty())
+}
+
+/// A secret left blank counts as not given.
+pub(super) fn non_empty_secret(opt: Option<SecretString>) -> Option<SecretString> {
+    opt.filter(|s| !s.expose_secret().trim().is_empty())
 }
 
 /// The base URL of an API (`default` when not given), without its trailing slash.

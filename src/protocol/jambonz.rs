@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -361,7 +362,7 @@ fn verbs_with_context(
     context: &BTreeMap<&'static str, String>,
 ) -> Vec<Value> {
     let uv = &tenant.ultravox;
-    let mut auth = json!({ "apiKey": uv.api_key });
+    let mut auth = json!({ "apiKey": uv.api_key.expose_secret() });
     let metadata = json!({
         "lifeline_tenant": tenant.id,
         "jambonz_call_sid": call_sid,
