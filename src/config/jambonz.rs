@@ -43,6 +43,7 @@ pub(super) struct RawJambonzTenant {
 }
 
 impl RawJambonz {
+    /// The endpoint's settings; a zero ping interval is a problem.
     pub(super) fn validate(&self, problems: &mut Vec<String>) -> JambonzSettings {
         let settings = JambonzSettings {
             ping_interval: Duration::from_secs(self.ping_interval_secs.unwrap_or(25)),
@@ -55,6 +56,7 @@ impl RawJambonz {
 }
 
 impl RawJambonzTenant {
+    /// The tenant's credentials; a blank user name or a short password is a problem.
     pub(super) fn validate(self, label: &str, problems: &mut Vec<String>) -> JambonzTenant {
         if self.username.trim().is_empty() {
             problems.push(format!("{label}: jambonz.username is required"));

@@ -109,6 +109,7 @@ pub(super) struct RawProfile {
 }
 
 impl RawTenant {
+    /// The tenant, or `None` when any of its sections has a problem (all are listed).
     pub(super) fn validate(self, label: &str, problems: &mut Vec<String>) -> Option<Tenant> {
         let before = problems.len();
         if self.id.is_empty()

@@ -115,6 +115,7 @@ pub(super) struct RawUltravox {
 }
 
 impl RawUltravox {
+    /// The tenant's `llm` settings: an API key and exactly one of agent and inline prompt.
     pub(super) fn validate(self, label: &str, problems: &mut Vec<String>) -> UltravoxSettings {
         if self.api_key.expose_secret().trim().is_empty() {
             problems.push(format!("{label}: ultravox.api_key is required"));
