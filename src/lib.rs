@@ -27,6 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -119,7 +120,7 @@ impl Server {
     /// degraded, serving calls through the journal, and migrates and replays once the database
     /// answers. (A new deployment with a wrong `DATABASE_URL` still fails at once.)
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let url = &config.database_url;
+        let url = config.database_url.expose_secret();
         let max = config.database_max_connections;
         let opened = async {
             let stores = store::connect_split(

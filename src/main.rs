@@ -17,6 +17,7 @@ use lifeline::ops::staff_cli::{self, StaffCommand};
 use lifeline::ops::tools_cli::{self, ToolsCommand};
 use lifeline::worker::Worker;
 use lifeline::{Server, store, telemetry};
+use secrecy::ExposeSecret;
 
 #[derive(Parser)]
 #[command(
@@ -139,7 +140,9 @@ async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
         }
         Command::Tools { command } => exit_code(tools_cli::run(command, &mut std::io::stdout())),
         Command::Backup { file } => {
-            match lifeline::ops::backup::sqlite_backup(&process.database_url, &file).await {
+            match lifeline::ops::backup::sqlite_backup(process.database_url.expose_secret(), &file)
+                .await
+            {
                 Ok(bytes) => {
                     println!("backup written to {} ({bytes} bytes)", file.display());
                     ExitCode::SUCCESS
@@ -149,7 +152,7 @@ async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
         }
         // Operators read the output of these: no JSON logs on top of it.
         Command::Callbacks { command } => {
-            let store = match open_store(&process.database_url, 16).await {
+            let store = match open_store(process.database_url.expose_secret(), 16).await {
                 Ok(s) => s,
                 Err(code) => return code,
             };
@@ -159,10 +162,13 @@ async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
         Command::Migrate => {
             let _telemetry = telemetry::init(&cli.log_format);
             log_dotenv(&dotenv);
-            if open_store(&process.database_url, 16).await.is_err() {
+            if open_store(process.database_url.expose_secret(), 16)
+                .await
+                .is_err()
+            {
                 return ExitCode::FAILURE;
             }
-            tracing::info!(database = %redact_url(&process.database_url), "migrations applied");
+            tracing::info!(database = %redact_url(process.database_url.expose_secret()), "migrations applied");
             ExitCode::SUCCESS
         }
         Command::Worker => {
@@ -249,7 +255,7 @@ async fn staff(process: &ProcessSettings, command: StaffCommand) -> ExitCode {
     let store = match command {
         StaffCommand::Hash => None,
         StaffCommand::Add { .. } | StaffCommand::Remove { .. } => {
-            match open_store(&process.database_url, 16).await {
+            match open_store(process.database_url.expose_secret(), 16).await {
                 Ok(s) => Some(s),
                 Err(code) => return code,
             }
@@ -272,11 +278,16 @@ async fn worker(config: Config) -> ExitCode {
         Err(e) => return failed(1, format!("cannot handle signals: {e}")),
     };
     // A worker process has only the worker's budget of connections.
-    let store = match open_store(&config.database_url, config.database_worker_connections).await {
+    let store = match open_store(
+        config.database_url.expose_secret(),
+        config.database_worker_connections,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if config.database_url.starts_with("sqlite:") {
+    if config.database_url.expose_secret().starts_with("sqlite:") {
         tracing::warn!(
             "a separate worker on SQLite learns of new requests only by polling \
              (worker.poll_interval_ms); the worker inside `lifeline serve` is woken at once"
@@ -321,7 +332,7 @@ async fn serve(config: Config, source: Option<String>) -> ExitCode {
              file, whose password is public; never run this configuration in production"
         );
     }
-    let database = redact_url(&config.database_url);
+    let database = redact_url(config.database_url.expose_secret());
     let tenants = config.tenants.len();
     // Listen before serving: a SIGTERM that arrives during start-up must still mean a graceful
     // stop, not the default action (death).

@@ -110,7 +110,7 @@ agent_id = "riverside-agent"
 "#
     );
     let process = ProcessSettings {
-        database_url: db.url.clone(),
+        database_url: db.url.clone().into(),
         bind: "127.0.0.1".parse().unwrap(),
         port: 0,
         config_path: None,

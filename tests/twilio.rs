@@ -152,7 +152,7 @@ impl Harness {
         let twilio = MockServer::start().await;
         let ultravox = MockServer::start().await;
         let process = ProcessSettings {
-            database_url: db.url.clone(),
+            database_url: db.url.clone().into(),
             bind: "127.0.0.1".parse().unwrap(),
             port: 0,
             config_path: None,

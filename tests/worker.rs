@@ -226,7 +226,7 @@ timeout_ms = 2000
 
 fn config(db: &TestDb, toml: &str) -> Config {
     let process = ProcessSettings {
-        database_url: db.url.clone(),
+        database_url: db.url.clone().into(),
         bind: "127.0.0.1".parse().unwrap(),
         port: 0,
         config_path: None,

@@ -5,19 +5,20 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{non_empty, phone};
+use super::validate::{non_empty, non_empty_secret, phone};
 use crate::phone::E164;
 
 /// Where a tenant's callback requests are POSTed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Frontend {
     pub url: String,
     /// Sent as `Authorization: Bearer`.
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     /// Signs each POST (`X-Lifeline-Signature`); none means unsigned.
-    pub signing_secret: Option<String>,
+    pub signing_secret: Option<SecretString>,
 }
 
 /// How deliveries are made and retried.
@@ -81,8 +82,8 @@ pub struct TenantAlerts {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDelivery {
     frontend_url: Option<String>,
-    api_key: Option<String>,
-    signing_secret: Option<String>,
+    api_key: Option<SecretString>,
+    signing_secret: Option<SecretString>,
     timeout_ms: Option<u64>,
     retry_schedule_secs: Option<Vec<u64>>,
     jitter_percent: Option<u32>,
@@ -114,8 +115,8 @@ pub(super) struct RawAlerts {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTenantFrontend {
     url: Option<String>,
-    api_key: Option<String>,
-    signing_secret: Option<String>,
+    api_key: Option<SecretString>,
+    signing_secret: Option<SecretString>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,9 +128,9 @@ pub(super) struct RawTenantAlerts {
 }
 
 /// A bearer token must fit in a header (visible ASCII), or every POST would go out without it.
-fn check_api_key(field: &str, key: Option<&str>, problems: &mut Vec<String>) {
+fn check_api_key(field: &str, key: Option<&SecretString>, problems: &mut Vec<String>) {
     if let Some(k) = key
-        && !k.chars().all(|c| c.is_ascii_graphic())
+        && !k.expose_secret().chars().all(|c| c.is_ascii_graphic())
     {
         problems.push(format!(
             "{field} may only hold visible ASCII characters (it is sent as a Bearer token)"
@@ -167,18 +168,19 @@ impl RawDelivery {
             http_url("delivery.frontend_url", &url, problems);
             Frontend {
                 url,
-                api_key: non_empty(self.api_key).or_else(|| non_empty(env("FRONTEND_API_KEY"))),
-                signing_secret: non_empty(self.signing_secret)
-                    .or_else(|| non_empty(env("FRONTEND_SIGNING_SECRET"))),
+                api_key: non_empty_secret(self.api_key)
+                    .or_else(|| non_empty(env("FRONTEND_API_KEY")).map(SecretString::from)),
+                signing_secret: non_empty_secret(self.signing_secret)
+                    .or_else(|| non_empty(env("FRONTEND_SIGNING_SECRET")).map(SecretString::from)),
             }
         });
         if let Some(secret) = frontend.as_ref().and_then(|f| f.signing_secret.as_ref())
-            && secret.len() < 16
+            && secret.expose_secret().len() < 16
         {
             problems.push("delivery.signing_secret must be at least 16 characters".into());
         }
         if let Some(f) = &frontend {
-            check_api_key("delivery.api_key", f.api_key.as_deref(), problems);
+            check_api_key("delivery.api_key", f.api_key.as_ref(), problems);
         }
         let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(10_000));
         if !(100..=120_000).contains(&timeout.as_millis()) {
@@ -323,16 +325,19 @@ impl RawTenantFrontend {
             return None;
         };
         http_url(&format!("{label}: frontend.url"), &url, problems);
-        let signing_secret = non_empty(self.signing_secret);
-        if signing_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        let signing_secret = non_empty_secret(self.signing_secret);
+        if signing_secret
+            .as_ref()
+            .is_some_and(|s| s.expose_secret().len() < 16)
+        {
             problems.push(format!(
                 "{label}: frontend.signing_secret must be at least 16 characters"
             ));
         }
-        let api_key = non_empty(self.api_key);
+        let api_key = non_empty_secret(self.api_key);
         check_api_key(
             &format!("{label}: frontend.api_key"),
-            api_key.as_deref(),
+            api_key.as_ref(),
             problems,
         );
         Some(Frontend {

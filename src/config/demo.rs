@@ -4,6 +4,7 @@
 //! has no such account. A demo cannot carry real calls: `[twilio]` or an `https://` public URL
 //! (a deployment reachable from the internet) refuse it.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{AdminSettings, ConfiguredStaff, valid_username};
@@ -24,7 +25,7 @@ pub(super) struct RawDemo {
     #[serde(default)]
     staff_username: String,
     #[serde(default)]
-    staff_password: String,
+    staff_password: SecretString,
 }
 
 impl RawDemo {
@@ -42,7 +43,7 @@ impl RawDemo {
                 "demo.staff_username must be 1-64 of a-z, A-Z, 0-9, '.', '_', '-', '@'".into(),
             );
         }
-        if self.staff_password.chars().count() < MIN_PASSWORD_CHARS {
+        if self.staff_password.expose_secret().chars().count() < MIN_PASSWORD_CHARS {
             problems.push(format!(
                 "demo.staff_password must be at least {MIN_PASSWORD_CHARS} characters"
             ));
@@ -68,7 +69,7 @@ impl RawDemo {
             ));
         }
         if problems.len() == before {
-            match crate::ops::admin::auth::hash_password(&self.staff_password) {
+            match crate::ops::admin::auth::hash_password(self.staff_password.expose_secret()) {
                 Ok(hash) => admin.staff.push(ConfiguredStaff {
                     username: self.staff_username.clone(),
                     password_hash: hash,

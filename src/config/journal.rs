@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::non_empty;
+use super::validate::non_empty;
 use crate::store::resilient::JournalSettings;
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::non_empty;
+use super::validate::non_empty;
 
 /// The shortest accepted metrics token: long enough not to be guessed.
 const MIN_TOKEN_CHARS: usize = 16;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{non_empty, phone};
+use super::validate::{non_empty, phone};
 use crate::phone::E164;
 
 /// How a clinic's critical callback requests are paged.

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::RawServer;
+use serde::Deserialize;
 
 /// Descriptors kept free for everything that is not an inbound connection: the database pool,
 /// outbound HTTP (Twilio, Ultravox, the frontends), log files.
@@ -49,6 +49,18 @@ impl Default for ConnectionSettings {
             max_pending_per_address: 256,
         }
     }
+}
+
+/// `[server]` as written: the public URL (read by the assembly) and the connection keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) public_url: Option<String>,
+    request_header_timeout_secs: Option<u64>,
+    request_body_timeout_secs: Option<u64>,
+    max_connections: Option<u64>,
+    max_pending_connections: Option<u64>,
+    max_pending_per_address: Option<u64>,
 }
 
 /// Validates the connection keys of `[server]`.

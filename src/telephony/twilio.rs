@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use reqwest::header::ACCEPT;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
 use super::breaker::{BreakerOpen, CircuitBreaker};
@@ -42,7 +43,7 @@ const RETRY_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
 pub struct TwilioClient {
     http: reqwest::Client,
     account_sid: String,
-    auth_token: String,
+    auth_token: SecretString,
     api_base: String,
     update_deadline: Duration,
     breaker: Arc<CircuitBreaker>,
@@ -207,7 +208,7 @@ impl TwilioClient {
         let sent = self
             .http
             .post(url)
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose_secret()))
             .header(ACCEPT, "application/json")
             .form(form)
             .timeout(self.attempt_timeout())

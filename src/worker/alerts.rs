@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::config::{AlertSettings, Config, Tenant, TwilioSettings};
@@ -274,7 +275,7 @@ async fn send_sms(
     );
     let response = http
         .post(url)
-        .basic_auth(&twilio.account_sid, Some(&twilio.auth_token))
+        .basic_auth(&twilio.account_sid, Some(twilio.auth_token.expose_secret()))
         .form(&[("To", to), ("From", from), ("Body", body)])
         .timeout(settings.timeout)
         .send()

@@ -6,6 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -103,14 +104,14 @@ pub async fn post(
     // The same key on every attempt: a frontend that saw it already has the request.
     headers.insert("Idempotency-Key", id);
     if let Some(key) = &frontend.api_key
-        && let Ok(value) = HeaderValue::from_str(&format!("Bearer {key}"))
+        && let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
     {
         headers.insert(AUTHORIZATION, value);
     }
     if let Some(secret) = &frontend.signing_secret {
         let ts = now.timestamp();
         headers.insert(TIMESTAMP_HEADER, HeaderValue::from(ts));
-        let sig = signature(secret, ts, &body);
+        let sig = signature(secret.expose_secret(), ts, &body);
         headers.insert(
             SIGNATURE_HEADER,
             HeaderValue::from_str(&sig).expect("hex is a header value"),

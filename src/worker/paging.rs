@@ -24,6 +24,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::config::{CallerSms, Config, PagingSettings, Tenant};
@@ -476,7 +477,7 @@ pub async fn send_message(
     }
     let response = http
         .post(url)
-        .basic_auth(&twilio.account_sid, Some(&twilio.auth_token))
+        .basic_auth(&twilio.account_sid, Some(twilio.auth_token.expose_secret()))
         .form(&form)
         .timeout(config.alerts.timeout)
         .send()

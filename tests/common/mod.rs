@@ -265,7 +265,7 @@ agent_id = "0b7c2b8e-agent"
 /// What the process would get from its environment, for a test database.
 pub fn process_settings(database_url: &str) -> ProcessSettings {
     ProcessSettings {
-        database_url: database_url.to_string(),
+        database_url: database_url.into(),
         bind: "127.0.0.1".parse().unwrap(),
         port: 0,
         config_path: None,

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
 use tracing::warn;
 
 use crate::AppState;
@@ -92,7 +93,7 @@ fn authenticate(tenants: &[Arc<Tenant>], headers: &HeaderMap) -> Vec<Arc<Tenant>
             t.jambonz.as_ref().is_some_and(|j| {
                 // Both compared, always, so timing does not tell which one was wrong.
                 let user_ok = secrets_equal(&j.username, &user);
-                let pass_ok = secrets_equal(&j.password, &pass);
+                let pass_ok = secrets_equal(j.password.expose_secret(), &pass);
                 user_ok & pass_ok
             })
         })

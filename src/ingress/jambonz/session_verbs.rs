@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
 use crate::config::Tenant;
@@ -77,7 +78,7 @@ fn verbs_with_context(
     let model = uv.agent_id.is_none().then_some(uv.model.as_str());
     vec![
         wire::answer(),
-        wire::ultravox_llm(&uv.api_key, agent_id, model, options),
+        wire::ultravox_llm(uv.api_key.expose_secret(), agent_id, model, options),
         wire::hangup(),
     ]
 }

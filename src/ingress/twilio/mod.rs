@@ -21,6 +21,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use secrecy::ExposeSecret;
 use tracing::warn;
 
 use crate::AppState;
@@ -84,7 +85,12 @@ pub(crate) fn verify(
         .unwrap_or("");
     let params = wire::form_params(body).unwrap_or_default();
     if signature.is_empty()
-        || !wire::validate_signature(&settings.auth_token, &url, &params, signature)
+        || !wire::validate_signature(
+            settings.auth_token.expose_secret(),
+            &url,
+            &params,
+            signature,
+        )
     {
         metrics::counter!("lifeline_twilio_webhooks_refused_total", "path" => uri.path().to_string())
             .increment(1);

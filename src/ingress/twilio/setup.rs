@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 use chrono::Utc;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
@@ -317,7 +318,7 @@ async fn create_ultravox_call(
     let wanted = match &settings.agent_id {
         Some(agent_id) => match state
             .ultravox_api
-            .agent_prompt_variables(&settings.api_key, agent_id)
+            .agent_prompt_variables(settings.api_key.expose_secret(), agent_id)
             .await
         {
             Ok(vars) => Some(vars),
@@ -333,12 +334,12 @@ async fn create_ultravox_call(
     match &settings.agent_id {
         Some(agent_id) => state
             .ultravox_api
-            .create_agent_call(&settings.api_key, agent_id, &body)
+            .create_agent_call(settings.api_key.expose_secret(), agent_id, &body)
             .await
             .map_err(|e| e.to_string()),
         None => state
             .ultravox_api
-            .create_call(&settings.api_key, &body)
+            .create_call(settings.api_key.expose_secret(), &body)
             .await
             .map_err(|e| e.to_string()),
     }
@@ -378,8 +379,14 @@ pub fn setup_body(config: &Config, tenant: &Tenant, call_id: Uuid, prompt: Agent
             }
             if data_connection {
                 body["selectedTools"] = Value::from(data_connection_tools());
-                body["sharedSecrets"] =
-                    Value::from(config.ultravox.data_connection_secrets.clone());
+                body["sharedSecrets"] = Value::from(
+                    config
+                        .ultravox
+                        .data_connection_secrets
+                        .iter()
+                        .map(|s| s.expose_secret())
+                        .collect::<Vec<_>>(),
+                );
             }
         }
     }

@@ -15,6 +15,7 @@ use axum::extract::ws::{
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -52,8 +53,11 @@ pub async fn upgrade(
             .to_string()
     };
     let call_id = header(headers::CALL_ID);
+    let secrets: Vec<String> = (state.config.ultravox.data_connection_secrets.iter())
+        .map(|s| s.expose_secret().to_owned())
+        .collect();
     if let Err(e) = verify_data_connection(
-        &state.config.ultravox.data_connection_secrets,
+        &secrets,
         &call_id,
         &header(headers::SIGNATURE_TIMESTAMP),
         &header(headers::SIGNATURE),

@@ -19,6 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{Timelike, Utc};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span, warn};
 
@@ -82,13 +83,13 @@ fn authenticate(config: &Config, headers: &HeaderMap) -> Option<KeyOwner> {
     // Every key is compared, so the time taken does not tell which one (if any) matched.
     let mut owner = None;
     for key in &config.ultravox.tool_api_keys {
-        if secrets_equal(given, key) && owner.is_none() {
+        if secrets_equal(given, key.expose_secret()) && owner.is_none() {
             owner = Some(KeyOwner::Any);
         }
     }
     for tenant in &config.tenants {
         if let Some(key) = &tenant.tool_api_key
-            && secrets_equal(given, key)
+            && secrets_equal(given, key.expose_secret())
             && owner.is_none()
         {
             owner = Some(KeyOwner::Tenant(tenant.clone()));
