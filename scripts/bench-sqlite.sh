@@ -2,7 +2,7 @@
 # SQLite (the embedded default) under load: tool calls answered per second and their latency,
 # with the project's own loadgen, then every answered call's rows counted.
 #
-#   scripts/bench-sqlite.sh [RATE] [SECONDS] [CALLS]     (build first: cargo build --release)
+#   [TOOLS_PER_CALL=5] scripts/bench-sqlite.sh [RATE] [SECONDS] [CALLS]   (build first: cargo build --release)
 #
 # The database is a fresh file in a temporary directory (WAL, synchronous=FULL: lifeline's
 # settings), on the same disk as the working tree.
@@ -28,7 +28,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-"$loadgen" --url "ws://127.0.0.1:$port/jambonz" --calls "$calls" --rate "$rate" --duration "$secs" \
+"$loadgen" --url "ws://127.0.0.1:$port/jambonz" --calls "$calls" --rate "$rate" --duration "$secs" --tools-per-call "${TOOLS_PER_CALL:-5}" \
   --label "sqlite at $rate/s" >"$work/load.json"
 t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
 echo "SQLite, loadgen at $rate tool calls/s offered for ${secs}s ($calls call workers):"
