@@ -15,7 +15,7 @@
 
 mod alerts;
 mod delivery;
-mod sql;
+pub(crate) mod sql;
 mod staff;
 mod stats;
 

@@ -9,6 +9,40 @@ macro_rules! alert_columns {
 }
 pub(crate) use alert_columns;
 
+// The queue's figures, read at every scrape of `/metrics` (and every view of the dashboard's
+// System page): each is served by an index holding only what is still in the queue, or by the
+// counts the triggers of migration 0010 keep, so its cost does not grow with the years of
+// delivered and resolved requests the tables keep. Each is one statement: one snapshot, so a
+// request that settles meanwhile is counted once.
+
+/// Callback requests by status (`resolved` for any request staff resolved, whatever its stored
+/// status) and urgency: those still in the queue from `callback_requests_open`, settled ones
+/// (`posted`, `resolved`) from `settled_request_counts`.
+pub(crate) const REQUEST_COUNTS: &str = "\
+    SELECT status, urgency_level, COUNT(*) FROM callback_requests \
+     WHERE resolved_at IS NULL AND status <> 'posted' GROUP BY status, urgency_level \
+    UNION ALL \
+    SELECT status, urgency_level, count FROM settled_request_counts WHERE count > 0";
+
+/// Requests a worker holds (the `callback_requests_leased` index).
+pub(crate) const IN_FLIGHT: &str =
+    "SELECT COUNT(*) FROM callback_requests WHERE lease_owner IS NOT NULL";
+
+/// When the oldest request still waiting for delivery was created. ORDER BY … LIMIT 1 rather
+/// than MIN(): the column keeps its declared type, which SQLite (timestamps as text) needs to
+/// decode it.
+pub(crate) const OLDEST_WAITING: &str = "\
+    SELECT created_at FROM callback_requests \
+     WHERE resolved_at IS NULL AND status <> 'posted' AND status IN ('pending', 'failed') \
+     ORDER BY created_at LIMIT 1";
+
+/// Alerts by kind and status: pending ones from `alerts_open`, settled ones (sent, failed,
+/// skipped) from `settled_alert_counts`.
+pub(crate) const ALERT_COUNTS: &str = "\
+    SELECT kind, status, COUNT(*) FROM alerts WHERE status = 'pending' GROUP BY kind, status \
+    UNION ALL \
+    SELECT kind, status, count FROM settled_alert_counts WHERE count > 0";
+
 /// Implements [`DeliveryQueue`] for an engine; `$lock` is what the claim's inner `SELECT` adds to
 /// lock the rows it picks (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one
 /// writer makes the statement atomic).
@@ -579,33 +613,20 @@ macro_rules! impl_delivery_queue {
                     .await?)
                 }
                 async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
-                    // A resolved request counts as `resolved`, whatever its stored status: it
-                    // is out of the queue for good.
-                    let by_status: Vec<(String, String, i64)> = sqlx::query_as(
-                        "SELECT CASE WHEN resolved_at IS NOT NULL THEN 'resolved' ELSE status END, \
-                         urgency_level, COUNT(*) FROM callback_requests GROUP BY 1, 2",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
-                    let (in_flight,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM callback_requests WHERE lease_owner IS NOT NULL",
-                    )
-                    .fetch_one(self.reader())
-                    .await?;
-                    // ORDER BY … LIMIT 1 rather than MIN(): the column keeps its declared type,
-                    // which SQLite (timestamps as text) needs to decode it.
-                    let oldest: Option<(DateTime<Utc>,)> = sqlx::query_as(
-                        "SELECT created_at FROM callback_requests \
-                         WHERE status IN ('pending', 'failed') AND resolved_at IS NULL \
-                         ORDER BY created_at LIMIT 1",
-                    )
-                    .fetch_optional(self.reader())
-                    .await?;
-                    let alerts: Vec<(String, String, i64)> = sqlx::query_as(
-                        "SELECT kind, status, COUNT(*) FROM alerts GROUP BY kind, status",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
+                    use crate::store::queue::sql::{
+                        ALERT_COUNTS, IN_FLIGHT, OLDEST_WAITING, REQUEST_COUNTS,
+                    };
+                    let by_status: Vec<(String, String, i64)> = sqlx::query_as(REQUEST_COUNTS)
+                        .fetch_all(self.reader())
+                        .await?;
+                    let (in_flight,): (i64,) =
+                        sqlx::query_as(IN_FLIGHT).fetch_one(self.reader()).await?;
+                    let oldest: Option<(DateTime<Utc>,)> = sqlx::query_as(OLDEST_WAITING)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    let alerts: Vec<(String, String, i64)> = sqlx::query_as(ALERT_COUNTS)
+                        .fetch_all(self.reader())
+                        .await?;
                     Ok(QueueStats {
                         at: now,
                         by_status: by_status
@@ -639,3 +660,47 @@ macro_rules! impl_delivery_queue {
     };
 }
 pub(crate) use impl_delivery_queue;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each figure of the scrape is read from the index meant for it, on SQLite (whose planner
+    /// only uses a partial index when the query repeats its condition); none reads a queue
+    /// table in full.
+    #[tokio::test]
+    async fn the_scrape_reads_indexes_of_what_is_in_the_queue_not_whole_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("plans.db").display()
+        );
+        let store = crate::store::connect_with_pool(&url, 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for (sql, index) in [
+            (REQUEST_COUNTS, "callback_requests_open"),
+            (IN_FLIGHT, "callback_requests_leased"),
+            (OLDEST_WAITING, "callback_requests_open"),
+            (ALERT_COUNTS, "alerts_open"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            let steps: Vec<&str> = plan.iter().map(|(.., detail)| detail.as_str()).collect();
+            assert!(
+                steps.iter().any(|s| s.contains(index)),
+                "{index} not used: {steps:?}"
+            );
+            for table in ["callback_requests", "alerts"] {
+                assert!(
+                    !steps.iter().any(|s| *s == format!("SCAN {table}").as_str()),
+                    "{table} read in full: {steps:?}"
+                );
+            }
+        }
+        pool.close().await;
+    }
+}

@@ -43,9 +43,11 @@ pub struct AlertCount {
     pub count: i64,
 }
 
-/// The delivery queue at a glance, from [`DeliveryQueue::queue_stats`](super::DeliveryQueue::queue_stats): `/metrics` publishes
-/// it as gauges and the staff dashboard shows it. Counts cover every row, so they are read on
-/// demand (a scrape, a page view), not on a hot path.
+/// The delivery queue at a glance, from
+/// [`DeliveryQueue::queue_stats`](super::DeliveryQueue::queue_stats): `/metrics` publishes it as
+/// gauges and the staff dashboard shows it. Counts cover every row the tables keep (`lifeline
+/// prune` removes old settled ones); reading them costs what is still in the queue, not the
+/// history (settled requests and alerts are counted as they settle).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStats {
     /// The time the figures are for (ages are measured from it).
