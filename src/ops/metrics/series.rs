@@ -60,7 +60,7 @@ impl Family {
                 .flat_map(|set| {
                     values.iter().map(move |value| {
                         let mut set = set.clone();
-                        set.push(Label::from_static_parts(*key, *value));
+                        set.push(Label::from_static_parts(key, value));
                         set
                     })
                 })
