@@ -11,7 +11,7 @@ pub(crate) use alert_columns;
 
 // The queue's figures, read at every scrape of `/metrics` (and every view of the dashboard's
 // System page): each is served by an index holding only what is still in the queue, or by the
-// counts the triggers of migration 0010 keep, so its cost does not grow with the years of
+// counts the triggers of migration 0011 keep, so its cost does not grow with the years of
 // delivered and resolved requests the tables keep. Each is one statement: one snapshot, so a
 // request that settles meanwhile is counted once.
 
