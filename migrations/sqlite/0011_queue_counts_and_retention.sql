@@ -1,5 +1,5 @@
 -- Issue 15: a scrape whose cost does not grow with history, and `lifeline prune` (as
--- migrations/postgres/0010_queue_counts_and_retention.sql, which says why).
+-- migrations/postgres/0011_queue_counts_and_retention.sql, which says why).
 --
 -- Requests still in the queue are counted from callback_requests_open, pending alerts from
 -- alerts_open; settled requests (delivered, or resolved by staff) and settled alerts (sent,
