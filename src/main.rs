@@ -1,5 +1,5 @@
 //! The `lifeline` command: `serve` (the default), `worker`, `migrate`, `callbacks …`, `staff …`,
-//! `tools schema`, `backup`, `healthcheck`.
+//! `tools schema`, `backup`, `prune`, `healthcheck`.
 //!
 //! Settings come from the environment; a `.env` file in the current directory fills in what the
 //! environment does not set (the environment wins). A setting that cannot work ends the process
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use lifeline::config::{CONFIG_TOML_VAR, Config, ProcessSettings, redact_url};
 use lifeline::ops::callbacks_cli::{self, CallbacksCommand};
+use lifeline::ops::prune::{self, PruneArgs};
 use lifeline::ops::staff_cli::{self, StaffCommand};
 use lifeline::ops::tools_cli::{self, ToolsCommand};
 use lifeline::worker::Worker;
@@ -63,6 +64,9 @@ enum Command {
         /// The new file (never overwritten).
         file: PathBuf,
     },
+    /// Delete history older than --older-than: tool-call logs, call events, and callback
+    /// requests delivered or resolved (never what is still in the queue or under way).
+    Prune(PruneArgs),
     /// Exit 0 if the local server answers `GET /healthz` (for container health checks).
     Healthcheck {
         /// URL to check; default `http://127.0.0.1:$PORT/healthz`.
@@ -157,6 +161,14 @@ async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
                 Err(code) => return code,
             };
             exit_code(callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await)
+        }
+        Command::Prune(args) => {
+            let store = match open_store(&process.database_url, 4).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let mut out = std::io::stdout();
+            exit_code(prune::run(store.as_ref(), &args, chrono::Utc::now(), &mut out).await)
         }
         Command::Staff { command } => staff(&process, command).await,
         Command::Migrate => {

@@ -13,6 +13,7 @@ pub mod paging;
 pub mod postgres;
 pub mod queue;
 pub mod resilient;
+pub mod retention;
 pub mod sqlite;
 pub mod text;
 pub mod twilio_calls;
@@ -27,6 +28,7 @@ pub use admin::*;
 pub use models::*;
 pub use paging::{CallerTextOutcome, CallerTextRow, PageRow, PageStep, PageUpdate, PagingStore};
 pub use queue::*;
+pub use retention::RetentionStore;
 pub use twilio_calls::{CallSetup, TwilioCallStore};
 
 use crate::tools::{Platform, ToolError};
@@ -155,6 +157,7 @@ pub trait Store:
     + TwilioCallStore
     + TransferGateStore
     + PagingStore
+    + RetentionStore
     + Send
     + Sync
     + 'static

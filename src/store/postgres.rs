@@ -374,6 +374,12 @@ crate::store::queue::impl_delivery_queue!(PgStore, sqlx::Postgres, "FOR UPDATE S
 crate::store::admin::impl_admin_store!(PgStore);
 crate::store::paging::impl_paging_store!(PgStore, sqlx::Postgres);
 crate::store::twilio_calls::impl_twilio_call_store!(PgStore);
+crate::store::retention::impl_retention_store!(
+    PgStore,
+    sqlx::Postgres,
+    "BEGIN",
+    "FOR UPDATE SKIP LOCKED"
+);
 
 /// A connection that sat idle is checked (one round trip) before it is handed out: the server
 /// may have closed it meanwhile (a restart, an idle timeout). One that was in use a moment ago

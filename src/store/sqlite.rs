@@ -246,3 +246,4 @@ crate::store::queue::impl_delivery_queue!(SqliteStore, sqlx::Sqlite, "");
 crate::store::admin::impl_admin_store!(SqliteStore);
 crate::store::paging::impl_paging_store!(SqliteStore, sqlx::Sqlite);
 crate::store::twilio_calls::impl_twilio_call_store!(SqliteStore);
+crate::store::retention::impl_retention_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");

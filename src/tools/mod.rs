@@ -26,6 +26,9 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// Every platform (a new one goes here too: `/metrics` registers its series at start).
+    pub const ALL: [Platform; 3] = [Platform::Jambonz, Platform::Twilio, Platform::Ultravox];
+
     /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -144,6 +147,18 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind (a new one goes here too: `/metrics` registers its series at start).
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Validation,
+        ErrorKind::NotFound,
+        ErrorKind::Unauthorized,
+        ErrorKind::RateLimited,
+        ErrorKind::Timeout,
+        ErrorKind::External,
+        ErrorKind::Database,
+        ErrorKind::Internal,
+    ];
+
     /// The name stored in `tool_call_logs.error_kind`.
     pub fn as_str(self) -> &'static str {
         match self {

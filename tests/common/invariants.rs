@@ -5,7 +5,9 @@
 //! - no `transfer_attempts` row is left `dialing` (a caller nobody is watching over);
 //! - every failed transfer has its critical callback request (on the attempt itself, or on the
 //!   next step of the on-call chain that followed it);
-//! - every call that ended with a transfer has its `transfer_outcome`.
+//! - every call that ended with a transfer has its `transfer_outcome`;
+//! - the counts of settled callback requests and alerts the triggers keep (what `/metrics`
+//!   reads) are the rows' own counts.
 //!
 //! The check waits (a generous deadline) for the state to settle, since the server's tasks may
 //! still be writing the last outcome when the test body returns.
@@ -14,7 +16,7 @@
 use std::time::Duration;
 
 /// Each check: what it means, and a query listing the rows that break it (one text per row).
-const CHECKS: [(&str, &str); 4] = [
+const CHECKS: [(&str, &str); 6] = [
     (
         "tool_call_logs left pending",
         "SELECT tool_name || ' on ' || call_ref FROM tool_call_logs WHERE status = 'pending'",
@@ -42,6 +44,35 @@ const CHECKS: [(&str, &str); 4] = [
         "SELECT c.call_ref FROM calls c WHERE c.ended_at IS NOT NULL \
          AND c.transfer_outcome IS NULL \
          AND EXISTS (SELECT 1 FROM transfer_attempts a WHERE a.call_id = c.id)",
+    ),
+    (
+        "settled callback requests counted otherwise than stored (status urgency: counted, stored)",
+        "SELECT b.status || ' ' || b.urgency_level || ': ' || COALESCE(c.count, 0) || ', ' || b.n \
+         FROM (SELECT CASE WHEN resolved_at IS NOT NULL THEN 'resolved' ELSE 'posted' END AS status, \
+                      urgency_level, COUNT(*) AS n \
+               FROM callback_requests WHERE resolved_at IS NOT NULL OR status = 'posted' \
+               GROUP BY 1, 2) b \
+         LEFT JOIN settled_request_counts c \
+           ON c.status = b.status AND c.urgency_level = b.urgency_level \
+         WHERE COALESCE(c.count, 0) <> b.n \
+         UNION ALL \
+         SELECT c.status || ' ' || c.urgency_level || ': ' || c.count || ', 0' \
+         FROM settled_request_counts c WHERE c.count <> 0 AND NOT EXISTS ( \
+           SELECT 1 FROM callback_requests r WHERE r.urgency_level = c.urgency_level \
+           AND CASE WHEN r.resolved_at IS NOT NULL THEN 'resolved' \
+                    WHEN r.status = 'posted' THEN 'posted' END = c.status)",
+    ),
+    (
+        "settled alerts counted otherwise than stored (kind status: counted, stored)",
+        "SELECT b.kind || ' ' || b.status || ': ' || COALESCE(c.count, 0) || ', ' || b.n \
+         FROM (SELECT kind, status, COUNT(*) AS n FROM alerts WHERE status <> 'pending' \
+               GROUP BY kind, status) b \
+         LEFT JOIN settled_alert_counts c ON c.kind = b.kind AND c.status = b.status \
+         WHERE COALESCE(c.count, 0) <> b.n \
+         UNION ALL \
+         SELECT c.kind || ' ' || c.status || ': ' || c.count || ', 0' \
+         FROM settled_alert_counts c WHERE c.count <> 0 AND NOT EXISTS ( \
+           SELECT 1 FROM alerts a WHERE a.kind = c.kind AND a.status = c.status)",
     ),
 ];
 

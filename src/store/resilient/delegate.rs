@@ -384,3 +384,18 @@ impl PagingStore for ResilientStore {
         self.inner.sms_opted_out(number).await
     }
 }
+
+// Pruning is an operator's command, never the call path's: no bound (a run takes as long as
+// the history it deletes; each of its batches is short).
+#[async_trait]
+impl crate::store::RetentionStore for ResilientStore {
+    async fn prune_batch(
+        &self,
+        history: crate::store::retention::History,
+        cutoff: DateTime<Utc>,
+        after: crate::store::retention::PruneCursor,
+        limit: i64,
+    ) -> Result<crate::store::retention::PruneBatch, StoreError> {
+        self.inner.prune_batch(history, cutoff, after, limit).await
+    }
+}

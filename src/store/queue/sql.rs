@@ -1,456 +1,5 @@
-//! The callback delivery queue and the on-call alert queue, on both engines.
-//!
-//! A worker *claims* due requests: it writes its id and a lease expiry on them and bumps their
-//! `delivery_attempt`, in one statement (PostgreSQL skips rows another worker has locked; SQLite
-//! has one writer). Completion is *fenced*: it only applies while the same worker still holds the
-//! same attempt, so a request whose lease expired and was delivered by another worker is never
-//! finished twice. Expired leases are returned by [`DeliveryQueue::rescue_expired`].
-//!
-//! Alerts are queued by triggers (see `migrations/*/0003_delivery.sql`) in the transaction that
-//! makes them necessary: a `critical` request when it is inserted, a dead letter when it becomes
-//! one.
-
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde_json::Value;
-use tokio::sync::watch;
-use uuid::Uuid;
-
-use super::{CallbackRequestRow, StoreError};
-
-/// Wakes workers in this process when work was queued (a commit that inserted or re-queued a
-/// callback request or an alert). PostgreSQL's `LISTEN/NOTIFY` feeds the same signal, so
-/// workers of other processes wake too.
-#[derive(Debug, Clone)]
-pub struct QueueSignal(watch::Sender<u64>);
-
-impl Default for QueueSignal {
-    fn default() -> Self {
-        Self(watch::channel(0).0)
-    }
-}
-
-impl QueueSignal {
-    /// Tells every subscriber that the queue may have new work.
-    pub fn bump(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// A receiver whose `changed()` resolves after the next bump.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
-    }
-}
-
-/// How one delivery attempt ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeliveryOutcome {
-    /// The frontend answered 2xx.
-    Delivered,
-    /// A transient failure; try again at `at`. `counted` adds it to the request's failed
-    /// attempts (`retry_count`), which the retry schedule runs on; a failed half-open trial of
-    /// a frontend that is down is not counted: the frontend failed, not the request.
-    Retry { at: DateTime<Utc>, counted: bool },
-    /// Given up: the frontend refused the request (`rejected`, e.g. a 400) or the last attempt
-    /// of the schedule failed. The request becomes a dead letter and is never retried by itself.
-    DeadLetter { reason: String, rejected: bool },
-    /// Not attempted (the frontend's circuit is open): handed back, due again at `at`, with no
-    /// attempt counted.
-    Deferred { at: DateTime<Utc> },
-}
-
-impl DeliveryOutcome {
-    /// The `delivery_attempts.outcome` value.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Delivered => "delivered",
-            Self::Retry { .. } => "retry",
-            Self::DeadLetter { rejected: true, .. } => "rejected",
-            Self::DeadLetter {
-                rejected: false, ..
-            } => "dead_letter",
-            Self::Deferred { .. } => "deferred",
-        }
-    }
-}
-
-/// The tenants whose requests go to one frontend (see [`DeliveryQueue::align_retries`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TenantScope {
-    /// These tenants.
-    Only(Vec<String>),
-    /// Every tenant but these (the default frontend's: every tenant without one of its own).
-    AllExcept(Vec<String>),
-}
-
-/// The result of one POST to the frontend, to record on the claimed request.
-#[derive(Debug, Clone)]
-pub struct DeliveryRecord {
-    pub request_id: Uuid,
-    /// The claim's `delivery_attempt` (the fence).
-    pub attempt: i32,
-    pub worker_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub latency_ms: f64,
-    pub status_code: Option<i32>,
-    /// What went wrong (network error, status line), for the row and the attempt.
-    pub error: Option<String>,
-    /// The start of the response body, for operators.
-    pub response_excerpt: Option<String>,
-    /// The response body when it was JSON (the original's `frontend_response`).
-    pub frontend_response: Option<Value>,
-    pub outcome: DeliveryOutcome,
-}
-
-/// One row of `delivery_attempts`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DeliveryAttemptRow {
-    pub id: Uuid,
-    pub callback_request_id: Uuid,
-    pub attempt: i32,
-    pub worker_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub latency_ms: f64,
-    pub status_code: Option<i32>,
-    pub outcome: String,
-    pub error: Option<String>,
-    pub response_excerpt: Option<String>,
-}
-
-/// A row of `alerts`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AlertRow {
-    pub callback_request_id: Uuid,
-    /// `critical_request` or `dead_letter`.
-    pub kind: String,
-    /// 1, then one more each time a retried request becomes a dead letter again.
-    pub round: i32,
-    pub tenant_id: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// `pending`, `sent`, `failed` (gave up) or `skipped` (no channel configured).
-    pub status: String,
-    pub attempt: i32,
-    pub failures: i32,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub lease_owner: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-}
-
-/// A row of `alert_sends`: one message on one channel.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AlertSendRow {
-    pub id: Uuid,
-    pub callback_request_id: Uuid,
-    pub kind: String,
-    pub round: i32,
-    pub channel: String,
-    pub target: String,
-    pub attempt: i32,
-    pub at: DateTime<Utc>,
-    pub ok: bool,
-    pub status_code: Option<i32>,
-    pub error: Option<String>,
-}
-
-/// An alert claimed for sending, with what it is about and what was already sent.
-#[derive(Debug, Clone)]
-pub struct ClaimedAlert {
-    pub alert: AlertRow,
-    pub request: CallbackRequestRow,
-    /// `(channel, target)` pairs that already succeeded in this round: never sent again.
-    pub sent: Vec<(String, String)>,
-}
-
-/// A message sent (or tried) for an alert.
-#[derive(Debug, Clone)]
-pub struct AlertSend {
-    pub channel: &'static str,
-    /// The target as stored: a number for SMS; for a webhook, its host and a digest of its URL
-    /// (the URL itself is a secret).
-    pub target: String,
-    pub at: DateTime<Utc>,
-    pub ok: bool,
-    pub status_code: Option<i32>,
-    pub error: Option<String>,
-}
-
-/// Where an alert stands after a round of sends.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AlertOutcome {
-    /// Every channel has it.
-    Sent,
-    /// Some channel failed; try the missing ones at `at`.
-    Retry { at: DateTime<Utc>, error: String },
-    /// Gave up after the last attempt (shown to operators).
-    Failed { error: String },
-    /// Nothing to send: no alert channel configured, or staff resolved the request already.
-    Skipped { reason: String },
-}
-
-/// The result of an alert round, to record on the claimed alert (its sends are recorded one by
-/// one as they happen, with [`DeliveryQueue::record_alert_send`]).
-#[derive(Debug, Clone)]
-pub struct AlertRecord {
-    pub callback_request_id: Uuid,
-    pub kind: String,
-    /// The claim's `attempt` (the fence).
-    pub attempt: i32,
-    pub worker_id: String,
-    pub at: DateTime<Utc>,
-    pub outcome: AlertOutcome,
-}
-
-/// A staff action on a callback request.
-#[derive(Debug, Clone)]
-pub enum StaffAction {
-    /// Queue it for delivery again, now, with a fresh retry schedule.
-    Retry,
-    /// Stop delivering it.
-    Cancel { note: Option<String> },
-    /// The caller was called back.
-    Resolve { note: Option<String> },
-}
-
-impl StaffAction {
-    /// The `audit_log.action` value.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Retry => "retry",
-            Self::Cancel { .. } => "cancel",
-            Self::Resolve { .. } => "resolve",
-        }
-    }
-}
-
-/// Why a staff action was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ActionError {
-    #[error("no callback request {0}")]
-    NotFound(Uuid),
-    #[error("callback request {id} is {status}: cannot {action} it")]
-    Conflict {
-        id: Uuid,
-        status: String,
-        action: &'static str,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// A row of `audit_log`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditRow {
-    pub id: Uuid,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub callback_request_id: Option<Uuid>,
-    pub detail: sqlx::types::Json<Value>,
-}
-
-/// The `status` values a [`RequestCount`] can have: the stored statuses, and `resolved` for a
-/// request staff marked resolved (whatever its stored status: it is neither delivered nor
-/// alerted any more).
-pub const REQUEST_STATUSES: [&str; 6] = [
-    "pending",
-    "failed",
-    "dead_letter",
-    "posted",
-    "cancelled",
-    "resolved",
-];
-
-/// The urgency levels, in queue order.
-pub const URGENCIES: [&str; 3] = ["critical", "urgent", "normal"];
-
-/// The kinds of alert.
-pub const ALERT_KINDS: [&str; 2] = ["critical_request", "dead_letter"];
-
-/// The `status` values of an alert.
-pub const ALERT_STATUSES: [&str; 4] = ["pending", "sent", "failed", "skipped"];
-
-/// How many callback requests have one status and urgency.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RequestCount {
-    /// One of [`REQUEST_STATUSES`].
-    pub status: String,
-    /// One of [`URGENCIES`].
-    pub urgency: String,
-    pub count: i64,
-}
-
-/// How many alerts have one kind and status.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AlertCount {
-    /// One of [`ALERT_KINDS`].
-    pub kind: String,
-    /// One of [`ALERT_STATUSES`].
-    pub status: String,
-    pub count: i64,
-}
-
-/// The delivery queue at a glance, from [`DeliveryQueue::queue_stats`]: `/metrics` publishes
-/// it as gauges and the staff dashboard shows it. Counts cover every row, so they are read on
-/// demand (a scrape, a page view), not on a hot path.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct QueueStats {
-    /// The time the figures are for (ages are measured from it).
-    pub at: DateTime<Utc>,
-    /// Callback requests by status and urgency; combinations without any request are left out
-    /// (see [`QueueStats::requests`] for a count that is zero then).
-    pub by_status: Vec<RequestCount>,
-    /// Requests a worker holds right now (claimed, its POST in flight).
-    pub in_flight: i64,
-    /// When the oldest request still waiting for delivery (`pending` or `failed`, not
-    /// resolved) was created; `None` when nothing waits.
-    pub oldest_pending_at: Option<DateTime<Utc>>,
-    /// Alerts by kind and status; combinations without any alert are left out.
-    pub alerts: Vec<AlertCount>,
-}
-
-impl QueueStats {
-    /// The number of requests with this status and urgency.
-    pub fn requests(&self, status: &str, urgency: &str) -> i64 {
-        self.by_status
-            .iter()
-            .find(|c| c.status == status && c.urgency == urgency)
-            .map_or(0, |c| c.count)
-    }
-
-    /// The number of requests with this status, any urgency.
-    pub fn requests_with_status(&self, status: &str) -> i64 {
-        self.by_status
-            .iter()
-            .filter(|c| c.status == status)
-            .map(|c| c.count)
-            .sum()
-    }
-
-    /// The number of alerts of this kind and status.
-    pub fn alerts(&self, kind: &str, status: &str) -> i64 {
-        self.alerts
-            .iter()
-            .find(|c| c.kind == kind && c.status == status)
-            .map_or(0, |c| c.count)
-    }
-
-    /// How long the oldest waiting request has waited (zero when nothing waits; never
-    /// negative, even when another instance's clock is ahead).
-    pub fn oldest_pending_age(&self) -> std::time::Duration {
-        self.oldest_pending_at
-            .and_then(|t| (self.at - t).to_std().ok())
-            .unwrap_or_default()
-    }
-}
-
-/// The delivery and alert queues.
-#[async_trait]
-pub trait DeliveryQueue: Send + Sync {
-    /// Wakes this process's workers when work is queued (and, on PostgreSQL, when another
-    /// process queued work).
-    fn queue_signal(&self) -> watch::Receiver<u64>;
-
-    /// Claims up to `limit` due, unleased callback requests for `worker` until `lease_until`:
-    /// `critical`, then `urgent`, then `normal`, oldest first within each.
-    async fn claim_callbacks(
-        &self,
-        worker: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<CallbackRequestRow>, StoreError>;
-
-    /// Records a delivery attempt and, if the worker still holds that attempt's lease, applies
-    /// its outcome to the request. Returns whether the outcome was applied.
-    async fn record_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError>;
-
-    /// Makes the waiting, unleased requests of the tenants in `scope` due at `at`: those due
-    /// later are moved to `at` and, with `hold_sooner`, those due sooner wait until `at` too.
-    /// Used when a frontend's circuit opens (every waiting request is then due when trials are
-    /// let through, and claim order alone, urgency then age, decides which go first) and while
-    /// it is half-open with every trial slot taken. Returns how many requests moved.
-    async fn align_retries(
-        &self,
-        scope: &TenantScope,
-        at: DateTime<Utc>,
-        now: DateTime<Utc>,
-        hold_sooner: bool,
-    ) -> Result<u64, StoreError>;
-
-    /// Gives a claimed request back untouched (shutdown before its POST finished).
-    async fn release_callback(
-        &self,
-        id: Uuid,
-        attempt: i32,
-        worker: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Returns every lease (callback requests and alerts) that expired before `now`; returns how
-    /// many.
-    async fn rescue_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
-
-    /// Claims up to `limit` due alerts, oldest first.
-    async fn claim_alerts(
-        &self,
-        worker: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<ClaimedAlert>, StoreError>;
-
-    /// Records one message of an alert's current round, as soon as it was sent, so that no
-    /// later round (or another worker, after a lost lease) sends it again.
-    async fn record_alert_send(&self, alert: &AlertRow, send: &AlertSend)
-    -> Result<(), StoreError>;
-
-    /// Records the outcome of an alert round if the worker still holds the alert.
-    async fn record_alert(&self, record: &AlertRecord) -> Result<bool, StoreError>;
-
-    /// Gives a claimed alert back untouched.
-    async fn release_alert(
-        &self,
-        callback_request_id: Uuid,
-        kind: &str,
-        attempt: i32,
-        worker: &str,
-    ) -> Result<bool, StoreError>;
-
-    /// One callback request.
-    async fn callback_request(&self, id: Uuid) -> Result<Option<CallbackRequestRow>, StoreError>;
-
-    /// The delivery attempts of a request, oldest first.
-    async fn delivery_attempts(
-        &self,
-        callback_request_id: Uuid,
-    ) -> Result<Vec<DeliveryAttemptRow>, StoreError>;
-
-    /// The alerts of a request and every message sent for them.
-    async fn alerts_for(
-        &self,
-        callback_request_id: Uuid,
-    ) -> Result<(Vec<AlertRow>, Vec<AlertSendRow>), StoreError>;
-
-    /// Applies a staff action, with its audit row, in one transaction; returns the updated row.
-    async fn staff_action(
-        &self,
-        id: Uuid,
-        action: &StaffAction,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<CallbackRequestRow, ActionError>;
-
-    /// The audit trail of a request, oldest first.
-    async fn audit_trail(&self, callback_request_id: Uuid) -> Result<Vec<AuditRow>, StoreError>;
-
-    /// Counts of the queue as of `now` (requests by status and urgency, in flight, the oldest
-    /// waiting request, alerts by kind and status).
-    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError>;
-}
+//! The SQL of the delivery and alert queues, shared by both engines: [`impl_delivery_queue!`]
+//! implements [`DeliveryQueue`](super::DeliveryQueue) for a store type.
 
 macro_rules! alert_columns {
     () => {
@@ -459,6 +8,40 @@ macro_rules! alert_columns {
     };
 }
 pub(crate) use alert_columns;
+
+// The queue's figures, read at every scrape of `/metrics` (and every view of the dashboard's
+// System page): each is served by an index holding only what is still in the queue, or by the
+// counts the triggers of migration 0011 keep, so its cost does not grow with the years of
+// delivered and resolved requests the tables keep. Each is one statement: one snapshot, so a
+// request that settles meanwhile is counted once.
+
+/// Callback requests by status (`resolved` for any request staff resolved, whatever its stored
+/// status) and urgency: those still in the queue from `callback_requests_open`, settled ones
+/// (`posted`, `resolved`) from `settled_request_counts`.
+pub(crate) const REQUEST_COUNTS: &str = "\
+    SELECT status, urgency_level, COUNT(*) FROM callback_requests \
+     WHERE resolved_at IS NULL AND status <> 'posted' GROUP BY status, urgency_level \
+    UNION ALL \
+    SELECT status, urgency_level, count FROM settled_request_counts WHERE count > 0";
+
+/// Requests a worker holds (the `callback_requests_leased` index).
+pub(crate) const IN_FLIGHT: &str =
+    "SELECT COUNT(*) FROM callback_requests WHERE lease_owner IS NOT NULL";
+
+/// When the oldest request still waiting for delivery was created. ORDER BY … LIMIT 1 rather
+/// than MIN(): the column keeps its declared type, which SQLite (timestamps as text) needs to
+/// decode it.
+pub(crate) const OLDEST_WAITING: &str = "\
+    SELECT created_at FROM callback_requests \
+     WHERE resolved_at IS NULL AND status <> 'posted' AND status IN ('pending', 'failed') \
+     ORDER BY created_at LIMIT 1";
+
+/// Alerts by kind and status: pending ones from `alerts_open`, settled ones (sent, failed,
+/// skipped) from `settled_alert_counts`.
+pub(crate) const ALERT_COUNTS: &str = "\
+    SELECT kind, status, COUNT(*) FROM alerts WHERE status = 'pending' GROUP BY kind, status \
+    UNION ALL \
+    SELECT kind, status, count FROM settled_alert_counts WHERE count > 0";
 
 /// Implements [`DeliveryQueue`] for an engine; `$lock` is what the claim's inner `SELECT` adds to
 /// lock the rows it picks (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one
@@ -1030,33 +613,20 @@ macro_rules! impl_delivery_queue {
                     .await?)
                 }
                 async fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
-                    // A resolved request counts as `resolved`, whatever its stored status: it
-                    // is out of the queue for good.
-                    let by_status: Vec<(String, String, i64)> = sqlx::query_as(
-                        "SELECT CASE WHEN resolved_at IS NOT NULL THEN 'resolved' ELSE status END, \
-                         urgency_level, COUNT(*) FROM callback_requests GROUP BY 1, 2",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
-                    let (in_flight,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM callback_requests WHERE lease_owner IS NOT NULL",
-                    )
-                    .fetch_one(self.reader())
-                    .await?;
-                    // ORDER BY … LIMIT 1 rather than MIN(): the column keeps its declared type,
-                    // which SQLite (timestamps as text) needs to decode it.
-                    let oldest: Option<(DateTime<Utc>,)> = sqlx::query_as(
-                        "SELECT created_at FROM callback_requests \
-                         WHERE status IN ('pending', 'failed') AND resolved_at IS NULL \
-                         ORDER BY created_at LIMIT 1",
-                    )
-                    .fetch_optional(self.reader())
-                    .await?;
-                    let alerts: Vec<(String, String, i64)> = sqlx::query_as(
-                        "SELECT kind, status, COUNT(*) FROM alerts GROUP BY kind, status",
-                    )
-                    .fetch_all(self.reader())
-                    .await?;
+                    use crate::store::queue::sql::{
+                        ALERT_COUNTS, IN_FLIGHT, OLDEST_WAITING, REQUEST_COUNTS,
+                    };
+                    let by_status: Vec<(String, String, i64)> = sqlx::query_as(REQUEST_COUNTS)
+                        .fetch_all(self.reader())
+                        .await?;
+                    let (in_flight,): (i64,) =
+                        sqlx::query_as(IN_FLIGHT).fetch_one(self.reader()).await?;
+                    let oldest: Option<(DateTime<Utc>,)> = sqlx::query_as(OLDEST_WAITING)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    let alerts: Vec<(String, String, i64)> = sqlx::query_as(ALERT_COUNTS)
+                        .fetch_all(self.reader())
+                        .await?;
                     Ok(QueueStats {
                         at: now,
                         by_status: by_status
@@ -1090,3 +660,47 @@ macro_rules! impl_delivery_queue {
     };
 }
 pub(crate) use impl_delivery_queue;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each figure of the scrape is read from the index meant for it, on SQLite (whose planner
+    /// only uses a partial index when the query repeats its condition); none reads a queue
+    /// table in full.
+    #[tokio::test]
+    async fn the_scrape_reads_indexes_of_what_is_in_the_queue_not_whole_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("plans.db").display()
+        );
+        let store = crate::store::connect_with_pool(&url, 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for (sql, index) in [
+            (REQUEST_COUNTS, "callback_requests_open"),
+            (IN_FLIGHT, "callback_requests_leased"),
+            (OLDEST_WAITING, "callback_requests_open"),
+            (ALERT_COUNTS, "alerts_open"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            let steps: Vec<&str> = plan.iter().map(|(.., detail)| detail.as_str()).collect();
+            assert!(
+                steps.iter().any(|s| s.contains(index)),
+                "{index} not used: {steps:?}"
+            );
+            for table in ["callback_requests", "alerts"] {
+                assert!(
+                    !steps.iter().any(|s| *s == format!("SCAN {table}").as_str()),
+                    "{table} read in full: {steps:?}"
+                );
+            }
+        }
+        pool.close().await;
+    }
+}

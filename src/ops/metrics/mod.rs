@@ -25,6 +25,8 @@ use crate::config::OpsSettings;
 use crate::store::{ALERT_KINDS, ALERT_STATUSES, REQUEST_STATUSES, URGENCIES};
 use crate::telephony::breaker::{self, BreakerState};
 
+pub(crate) mod series;
+
 /// Histogram buckets, in seconds: tool calls and durable-log commits take milliseconds, a
 /// frontend POST up to its timeout (10 s by default).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -75,8 +77,9 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
-/// Help texts, and a zero for series that must exist before their first event (a rate over a
-/// series that appears only with its first dead letter hides that first one).
+/// Help texts, and a zero for every series that must exist before its first event (a rate over
+/// a series that appears only with its first dead letter hides that first one): the gauges
+/// here, every counter and histogram in [`series`].
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -145,7 +148,6 @@ fn describe() {
     );
     metrics::gauge!("lifeline_jambonz_sockets_open").increment(0.0);
     metrics::gauge!("lifeline_ultravox_connections_open").increment(0.0);
-    metrics::counter!("lifeline_dead_letters_total").increment(0);
     describe_gauge!(
         "lifeline_journal_active",
         "1 while the call path writes to the local journal (the database failed or the replay is not done)"
@@ -176,9 +178,7 @@ fn describe() {
     );
     metrics::gauge!("lifeline_journal_active").increment(0.0);
     metrics::gauge!("lifeline_journal_depth").increment(0.0);
-    metrics::counter!("lifeline_journal_replayed_total").increment(0);
-    metrics::counter!("lifeline_journal_replays_total").increment(0);
-    metrics::counter!("lifeline_journal_set_aside_total").increment(0);
+    series::preregister();
 }
 
 /// The `/metrics` route.
