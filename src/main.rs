@@ -163,7 +163,7 @@ async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
             exit_code(callbacks_cli::run(store.as_ref(), command, &mut std::io::stdout()).await)
         }
         Command::Prune(args) => {
-            let store = match open_store(&process.database_url, 4).await {
+            let store = match open_store(process.database_url.expose_secret(), 4).await {
                 Ok(s) => s,
                 Err(code) => return code,
             };
