@@ -21,9 +21,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
+use crate::breaker::{self, BreakerState};
 use crate::config::OpsSettings;
 use crate::store::{ALERT_KINDS, ALERT_STATUSES, REQUEST_STATUSES, URGENCIES};
-use crate::telephony::breaker::{self, BreakerState};
 
 /// Histogram buckets, in seconds: tool calls and durable-log commits take milliseconds, a
 /// frontend POST up to its timeout (10 s by default).

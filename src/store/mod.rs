@@ -29,7 +29,7 @@ pub use paging::{CallerTextOutcome, CallerTextRow, PageRow, PageStep, PageUpdate
 pub use queue::*;
 pub use twilio_calls::{CallSetup, TwilioCallStore};
 
-use crate::tools::{Platform, ToolError};
+use crate::domain::{Platform, ToolError};
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ impl StoreError {
                  call the tool again without it",
             ),
             _ => ToolError::new(
-                crate::tools::ErrorKind::Database,
+                crate::domain::ErrorKind::Database,
                 "the request could not be recorded; try the same tool again",
             ),
         }
