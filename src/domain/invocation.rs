@@ -18,8 +18,7 @@ pub enum ToolName {
 
 impl ToolName {
     /// Every tool, for declaring them to the AI platform.
-    pub(crate) const ALL: [ToolName; 3] =
-        [ToolName::CollectInfo, ToolName::Transfer, ToolName::HangUp];
+    pub const ALL: [ToolName; 3] = [ToolName::CollectInfo, ToolName::Transfer, ToolName::HangUp];
 
     /// Resolves a canonical name or one of the original system's names.
     pub(crate) fn resolve(name: &str) -> Option<Self> {
@@ -36,7 +35,7 @@ impl ToolName {
     }
 
     /// The canonical name.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ToolName::CollectInfo => "collect_info",
             ToolName::Transfer => "transfer",

@@ -13,7 +13,7 @@ pub enum Platform {
 
 impl Platform {
     /// The name stored in the database.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Platform::Jambonz => "jambonz",
             Platform::Twilio => "twilio",
