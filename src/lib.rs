@@ -1,14 +1,17 @@
 //! lifeline: durable tool calls for voice-AI telephony.
 //!
 //! A tool call flows one way: an ingress adapter (`ingress::jambonz`) authenticates and turns the
-//! wire message into a `tools::ToolInvocation`; `tools::pipeline` validates it, logs it durably
+//! wire message into a `domain::ToolInvocation`; `tools::pipeline` validates it, logs it durably
 //! (`store`), rate-limits, runs the tool (`tools::collect_info`, `tools::transfer`,
 //! `tools::hang_up`), acting on the call through `telephony::CallControl`, records the outcome;
 //! the adapter answers in its own format (`protocol`).
 
+pub mod breaker;
 pub mod config;
+pub mod domain;
 pub mod ingress;
 pub mod ops;
+pub mod password;
 pub mod phone;
 pub mod prompt_context;
 pub mod protocol;
@@ -206,14 +209,14 @@ impl Server {
             Arc::new(telephony::twilio::TwilioClient::new(
                 settings,
                 http.clone(),
-                Arc::new(telephony::breaker::CircuitBreaker::new("twilio")),
+                Arc::new(breaker::CircuitBreaker::new("twilio")),
             ))
         });
         let http_for_alerts = http.clone();
         let ultravox_api = Arc::new(telephony::ultravox::UltravoxApi::new(
             config.ultravox.api_base.clone(),
             http,
-            Arc::new(telephony::breaker::CircuitBreaker::new("ultravox")),
+            Arc::new(breaker::CircuitBreaker::new("ultravox")),
             config.ultravox.agent_cache_ttl,
         ));
         let config = Arc::new(config);

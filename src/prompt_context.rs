@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::config::Tenant;
+use crate::domain::BusinessHours;
 use crate::phone::{E164, mask};
-use crate::tools::business_hours::BusinessHours;
 
 /// The agent name the original used when a clinic had none configured.
 const DEFAULT_AGENT_NAME: &str = "Jessica";

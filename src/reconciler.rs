@@ -25,9 +25,10 @@ use tokio::sync::watch;
 use tracing::{Instrument, error, info_span, warn};
 
 use crate::config::Config;
+use crate::domain::{ErrorKind, Platform, ToolError};
 use crate::store::{CallRow, DialingAttempt, Recorded, Store, StoreError};
 use crate::tools::pipeline::Pipeline;
-use crate::tools::{ErrorKind, Platform, ToolError, transfer};
+use crate::tools::transfer;
 
 /// How many stale invocations one pass looks at.
 const PENDING_BATCH: i64 = 200;

@@ -7,7 +7,7 @@ use chrono::Utc;
 use clap::Subcommand;
 
 use crate::config::valid_username;
-use crate::ops::admin::auth::hash_password;
+use crate::password::hash_password;
 use crate::store::{StaffAccountRow, Store};
 
 /// The shortest password accepted.

@@ -119,7 +119,7 @@ macro_rules! impl_store {
             NewToolCallLog, NewTransferAttempt, Plan, Recorded, Store, StoreError,
             ToolCallLogRow, TransferAttemptRow, TransferFinish, TransferStart, WindowCounts,
         };
-        use crate::tools::Platform;
+        use crate::domain::Platform;
 
         type EngineQuery<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>;
 

@@ -31,7 +31,7 @@ pub use queue::*;
 pub use retention::RetentionStore;
 pub use twilio_calls::{CallSetup, TwilioCallStore};
 
-use crate::tools::{Platform, ToolError};
+use crate::domain::{Platform, ToolError};
 
 /// A failure of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ impl StoreError {
                  call the tool again without it",
             ),
             _ => ToolError::new(
-                crate::tools::ErrorKind::Database,
+                crate::domain::ErrorKind::Database,
                 "the request could not be recorded; try the same tool again",
             ),
         }

@@ -6,8 +6,8 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::tools::urgency::Urgency;
-use crate::tools::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
+use crate::domain::Urgency;
+use crate::domain::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
 
 /// A call as first seen by an adapter.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -469,7 +469,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::tools::Platform;
+    use crate::domain::Platform;
 
     #[test]
     fn nul_becomes_the_replacement_character_and_nothing_else_changes() {
@@ -552,7 +552,7 @@ mod tests {
     fn an_invocation_keeps_the_paths_it_escaped_in_tool_data() {
         let log = log(json!({"pet_name": "Tom\u{0}mie"}), "inv\u{0}1");
         let outcome = Recorded::of(
-            &Err(crate::tools::ToolError::validation("pet\u{0}")),
+            &Err(crate::domain::ToolError::validation("pet\u{0}")),
             Utc::now(),
             0.0,
         );

@@ -2,7 +2,6 @@
 //! platform implements it its own way (Jambonz: commands on the call's socket, sent after the
 //! tool's answer; Twilio: a REST update).
 
-pub mod breaker;
 pub mod jambonz;
 pub mod twilio;
 pub mod ultravox;

@@ -21,8 +21,8 @@ use reqwest::header::ACCEPT;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, info, warn};
 
-use super::breaker::{BreakerOpen, CircuitBreaker};
 use super::{CallControl, TelephonyError, TransferPlan};
+use crate::breaker::{BreakerOpen, CircuitBreaker};
 use crate::config::TwilioSettings;
 use crate::phone::mask;
 use crate::protocol::twilio::{
@@ -427,7 +427,7 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
-    use crate::telephony::breaker::BreakerState;
+    use crate::breaker::BreakerState;
 
     const ACCOUNT: &str = "AC00000000000000000000000000000000";
     const CALL: &str = "CA11111111111111111111111111111111";
@@ -563,7 +563,7 @@ mod tests {
             deadline,
             Arc::new(CircuitBreaker::with_settings(
                 "twilio",
-                crate::telephony::breaker::BreakerSettings {
+                crate::breaker::BreakerSettings {
                     failure_threshold: 1000,
                     ..Default::default()
                 },
@@ -615,7 +615,7 @@ mod tests {
         drop(listener);
         let breaker = Arc::new(CircuitBreaker::with_settings(
             "twilio",
-            crate::telephony::breaker::BreakerSettings {
+            crate::breaker::BreakerSettings {
                 failure_threshold: 1000,
                 ..Default::default()
             },

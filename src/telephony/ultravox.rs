@@ -24,8 +24,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::breaker::{BreakerOpen, CircuitBreaker};
 use super::twilio::{error_chain, redact_phone_numbers};
+use crate::breaker::{BreakerOpen, CircuitBreaker};
 use crate::prompt_context::referenced_variables;
 
 /// How long one request may take; the caller bounds the whole call setup with its own,
@@ -464,7 +464,7 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
-    use crate::telephony::breaker::BreakerState;
+    use crate::breaker::BreakerState;
 
     const KEY: &str = "uv-secret-api-key";
     const AGENT: &str = "0b3c1e2a-5d6f-4a7b-8c9d-0e1f2a3b4c5d";

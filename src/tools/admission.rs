@@ -33,9 +33,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, warn};
 use uuid::Uuid;
 
-use super::pipeline::{CallScope, limit_refusal};
-use super::{ErrorKind, ToolError, ToolInvocation, ToolName};
+use super::context::CallScope;
+use super::limits::limit_refusal;
 use crate::config::Limits;
+use crate::domain::{ErrorKind, ToolError, ToolInvocation, ToolName};
 use crate::store::{NewCallEvent, Store, WindowCounts};
 
 /// Invocations of one call running at once, at most.

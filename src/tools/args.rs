@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::ToolError;
+use crate::domain::ToolError;
 use crate::phone::E164;
 
 /// Longest text accepted in any one argument.

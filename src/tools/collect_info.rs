@@ -6,9 +6,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::args::{Fields, caller_name};
-use super::pipeline::CallContext;
-use super::urgency::Urgency;
-use super::{ToolError, ToolOutput};
+use super::context::CallContext;
+use crate::domain::{ToolError, ToolOutput, Urgency};
 use crate::phone::E164;
 use crate::store::NewCallbackRequest;
 

@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use super::args::{Fields, MAX_TEXT};
-use super::pipeline::CallContext;
-use super::{ErrorKind, ToolError, ToolOutput, ToolResult};
+use super::context::CallContext;
+use crate::domain::{ErrorKind, ToolError, ToolOutput, ToolResult};
 
 /// Arguments of `hang_up`.
 #[derive(Debug, Clone)]

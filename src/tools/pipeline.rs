@@ -43,43 +43,16 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use super::admission::Admission;
-use super::{
-    ErrorKind, ToolError, ToolInvocation, ToolName, ToolOutput, ToolResult, collect_info, hang_up,
-    transfer,
-};
-use crate::config::{Limits, Tenant};
-use crate::store::{
-    Begun, CallRow, CountWindows, NewToolCallLog, Plan, Recorded, Store, Thresholds, WindowCounts,
-};
-use crate::telephony::CallControl;
+use super::context::CallContext;
+use super::limits::{limit_refusal, limit_thresholds};
+use super::{collect_info, hang_up, transfer};
+use crate::config::Limits;
+use crate::domain::{ErrorKind, ToolError, ToolInvocation, ToolName, ToolOutput, ToolResult};
+use crate::store::{Begun, CountWindows, NewToolCallLog, Plan, Recorded, Store, WindowCounts};
 
-/// Who and what an invocation acts on, from our own records, borrowed by the tools.
-pub struct CallContext<'a> {
-    pub tenant: &'a Arc<Tenant>,
-    /// The call row, when the adapter knows it (tools that act on the call need it).
-    pub call: Option<&'a CallRow>,
-    /// How to act on the live call.
-    pub control: &'a dyn CallControl,
-}
-
-/// The same, owned: the effect of an invocation outlives the request that asked for it.
-#[derive(Clone)]
-pub struct CallScope {
-    pub tenant: Arc<Tenant>,
-    pub call: Option<Arc<CallRow>>,
-    pub control: Arc<dyn CallControl>,
-}
-
-impl CallScope {
-    /// The borrowed view the tools take.
-    pub fn context(&self) -> CallContext<'_> {
-        CallContext {
-            tenant: &self.tenant,
-            call: self.call.as_deref(),
-            control: self.control.as_ref(),
-        }
-    }
-}
+// Where the adapters took it from before it had a module of its own (the lead's import sweep
+// points them at `tools::context`).
+pub use super::context::CallScope;
 
 /// What a validated invocation will do.
 pub enum Prepared {
@@ -484,57 +457,6 @@ fn prepare(
     }
 }
 
-/// The limit an invocation breaks, if any. Counts exclude the invocation itself.
-/// What [`limit_refusal`] refuses, as thresholds the store can apply in the database (over the
-/// clinic's rate: everything).
-fn limit_thresholds(limits: &Limits, tenant_allowed: bool, is_transfer: bool) -> Thresholds {
-    Thresholds {
-        call: Some(if tenant_allowed {
-            i64::from(limits.tool_calls_per_call)
-        } else {
-            0
-        }),
-        tool: is_transfer.then(|| i64::from(limits.transfers_per_call)),
-    }
-}
-
-pub(super) fn limit_refusal(
-    limits: &Limits,
-    tenant_allowed: bool,
-    is_transfer: bool,
-    counts: &WindowCounts,
-) -> Option<ToolError> {
-    if !tenant_allowed {
-        return Some(ToolError::new(
-            ErrorKind::RateLimited,
-            "this clinic's line is receiving too many tool calls; wait before trying again",
-        ));
-    }
-    if counts.call >= i64::from(limits.tool_calls_per_call) {
-        return Some(ToolError::new(
-            ErrorKind::RateLimited,
-            format!(
-                "too many tool calls on this call ({} in {} s); stop calling tools",
-                counts.call,
-                limits.call_window.as_secs()
-            ),
-        ));
-    }
-    if is_transfer && counts.tool >= i64::from(limits.transfers_per_call) {
-        let mut e = ToolError::new(
-            ErrorKind::RateLimited,
-            format!(
-                "this call was already transferred {} times; do not transfer again, take a \
-                 message with collect_info instead",
-                counts.tool
-            ),
-        );
-        e.retryable = false;
-        return Some(e);
-    }
-    None
-}
-
 fn recorded_error(recorded: &Recorded) -> ToolError {
     recorded
         .result
@@ -576,39 +498,4 @@ fn finish_metrics(
         }
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{limit_refusal, limit_thresholds};
-    use crate::config::Limits;
-    use crate::store::WindowCounts;
-
-    /// The store may refuse from the thresholds alone (PostgreSQL decides in the statement that
-    /// logs the invocation), so they must refuse exactly what the check refuses.
-    #[test]
-    fn thresholds_refuse_exactly_what_the_check_refuses() {
-        let limits = Limits {
-            tool_calls_per_call: 5,
-            transfers_per_call: 2,
-            ..Limits::default()
-        };
-        for tenant_allowed in [true, false] {
-            for is_transfer in [true, false] {
-                let t = limit_thresholds(&limits, tenant_allowed, is_transfer);
-                for call in 0..8 {
-                    for tool in 0..4 {
-                        let counts = WindowCounts { call, tool };
-                        let over =
-                            t.call.is_some_and(|n| call >= n) || t.tool.is_some_and(|n| tool >= n);
-                        assert_eq!(
-                            limit_refusal(&limits, tenant_allowed, is_transfer, &counts).is_some(),
-                            over,
-                            "tenant_allowed={tenant_allowed} transfer={is_transfer} {counts:?}"
-                        );
-                    }
-                }
-            }
-        }
-    }
 }

@@ -10,11 +10,10 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::args::{Fields, caller_name};
-use super::pipeline::CallContext;
-use super::urgency::Urgency;
-use super::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult};
+use super::context::CallContext;
 use crate::config::Tenant;
 use crate::config::oncall::ChainStep;
+use crate::domain::{ErrorKind, Platform, ToolError, ToolOutput, ToolResult, Urgency};
 use crate::phone::{E164, mask};
 use crate::store::{
     CallRow, NewCallbackRequest, NewTransferAttempt, Recorded, Store, StoreError, ToolCallLogRow,

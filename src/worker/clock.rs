@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::telephony::breaker::Clock;
+use crate::breaker::Clock;
 
 /// A source of wall-clock time.
 pub trait WallClock: Send + Sync {

@@ -27,9 +27,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::config::Config;
 use crate::store::{Store, TenantScope};
-use crate::telephony::breaker::{BreakerState, CircuitBreaker};
 
 /// The shortest time a request waits for a frontend whose circuit is not closed (a half-open
 /// circuit with every trial slot taken is not spun on).
@@ -46,7 +46,7 @@ pub struct FrontendLine {
 /// The due time of a frontend's waiting requests during one circuit period.
 #[derive(Debug, Clone, Copy)]
 struct Gate {
-    /// The breaker period ([`BreakerPhase::epoch`](crate::telephony::breaker::BreakerPhase))
+    /// The breaker period ([`BreakerPhase::epoch`](crate::breaker::BreakerPhase))
     /// the gate was set in.
     epoch: u64,
     at: DateTime<Utc>,
@@ -153,9 +153,9 @@ pub fn frontend_unavailable(status: Option<reqwest::StatusCode>) -> bool {
 /// One line per frontend URL: a breaker reading time from `clock`, and the tenants it serves.
 pub fn lines(
     config: &Config,
-    clock: &Arc<dyn crate::telephony::breaker::Clock>,
+    clock: &Arc<dyn crate::breaker::Clock>,
 ) -> HashMap<String, Arc<FrontendLine>> {
-    let settings = crate::telephony::breaker::BreakerSettings::default();
+    let settings = crate::breaker::BreakerSettings::default();
     let default_url = config.delivery.frontend.as_ref().map(|f| f.url.as_str());
     let mut lines = HashMap::new();
     if let Some(url) = default_url {

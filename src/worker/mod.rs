@@ -26,12 +26,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::breaker::{CircuitBreaker, Clock, SystemClock};
 use crate::config::{Config, DeliverySettings, Frontend};
 use crate::store::{
     AlertOutcome, AlertRecord, CallbackRequestRow, ClaimedAlert, DeliveryOutcome, DeliveryRecord,
     Store, StoreError,
 };
-use crate::telephony::breaker::{CircuitBreaker, Clock, SystemClock};
 
 use clock::{InstantsOf, SystemWallClock, WallClock};
 use delivery::Verdict;

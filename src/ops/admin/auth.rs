@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
+// Hashing lives below the configuration, which hashes the demo's staff password; re-exported
+// here, where staff login and tests look for it.
+pub use crate::password::{hash_password, verify_password};
 use crate::store::NewSession;
 
 use super::error::AdminError;
@@ -387,27 +390,6 @@ async fn audit_failure(state: &AppState, at: chrono::DateTime<Utc>, actor: &str,
     {
         tracing::error!(error = %e, "could not audit a failed login");
     }
-}
-
-/// Whether `password` matches the PHC `hash`.
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
-    PasswordHash::new(hash)
-        .map(|h| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// An argon2id PHC hash of `password` with a fresh random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::PasswordHasher;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// A hash to verify against when the name is unknown, so that unknown and known names take

@@ -79,7 +79,7 @@ async fn alerts(State(state): State<AppState>, staff: Staff) -> Result<Markup, A
 }
 
 async fn system(State(state): State<AppState>, staff: Staff) -> Result<Markup, AdminError> {
-    let breakers = crate::telephony::breaker::snapshot();
+    let breakers = crate::breaker::snapshot();
     // The queue's figures cover every clinic: shown to staff who see every clinic.
     if staff.tenant.is_some() {
         return Ok(pages::system(&staff, None, &breakers));

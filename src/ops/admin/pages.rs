@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
+use crate::breaker::{BreakerState, BreakerStatus};
 use crate::ops::clinic_day::ClinicDay;
 use crate::store::{AlertRow, CallbackRequestRow, DayStats, QueueStats, URGENCIES};
-use crate::telephony::breaker::{BreakerState, BreakerStatus};
 
 use super::staff::Staff;
 

@@ -21,9 +21,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
+use crate::breaker::{self, BreakerState};
 use crate::config::OpsSettings;
 use crate::store::{ALERT_KINDS, ALERT_STATUSES, REQUEST_STATUSES, URGENCIES};
-use crate::telephony::breaker::{self, BreakerState};
 
 pub(crate) mod series;
 

@@ -653,8 +653,8 @@ macro_rules! impl_delivery_queue {
 
             /// Queue order of an urgency level (0 first), as `urgency_rank` stores it.
             fn rank(level: &str) -> i32 {
-                crate::tools::urgency::Urgency::parse(level)
-                    .map_or(crate::tools::urgency::Urgency::Normal.rank(), |u| u.rank())
+                crate::domain::Urgency::parse(level)
+                    .map_or(crate::domain::Urgency::Normal.rank(), |u| u.rank())
             }
         }
     };

@@ -10,9 +10,9 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+use crate::domain::Urgency;
 use crate::store::journal::{Entry, Record, segment};
 use crate::store::*;
-use crate::tools::urgency::Urgency;
 
 const ALIASES: &str = "aliases.json";
 
@@ -350,7 +350,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::tools::Platform;
+    use crate::domain::Platform;
 
     fn entry(record: Record) -> Entry {
         Entry {
@@ -406,7 +406,7 @@ mod tests {
         Record::FinishInvocation {
             log_id,
             outcome: Recorded::of(
-                &Err(crate::tools::ToolError::validation("x")),
+                &Err(crate::domain::ToolError::validation("x")),
                 Utc::now(),
                 1.0,
             ),

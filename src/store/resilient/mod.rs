@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::journal::{Entry, Journal, Record};
 use super::*;
-use crate::tools::Platform;
+use crate::domain::Platform;
 
 pub use rows::Rows;
 

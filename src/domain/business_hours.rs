@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for DayHours {
 
 impl DayHours {
     /// The day's ranges.
-    pub fn ranges(&self) -> &[TimeRange] {
+    pub(crate) fn ranges(&self) -> &[TimeRange] {
         match self {
             DayHours::One(range) => std::slice::from_ref(range),
             DayHours::Many(ranges) => ranges,
@@ -153,7 +153,7 @@ pub enum OpenStatus {
 
 impl OpenStatus {
     /// Only [`OpenStatus::Open`] is open: every doubt is "closed" (see the module docs).
-    pub fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         self == OpenStatus::Open
     }
 }
@@ -182,7 +182,7 @@ pub struct TemplateContext {
 
 impl TemplateContext {
     /// `(prompt variable, value)` pairs, for merging into a larger template context.
-    pub fn entries(&self) -> [(&'static str, &str); 8] {
+    pub(crate) fn entries(&self) -> [(&'static str, &str); 8] {
         [
             ("current_date", &self.current_date),
             ("current_time", &self.current_time),
@@ -241,7 +241,7 @@ impl TimeRange {
 
 impl WeeklyHours {
     /// The ranges configured for a weekday (empty when closed all day).
-    pub fn day(&self, weekday: Weekday) -> &[TimeRange] {
+    pub(crate) fn day(&self, weekday: Weekday) -> &[TimeRange] {
         let day = match weekday {
             Weekday::Mon => &self.monday,
             Weekday::Tue => &self.tuesday,
@@ -271,7 +271,7 @@ const WEEKDAYS: [(Weekday, &str); 7] = [
 
 impl BusinessHours {
     /// Every problem in the configuration, each as one line for the start-up error.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+    pub(crate) fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.timezone.is_empty() {
             problems.push("timezone is required (an IANA name such as America/Toronto)".into());
@@ -310,12 +310,12 @@ impl BusinessHours {
     }
 
     /// The clinic's time zone, if `timezone` names one.
-    pub fn tz(&self) -> Option<Tz> {
+    pub(crate) fn tz(&self) -> Option<Tz> {
         self.timezone.parse().ok()
     }
 
     /// Whether the clinic is open at `now`, judged on the clinic's local date and wall clock.
-    pub fn status_at(&self, now: DateTime<Utc>) -> OpenStatus {
+    pub(crate) fn status_at(&self, now: DateTime<Utc>) -> OpenStatus {
         let Some(tz) = self.tz() else {
             return OpenStatus::Misconfigured;
         };
@@ -353,7 +353,7 @@ impl BusinessHours {
     /// The prompt variables the original computed, in the clinic's time zone (UTC if the zone
     /// is unknown, so a misconfigured clinic still gets a working prompt rather than a failed
     /// call — and it is then reported closed).
-    pub fn template_context(&self, now: DateTime<Utc>) -> TemplateContext {
+    pub(crate) fn template_context(&self, now: DateTime<Utc>) -> TemplateContext {
         let status = self.status_at(now);
         let local = now.with_timezone(&self.tz().unwrap_or(Tz::UTC));
         let date = local.format("%A, %B %-d, %Y").to_string();

@@ -51,7 +51,7 @@ const URGENT: [&str; 5] = [
 
 impl Urgency {
     /// The value stored in `urgency_level` (as the original system wrote it).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Urgency::Critical => "critical",
             Urgency::Urgent => "urgent",
@@ -60,7 +60,7 @@ impl Urgency {
     }
 
     /// The queue order: lower is served first.
-    pub fn rank(self) -> i32 {
+    pub(crate) fn rank(self) -> i32 {
         match self {
             Urgency::Critical => 0,
             Urgency::Urgent => 1,
@@ -69,7 +69,7 @@ impl Urgency {
     }
 
     /// Parses an explicit level given by the model.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "critical" => Some(Urgency::Critical),
             "urgent" | "high" => Some(Urgency::Urgent),
@@ -80,7 +80,7 @@ impl Urgency {
 
     /// Derives the level from what the caller said: an explicit level wins; otherwise keywords in
     /// the texts (negated phrases such as "non-emergency" are ignored); otherwise `floor`.
-    pub fn derive(explicit: Option<&str>, texts: &[&str], floor: Urgency) -> Self {
+    pub(crate) fn derive(explicit: Option<&str>, texts: &[&str], floor: Urgency) -> Self {
         if let Some(level) = explicit.and_then(Urgency::parse) {
             return level.min(floor);
         }

@@ -1,4 +1,5 @@
-//! Circuit breakers for outbound APIs (Twilio, Ultravox).
+//! Circuit breakers for outbound APIs: Twilio and Ultravox (telephony), the frontends the delivery
+//! worker posts to.
 //!
 //! When an API is down, every call would otherwise wait for its own timeouts and retries before
 //! giving up, holding the caller in silence; after a run of failures the breaker refuses at
@@ -67,7 +68,7 @@ pub enum BreakerState {
 
 impl BreakerState {
     /// `closed`, `open` or `half_open` (metric labels and logs).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
             Self::Open => "open",
@@ -76,7 +77,7 @@ impl BreakerState {
     }
 
     /// The value of the `lifeline_circuit_state` gauge: 0 closed, 1 open, 2 half-open.
-    pub fn gauge_value(self) -> f64 {
+    pub(crate) fn gauge_value(self) -> f64 {
         match self {
             Self::Closed => 0.0,
             Self::Open => 1.0,
@@ -157,18 +158,22 @@ impl fmt::Debug for CircuitBreaker {
 
 impl CircuitBreaker {
     /// A closed breaker for `api` with the default settings.
-    pub fn new(api: &'static str) -> Self {
+    pub(crate) fn new(api: &'static str) -> Self {
         Self::with_settings(api, BreakerSettings::default())
     }
 
     /// A closed breaker for `api`. A threshold or trial count of 0 is taken as 1 (a breaker
     /// that opens without any failure, or closes without any trial, would make no sense).
-    pub fn with_settings(api: &'static str, settings: BreakerSettings) -> Self {
+    pub(crate) fn with_settings(api: &'static str, settings: BreakerSettings) -> Self {
         Self::with_clock(api, settings, Arc::new(SystemClock))
     }
 
     /// Like [`with_settings`](Self::with_settings), reading time from `clock`.
-    pub fn with_clock(api: &'static str, settings: BreakerSettings, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn with_clock(
+        api: &'static str,
+        settings: BreakerSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let settings = BreakerSettings {
             failure_threshold: settings.failure_threshold.max(1),
             half_open_trials: settings.half_open_trials.max(1),
@@ -193,18 +198,18 @@ impl CircuitBreaker {
     }
 
     /// The API this breaker guards.
-    pub fn api(&self) -> &'static str {
+    pub(crate) fn api(&self) -> &'static str {
         self.api
     }
 
     /// The settings in force.
-    pub fn settings(&self) -> BreakerSettings {
+    pub(crate) fn settings(&self) -> BreakerSettings {
         self.settings
     }
 
     /// The state as of the last call to [`acquire`](Self::acquire) or the last report; an open
     /// circuit whose pause is over turns half-open at the next `acquire`.
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         self.lock().state.public()
     }
 
@@ -215,7 +220,7 @@ impl CircuitBreaker {
     /// deadline) counts as neither: nothing is known about the API from a call nobody waited
     /// for. It gives its half-open trial slot back, so a cancelled trial cannot wedge the
     /// circuit half-open.
-    pub fn acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
+    pub(crate) fn acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
         let mut inner = self.lock();
         let now = self.clock.now();
         let trial = match inner.state {
@@ -263,7 +268,7 @@ impl CircuitBreaker {
 
     /// The state with the number of transitions so far, read at once: two readings with the
     /// same `epoch` are of the same closed, open or half-open period.
-    pub fn phase(&self) -> BreakerPhase {
+    pub(crate) fn phase(&self) -> BreakerPhase {
         let inner = self.lock();
         BreakerPhase {
             state: inner.state.public(),
@@ -450,7 +455,7 @@ fn status_of(api: &'static str, clock: &dyn Clock, inner: &Mutex<Inner>) -> Brea
 
 /// Every live circuit breaker of the process and its state, in creation order. Several breakers
 /// may guard the same API (one per server started in a test process); dropped ones are gone.
-pub fn snapshot() -> Vec<BreakerStatus> {
+pub(crate) fn snapshot() -> Vec<BreakerStatus> {
     // Read the states after releasing the registry: a breaker's own lock is never taken while
     // the registry's is held, so creating a breaker never waits on a busy one.
     type Live = (&'static str, Arc<dyn Clock>, Arc<Mutex<Inner>>);
@@ -494,23 +499,23 @@ impl fmt::Debug for Permit<'_> {
 
 impl Permit<'_> {
     /// Whether this call is a half-open trial.
-    pub fn is_trial(&self) -> bool {
+    pub(crate) fn is_trial(&self) -> bool {
         self.trial
     }
 
     /// The API answered as a working API does (including a refusal of our request: that
     /// shows the API is up).
-    pub fn success(mut self) {
+    pub(crate) fn success(mut self) {
         self.finish(Outcome::Success);
     }
 
     /// The API failed: no answer, a timeout, a server error or a throttling answer.
-    pub fn failure(mut self) {
+    pub(crate) fn failure(mut self) {
         self.finish(Outcome::Failure);
     }
 
     /// [`success`](Self::success) if `ok`, else [`failure`](Self::failure).
-    pub fn record(self, ok: bool) {
+    pub(crate) fn record(self, ok: bool) {
         if ok { self.success() } else { self.failure() }
     }
 
