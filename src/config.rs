@@ -21,7 +21,6 @@ mod admin;
 mod delivery;
 mod demo;
 mod jambonz;
-mod jambonz_frame;
 mod journal;
 mod lifecycle;
 mod limits;
@@ -40,7 +39,7 @@ pub use admin::{AdminSettings, ConfiguredStaff, valid_username};
 pub use delivery::{AlertSettings, DeliverySettings, Frontend, TenantAlerts, WorkerSettings};
 pub use demo::DemoSettings;
 pub use jambonz::{JambonzSettings, JambonzTenant};
-pub use journal::default_dir as default_journal_dir;
+pub use journal::{JournalSettings, default_dir as default_journal_dir};
 pub use lifecycle::LifecycleSettings;
 pub use limits::Limits;
 pub use load::{ProcessSettings, redact_url};
@@ -98,7 +97,7 @@ pub struct Config {
     /// Shutdown grace and the reconciler.
     pub lifecycle: LifecycleSettings,
     /// The call path's journal, for when the database cannot commit in time (`[journal]`).
-    pub journal: crate::store::resilient::JournalSettings,
+    pub journal: JournalSettings,
     /// `[demo]`: this configuration is a demonstration with a published dashboard login (the
     /// account is in `admin.staff`). Never in production; start-up says so loudly.
     pub demo: Option<DemoSettings>,
@@ -204,7 +203,6 @@ impl Config {
                         ));
                     }
                 }
-                jambonz_frame::check_session_ack(&tenant, &mut problems);
                 tenants.push(Arc::new(tenant));
             }
         }

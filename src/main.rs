@@ -199,6 +199,11 @@ async fn run(cli: Cli, dotenv: DotEnv) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_failed(e),
             };
+            // A tenant whose Jambonz ack cannot fit one frame would get no call answered.
+            let problems = lifeline::ingress::jambonz::frame_check::session_ack_problems(&config);
+            if !problems.is_empty() {
+                return config_failed(lifeline::config::ConfigError(problems));
+            }
             serve(config, Config::source_label(&process)).await
         }
     }

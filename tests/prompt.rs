@@ -14,6 +14,7 @@ use common::{
 };
 use lifeline::Server;
 use lifeline::config::{Config, ProcessSettings};
+use lifeline::ingress::jambonz::frame_check::session_ack_problems;
 use lifeline::ingress::jambonz::session_verbs::largest_session_ack;
 use lifeline::protocol::jambonz::MAX_FRAME_BYTES;
 use lifeline::protocol::twilio::compute_signature;
@@ -496,7 +497,17 @@ async fn the_longest_prompt_that_fits_reaches_jambonz_whole_in_one_frame(engine:
             "https://api.ultravox.ai",
             &line.repeat(copies),
         );
+        // What `lifeline serve` checks at start: the settings, then every Jambonz ack's size.
         Config::build(&process, Some((&toml, "t.toml".as_ref())), &|_| None)
+            .map_err(|e| e.0)
+            .and_then(|config| {
+                let problems = session_ack_problems(&config);
+                if problems.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(problems)
+                }
+            })
     };
     // The longest repetition the configuration accepts (it accepts 1 and refuses 400).
     let (mut copies, mut refused) = (1, 400);

@@ -69,7 +69,7 @@ impl RawDemo {
             ));
         }
         if problems.len() == before {
-            match crate::ops::admin::auth::hash_password(self.staff_password.expose_secret()) {
+            match crate::password::hash_password(self.staff_password.expose_secret()) {
                 Ok(hash) => admin.staff.push(ConfiguredStaff {
                     username: self.staff_username.clone(),
                     password_hash: hash,

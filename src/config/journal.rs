@@ -21,7 +21,21 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::validate::non_empty;
-use crate::store::resilient::JournalSettings;
+
+/// How the call path falls back on the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// Where the journal's segments live. On a platform with ephemeral disks this must be a
+    /// mounted volume, or a redeploy during an outage loses what the journal holds.
+    pub dir: PathBuf,
+    /// How long a write of the call path may wait for the database before it is journaled.
+    pub write_budget: Duration,
+    /// How long a read of the call path may wait for the database before the rows this
+    /// instance holds in memory answer it.
+    pub read_budget: Duration,
+    /// How often the database is probed while the journal holds records.
+    pub probe_interval: Duration,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,8 +12,8 @@ use super::paging::{self, CallerSms, PagingSettings};
 use super::transfer::{RawTransfer, TransferTargets};
 use super::ultravox::{RawUltravox, UltravoxSettings};
 use super::validate::{non_empty, non_empty_secret, phone};
+use crate::domain::BusinessHours;
 use crate::phone::E164;
-use crate::tools::business_hours::BusinessHours;
 
 /// A clinic.
 #[derive(Debug, Clone)]

@@ -276,7 +276,7 @@ fn a_demo_section_makes_a_staff_account_only_outside_production_settings() {
         .find(|s| s.username == "demo")
         .unwrap();
     assert_eq!(account.tenant, None, "every clinic");
-    assert!(crate::ops::admin::auth::verify_password(
+    assert!(crate::password::verify_password(
         "demo-password-123",
         &account.password_hash
     ));

@@ -2,6 +2,7 @@
 //! authenticating with HTTP Basic on the upgrade; one task then serves the call's socket.
 
 mod calls;
+pub mod frame_check;
 mod malformed;
 mod recovery;
 mod session;

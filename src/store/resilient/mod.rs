@@ -17,9 +17,10 @@
 mod apply;
 mod rows;
 
+/// The journal's settings are the configuration's (`[journal]`); re-exported for the store's users.
+pub use crate::config::JournalSettings;
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,21 +47,6 @@ const REPLAY_TRIES: u64 = 3;
 /// How long a request that does not go through the journal (the dashboard, a timeline, Twilio
 /// call set-up) may wait for the database.
 const PASS_THROUGH_BOUND: Duration = Duration::from_secs(5);
-
-/// How the call path falls back on the journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JournalSettings {
-    /// Where the journal's segments live. On a platform with ephemeral disks this must be a
-    /// mounted volume, or a redeploy during an outage loses what the journal holds.
-    pub dir: PathBuf,
-    /// How long a write of the call path may wait for the database before it is journaled.
-    pub write_budget: Duration,
-    /// How long a read of the call path may wait for the database before the rows this
-    /// instance holds in memory answer it.
-    pub read_budget: Duration,
-    /// How often the database is probed while the journal holds records.
-    pub probe_interval: Duration,
-}
 
 /// Sends alerts that cannot wait for the database.
 pub trait DirectAlerts: Send + Sync {

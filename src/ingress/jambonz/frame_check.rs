@@ -5,14 +5,27 @@
 //! variables can take (`ingress::jambonz::session_verbs::largest_session_ack`), not a guess from
 //! the raw prompt: a short prompt can grow past the limit once filled, and a long one can still
 //! fit.
+//!
+//! It lives here, beside the ack it measures, rather than in `config`: the configuration layer
+//! sits below the adapters and cannot render their verbs. `lifeline serve` runs it right after
+//! loading the configuration, and refuses to start (exit 2) as for any other bad setting.
 
-use super::Tenant;
+use crate::config::{Config, Tenant};
 use crate::ingress::jambonz::session_verbs::largest_session_ack;
 use crate::protocol::jambonz::MAX_FRAME_BYTES;
 
+/// The problems of every tenant whose session ack can exceed one frame (empty: all fit).
+pub fn session_ack_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for tenant in &config.tenants {
+        check_session_ack(tenant, &mut problems);
+    }
+    problems
+}
+
 /// Adds a problem when `tenant` is reachable through Jambonz and its session ack can exceed
 /// one frame.
-pub(super) fn check_session_ack(tenant: &Tenant, problems: &mut Vec<String>) {
+fn check_session_ack(tenant: &Tenant, problems: &mut Vec<String>) {
     if tenant.jambonz.is_none() {
         // Not reachable on the Jambonz socket: its prompt only travels to Ultravox over HTTP.
         return;
@@ -38,7 +51,8 @@ pub(super) fn check_session_ack(tenant: &Tenant, problems: &mut Vec<String>) {
 mod tests {
     use std::path::Path;
 
-    use super::super::{Config, ProcessSettings};
+    use super::session_ack_problems;
+    use crate::config::{Config, ProcessSettings};
     use crate::ingress::jambonz::session_verbs::session_verbs;
     use crate::prompt_context::CallFacts;
     use crate::protocol::jambonz::{MAX_FRAME_BYTES, ack};
@@ -64,7 +78,14 @@ mod tests {
              system_prompt = {}\n",
             toml::Value::String(prompt.into())
         );
-        Config::build(&process, Some((&toml, Path::new("t.toml"))), &|_| None).map_err(|e| e.0)
+        let config = Config::build(&process, Some((&toml, Path::new("t.toml"))), &|_| None)
+            .map_err(|e| e.0)?;
+        let problems = session_ack_problems(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
     }
 
     /// A prompt whose variables grow when filled.
