@@ -100,8 +100,13 @@ impl LifelineProcess {
         self.seen.iter().find(|v| v["fields"]["message"] == message)
     }
 
-    /// Waits for the log line whose message is `message`.
+    /// Waits for the log line whose message is `message` (or finds it among the lines already
+    /// read: waiting for start-up reads past what the process logged before it, such as a
+    /// journal replay that finishes before `lifeline serving`).
     pub async fn wait_for_log(&mut self, message: &str) -> Value {
+        if let Some(v) = self.logged(message) {
+            return v.clone();
+        }
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(v) = self.logs.recv().await {
                 self.seen.push(v.clone());
@@ -115,7 +120,13 @@ impl LifelineProcess {
         match found {
             Ok(Some(v)) => v,
             Ok(None) => panic!("lifeline exited before logging {message:?}"),
-            Err(_) => panic!("lifeline never logged {message:?}"),
+            Err(_) => {
+                // What it did log, to tell why.
+                for v in &self.seen {
+                    eprintln!("lifeline logged: {v}");
+                }
+                panic!("lifeline never logged {message:?}")
+            }
         }
     }
 
