@@ -101,6 +101,12 @@ fn read_dotenv() -> Result<DotEnv, String> {
     Ok(DotEnv::Read(read))
 }
 
+/// mimalloc instead of glibc's allocator: perf put a fifth of the call path's CPU in glibc's
+/// malloc and free (`_int_malloc`, `malloc_consolidate`), as every frame, row and log line
+/// allocates.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let dotenv = match read_dotenv() {
         Ok(d) => d,

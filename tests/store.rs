@@ -48,6 +48,7 @@ on_both_engines!(
     with_thresholds_concurrent_invocations_of_one_call_cannot_overrun_its_limit,
     with_thresholds_a_complete_plan_commits_its_callback_once_and_a_repeat_finds_it,
     with_thresholds_a_refusal_is_worded_by_the_check_and_recorded_without_its_callback,
+    with_thresholds_a_call_whose_totals_reach_a_limit_is_counted_in_its_windows_exactly,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -2254,5 +2255,98 @@ async fn with_thresholds_a_refusal_is_worded_by_the_check_and_recorded_without_i
             .await,
         4,
         "two ran, two refusals recorded"
+    );
+}
+
+/// The call's totals (`call_invocation_totals`, kept by a trigger for every writer) spare the
+/// count while they are under the limits; once they reach one, the windows are counted exactly:
+/// rows that left the window no longer count, and a repeat is still answered as a repeat.
+async fn with_thresholds_a_call_whose_totals_reach_a_limit_is_counted_in_its_windows_exactly(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let raw = Raw::open(&db, engine).await;
+    const TOTAL: &str =
+        "SELECT COALESCE(MAX(total), 0) FROM call_invocation_totals WHERE call_ref = $1";
+    // Three invocations at t0, logged without thresholds (the statement-by-statement path):
+    // the trigger counts them all the same.
+    for i in 0..3 {
+        let log = new_log("call-totals", &format!("old-{i}"), "collect_info", t0());
+        let begun = store
+            .begin_invocation(&log, &Plan::Run, &wide_windows(), &allow)
+            .await
+            .unwrap();
+        assert!(matches!(begun, Begun::Running), "{begun:?}");
+    }
+    assert_eq!(raw.count_text(TOTAL, "call-totals").await, 3);
+
+    // A window of one minute that starts after them, three allowed in it: the totals (3) reach
+    // the limit, so the window is counted, and it holds none of them.
+    let later = t0() + TimeDelta::minutes(10);
+    let window = CountWindows {
+        call_since: later - TimeDelta::minutes(1),
+        tool_since: later - TimeDelta::minutes(1),
+        tool: "transfer".into(),
+        thresholds: Some(Thresholds {
+            call: Some(3),
+            tool: None,
+        }),
+    };
+    let log = new_log("call-totals", "new-0", "collect_info", later);
+    let begun = store
+        .begin_invocation(&log, &Plan::Run, &window, &refuse_at(3, None))
+        .await
+        .unwrap();
+    assert!(
+        matches!(begun, Begun::Running),
+        "old rows outside the window refused a new invocation: {begun:?}"
+    );
+    assert_eq!(raw.count_text(TOTAL, "call-totals").await, 4);
+
+    // A repeat of an old invocation, the totals over the limit: a repeat, not a refusal.
+    let mut again = new_log("call-totals", "old-1", "collect_info", later);
+    again.id = Uuid::new_v4();
+    let begun = store
+        .begin_invocation(&again, &Plan::Run, &window, &refuse_at(3, None))
+        .await
+        .unwrap();
+    assert!(matches!(begun, Begun::Duplicate(_)), "{begun:?}");
+
+    // Two more within the window reach its limit of three: the next is refused by the count.
+    for i in 1..3 {
+        let log = new_log(
+            "call-totals",
+            &format!("new-{i}"),
+            "collect_info",
+            later + TimeDelta::milliseconds(i),
+        );
+        let begun = store
+            .begin_invocation(&log, &Plan::Run, &window, &refuse_at(3, None))
+            .await
+            .unwrap();
+        assert!(matches!(begun, Begun::Running), "{i}: {begun:?}");
+    }
+    let log = new_log("call-totals", "new-3", "collect_info", later + secs(1));
+    match store
+        .begin_invocation(&log, &Plan::Run, &window, &refuse_at(3, None))
+        .await
+        .unwrap()
+    {
+        Begun::Recorded(r) => assert_eq!(
+            r.error_message.as_deref(),
+            Some("3 calls, 0 transfers already"),
+            "counted in the window, not from the totals"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Every row is counted, the refusal's too.
+    assert_eq!(
+        raw.count_text(TOTAL, "call-totals").await,
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1",
+            "call-totals"
+        )
+        .await
     );
 }

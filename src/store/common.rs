@@ -2,7 +2,8 @@
 //!
 //! The SQL below is portable (`$N` placeholders work on SQLite too, timestamps are bound from
 //! Rust, upserts use `ON CONFLICT`), so it is written once and expanded for each engine's pool
-//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `log_invocation()` (which
+//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `group_writer()` (a turn on the engine's group
+//! commit for the call path's writes), `log_invocation()` (which
 //! runs the shared `log_in_transaction` in a transaction of its own making), `bump_queue()`,
 //! `run_migrations()` and `ONE_STATEMENT_LOG_WITH_CALLBACK`; on SQLite the writer is a single
 //! connection, which serialises write transactions instead of failing them with SQLITE_BUSY.
@@ -290,31 +291,54 @@ macro_rules! impl_store {
             check: LimitCheck<'_>,
         ) -> Result<Option<(Begun, bool)>, sqlx::Error> {
             let platform = log.platform.as_str();
-            let (known, call, tool): (Option<Uuid>, i64, i64) = sqlx::query_as(
-                "SELECT \
-                 (SELECT id FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
-                  AND invocation_key = $7), \
-                 COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
-                              THEN 1 ELSE 0 END), 0) \
-                 FROM tool_call_logs \
-                 WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
-            )
-            .bind(platform)
-            .bind(&log.call_ref)
-            .bind(windows.call_since)
-            .bind(&windows.tool)
-            .bind(windows.tool_since)
-            .bind(windows.call_since.min(windows.tool_since))
-            .bind(&log.invocation_key)
-            .fetch_one(&mut *conn)
-            .await?;
+            let (known, total, transfers): (Option<Uuid>, Option<i64>, Option<i64>) =
+                sqlx::query_as(
+                    "SELECT \
+                     (SELECT id FROM tool_call_logs WHERE platform = $1 AND call_ref = $2 \
+                      AND invocation_key = $3), \
+                     (SELECT total FROM call_invocation_totals \
+                      WHERE platform = $1 AND call_ref = $2), \
+                     (SELECT transfers FROM call_invocation_totals \
+                      WHERE platform = $1 AND call_ref = $2)",
+                )
+                .bind(platform)
+                .bind(&log.call_ref)
+                .bind(&log.invocation_key)
+                .fetch_one(&mut *conn)
+                .await?;
             if known.is_some() {
                 return Ok(None);
             }
+            let totals = WindowCounts {
+                call: total.unwrap_or(0),
+                tool: transfers.unwrap_or(0),
+            };
             let refusal = match plan {
                 Plan::Fail(_) => None,
-                Plan::Run | Plan::Complete { .. } => check(&WindowCounts { call, tool }),
+                // Under the limits by the call's totals: the windows are too (the check is
+                // monotonic in the counts, and the totals bound them from above).
+                Plan::Run | Plan::Complete { .. } if windows.under_limits(&totals) => {
+                    check(&totals)
+                }
+                Plan::Run | Plan::Complete { .. } => {
+                    let (call, tool): (i64, i64) = sqlx::query_as(
+                        "SELECT \
+                         COALESCE(SUM(CASE WHEN created_at > $3 THEN 1 ELSE 0 END), 0), \
+                         COALESCE(SUM(CASE WHEN canonical_tool = $4 AND created_at > $5 \
+                                      THEN 1 ELSE 0 END), 0) \
+                         FROM tool_call_logs \
+                         WHERE platform = $1 AND call_ref = $2 AND created_at > $6",
+                    )
+                    .bind(platform)
+                    .bind(&log.call_ref)
+                    .bind(windows.call_since)
+                    .bind(&windows.tool)
+                    .bind(windows.tool_since)
+                    .bind(windows.call_since.min(windows.tool_since))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    check(&WindowCounts { call, tool })
+                }
             };
             let (outcome, callback) = match (&refusal, plan) {
                 (Some(err), _) => (
@@ -392,8 +416,11 @@ macro_rules! impl_store {
 
             async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
                 crate::store::text::escape!(call, "call");
+                // Through the engine's group commit (SQLite): a call's start shares its
+                // fsync with everyone's tool calls.
+                let mut w = self.group_writer().await?;
                 // The no-op update makes RETURNING give the existing row on a repeat.
-                Ok(sqlx::query_as(concat!(
+                let row = sqlx::query_as(concat!(
                     "INSERT INTO calls (id, tenant_id, platform, call_ref, from_number, \
                      to_number, direction, status, account_sid, application_sid, started_at, \
                      created_at, updated_at) \
@@ -413,8 +440,10 @@ macro_rules! impl_store {
                 .bind(&call.account_sid)
                 .bind(&call.application_sid)
                 .bind(call.started_at)
-                .fetch_one(self.writer())
-                .await?)
+                .fetch_one(w.conn())
+                .await
+                .map_err(StoreError::from);
+                w.end(row).await
             }
 
             async fn find_call(
@@ -454,15 +483,18 @@ macro_rules! impl_store {
                 call_id: Uuid,
                 at: DateTime<Utc>,
             ) -> Result<(), StoreError> {
-                sqlx::query(
+                let mut w = self.group_writer().await?;
+                let done = sqlx::query(
                     "UPDATE calls SET app_started_at = COALESCE(app_started_at, $2), \
                      updated_at = $2 WHERE id = $1",
                 )
                 .bind(call_id)
                 .bind(at)
-                .execute(self.writer())
-                .await?;
-                Ok(())
+                .execute(w.conn())
+                .await
+                .map(drop)
+                .map_err(StoreError::from);
+                w.end(done).await
             }
 
             async fn record_call_status(
@@ -471,7 +503,11 @@ macro_rules! impl_store {
                 u: &CallStatusUpdate,
             ) -> Result<(), StoreError> {
                 crate::store::text::escape!(u, "call_status");
-                let mut tx = self.writer().begin().await?;
+                let mut w = self.group_writer().await?;
+                let done = async {
+                // A transaction of its own (on SQLite a savepoint in the shared one): both
+                // rows or neither.
+                let mut tx = sqlx::Connection::begin(w.conn()).await?;
                 // A call that ended stays ended, whatever arrives late; and an event older
                 // (by the platform's sequence number) than the one applied changes nothing:
                 // Twilio's status callbacks can arrive out of order.
@@ -501,8 +537,11 @@ macro_rules! impl_store {
                 .bind(Json(&u.detail))
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(())
+                tx.commit().await
+                }
+                .await
+                .map_err(StoreError::from);
+                w.end(done).await
             }
 
             async fn set_ultravox_call_id(
@@ -540,7 +579,8 @@ macro_rules! impl_store {
 
             async fn append_call_event(&self, e: &NewCallEvent) -> Result<(), StoreError> {
                 crate::store::text::escape!(e, "call_event");
-                sqlx::query(
+                let mut w = self.group_writer().await?;
+                let done = sqlx::query(
                     "INSERT INTO call_events (id, call_id, at, kind, detail) \
                      VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -549,9 +589,11 @@ macro_rules! impl_store {
                 .bind(e.at)
                 .bind(&e.kind)
                 .bind(Json(&e.detail))
-                .execute(self.writer())
-                .await?;
-                Ok(())
+                .execute(w.conn())
+                .await
+                .map(drop)
+                .map_err(StoreError::from);
+                w.end(done).await
             }
 
             async fn call_events(&self, call_id: Uuid) -> Result<Vec<CallEventRow>, StoreError> {
@@ -587,7 +629,8 @@ macro_rules! impl_store {
                 o: &Recorded,
             ) -> Result<(), StoreError> {
                 crate::store::text::escape!(o, "tool_call");
-                sqlx::query(
+                let mut w = self.group_writer().await?;
+                let done = sqlx::query(
                     "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
                      error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
                      WHERE id = $1 AND status = 'pending'",
@@ -599,9 +642,11 @@ macro_rules! impl_store {
                 .bind(o.error_kind)
                 .bind(o.duration_ms)
                 .bind(o.at)
-                .execute(self.writer())
-                .await?;
-                Ok(())
+                .execute(w.conn())
+                .await
+                .map(drop)
+                .map_err(StoreError::from);
+                w.end(done).await
             }
 
             async fn tool_call_log(&self, id: Uuid) -> Result<Option<ToolCallLogRow>, StoreError> {

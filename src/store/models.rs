@@ -226,6 +226,22 @@ pub struct CountWindows {
     pub thresholds: Option<Thresholds>,
 }
 
+impl CountWindows {
+    /// Whether a call's totals (every invocation it ever made, and its transfers: the
+    /// `call_invocation_totals` row, migration `0013`) already show that no limit can be
+    /// reached: the totals bound the windowed counts from above, so under the thresholds they
+    /// make counting the windows unnecessary. Only with [`Self::thresholds`], and for the
+    /// transfer window only when `tool` is `transfer` (the only tool the totals count).
+    pub fn under_limits(&self, totals: &WindowCounts) -> bool {
+        let Some(t) = self.thresholds else {
+            return false;
+        };
+        t.call.is_none_or(|limit| totals.call < limit)
+            && t.tool
+                .is_none_or(|limit| self.tool == "transfer" && totals.tool < limit)
+    }
+}
+
 /// Counts at which an invocation is refused (`None`: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {

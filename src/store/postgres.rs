@@ -77,6 +77,21 @@ pub struct PgStore {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// A write's connection on PostgreSQL: the counterpart of SQLite's group-commit turn.
+pub(crate) struct PgTurn(sqlx::pool::PoolConnection<sqlx::Postgres>);
+
+impl PgTurn {
+    /// The pooled connection, in autocommit.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.0
+    }
+
+    /// What the write did (its statement has committed already).
+    pub(crate) async fn end<T>(self, done: Result<T, StoreError>) -> Result<T, StoreError> {
+        done
+    }
+}
+
 impl PgStore {
     /// Whether a log row and its callback request can be written by one statement (a
     /// data-modifying CTE, so one round trip and one commit) rather than a transaction.
@@ -231,6 +246,12 @@ impl PgStore {
 
     fn reader(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection for one of the call path's writes, in autocommit: PostgreSQL shares WAL
+    /// flushes between concurrent commits by itself (SQLite's store batches them instead).
+    async fn group_writer(&self) -> Result<PgTurn, StoreError> {
+        Ok(PgTurn(self.pool.acquire().await?))
     }
 
     /// Logs an invocation. With the limits as plain thresholds ([`CountWindows::thresholds`],

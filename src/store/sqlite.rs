@@ -67,6 +67,54 @@ struct Batch {
     members: u32,
 }
 
+/// One write's turn on the open batch: it holds the batch (and so the writer connection) until
+/// [`GroupTurn::end`], which gives the batch up, commits it unless another member does first,
+/// and waits for that commit.
+pub(crate) struct GroupTurn<'s> {
+    open: tokio::sync::MutexGuard<'s, Option<Batch>>,
+    commit: CommitOnDrop,
+    committed: watch::Receiver<Option<Result<(), String>>>,
+}
+
+impl GroupTurn<'_> {
+    fn batch(&mut self) -> &mut Batch {
+        self.open.as_mut().expect("a turn holds an open batch")
+    }
+
+    /// The writer connection, inside the batch's transaction. A single statement is atomic
+    /// there (SQLite undoes a failed statement alone); several must be wrapped in a nested
+    /// transaction (a savepoint), so that a failure undoes only their own rows.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.batch().tx
+    }
+
+    /// Ends the turn with what it did: `done` once the commit holding its rows is done, or the
+    /// commit's failure (then nothing it wrote was kept).
+    pub(crate) async fn end<T>(mut self, done: Result<T, StoreError>) -> Result<T, StoreError> {
+        if done.is_ok() {
+            self.batch().members += 1;
+        }
+        let GroupTurn {
+            open,
+            commit,
+            mut committed,
+        } = self;
+        drop(open);
+        commit.now().await;
+        let done = done?;
+        match committed.wait_for(Option::is_some).await.as_deref() {
+            Ok(Some(Ok(()))) => Ok(done),
+            Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
+                "the shared transaction did not commit: {e}"
+            ))),
+            // The member that was committing it went away mid-commit.
+            Ok(None) | Err(_) => Err(StoreError::Unavailable(
+                "the shared transaction's commit was cut short".into(),
+            )),
+        }
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl SqliteStore {
@@ -146,6 +194,17 @@ impl SqliteStore {
         windows: &crate::store::CountWindows,
         check: crate::store::LimitCheck<'_>,
     ) -> Result<(crate::store::Begun, bool), StoreError> {
+        let mut turn = self.group_writer().await?;
+        let done = Self::log_in_batch(turn.batch(), log, plan, windows, check).await;
+        turn.end(done).await
+    }
+
+    /// A turn on the open group-commit batch (opening one if none is), for one write of the
+    /// call path: tool calls' logs, and the call's own rows (its start, status and events), so
+    /// that a call's lifecycle shares fsyncs with everyone's tool calls instead of costing one
+    /// of its own each. The turn holds the writer until [`GroupTurn::end`]; what it writes is
+    /// answered only once the commit holding it is done.
+    async fn group_writer(&self) -> Result<GroupTurn<'_>, StoreError> {
         let mut open = self.batch.open.lock().await;
         if open.is_none() {
             let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -157,27 +216,15 @@ impl SqliteStore {
             });
         }
         let batch = open.as_mut().expect("a batch is open");
-        // Whatever happens to this tool call, the batch gets committed (by it, or by the task
+        // Whatever happens to this turn, the batch gets committed (by it, or by the task
         // this starts if it is dropped half-way): the others' rows are in it.
         let commit = CommitOnDrop(Some((self.clone(), batch.id)));
-        let mut committed = batch.outcome.subscribe();
-        let done = Self::log_in_batch(batch, log, plan, windows, check).await;
-        if done.is_ok() {
-            batch.members += 1;
-        }
-        drop(open);
-        commit.now().await;
-        let done = done?;
-        match committed.wait_for(Option::is_some).await.as_deref() {
-            Ok(Some(Ok(()))) => Ok(done),
-            Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
-                "the logging transaction did not commit: {e}"
-            ))),
-            // The tool call that was committing it went away mid-commit.
-            Ok(None) | Err(_) => Err(StoreError::Unavailable(
-                "the logging transaction's commit was cut short".into(),
-            )),
-        }
+        let committed = batch.outcome.subscribe();
+        Ok(GroupTurn {
+            open,
+            commit,
+            committed,
+        })
     }
 
     /// One tool call's turn on the open batch, under a savepoint: if it fails (or this future

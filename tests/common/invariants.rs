@@ -7,7 +7,9 @@
 //!   next step of the on-call chain that followed it);
 //! - every call that ended with a transfer has its `transfer_outcome`;
 //! - the counts of settled callback requests and alerts the triggers keep (what `/metrics`
-//!   reads) are the rows' own counts.
+//!   reads) are the rows' own counts;
+//! - no call's invocation totals (what spares the limit check its count) are under the
+//!   call's logged invocations (too low a total would let a call past its limit).
 //!
 //! The check waits (a generous deadline) for the state to settle, since the server's tasks may
 //! still be writing the last outcome when the test body returns.
@@ -16,7 +18,7 @@
 use std::time::Duration;
 
 /// Each check: what it means, and a query listing the rows that break it (one text per row).
-const CHECKS: [(&str, &str); 6] = [
+const CHECKS: [(&str, &str); 7] = [
     (
         "tool_call_logs left pending",
         "SELECT tool_name || ' on ' || call_ref FROM tool_call_logs WHERE status = 'pending'",
@@ -73,6 +75,14 @@ const CHECKS: [(&str, &str); 6] = [
          SELECT c.kind || ' ' || c.status || ': ' || c.count || ', 0' \
          FROM settled_alert_counts c WHERE c.count <> 0 AND NOT EXISTS ( \
            SELECT 1 FROM alerts a WHERE a.kind = c.kind AND a.status = c.status)",
+    ),
+    (
+        "calls whose invocation totals are under their logged invocations (total, logged)",
+        "SELECT l.platform || ' ' || l.call_ref || ': ' || COALESCE(t.total, 0) || ', ' || l.n \
+         FROM (SELECT platform, call_ref, COUNT(*) AS n FROM tool_call_logs \
+               GROUP BY platform, call_ref) l \
+         LEFT JOIN call_invocation_totals t ON t.platform = l.platform AND t.call_ref = l.call_ref \
+         WHERE COALESCE(t.total, 0) < l.n",
     ),
 ];
 
