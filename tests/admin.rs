@@ -210,6 +210,7 @@ fn request(n: usize, tenant: &str, urgency: Urgency) -> NewCallbackRequest {
         urgency_reason: None,
         urgency,
         metadata: json!({}),
+        text_caller: true,
     }
 }
 

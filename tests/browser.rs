@@ -176,6 +176,7 @@ async fn staff_see_a_new_critical_callback_live_and_mark_it_done(engine: Engine)
                 urgency_reason: None,
                 urgency: Urgency::Critical,
                 metadata: json!({}),
+                text_caller: true,
             })
             .await
             .unwrap();

@@ -487,6 +487,7 @@ fn new_request(tenant: &str) -> lifeline::store::NewCallbackRequest {
         urgency_reason: None,
         urgency: lifeline::tools::urgency::Urgency::Normal,
         metadata: serde_json::json!({}),
+        text_caller: true,
     }
 }
 

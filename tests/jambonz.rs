@@ -9,7 +9,9 @@ use common::db_lock::DbLock;
 use common::process::LifelineProcess;
 use common::relay::{Fault, Relay};
 use common::{Engine, FakeFeatureServer, TestApp, TestDb, transfer_args, try_connect};
-use lifeline::store::{CallRow, CallbackFilter, CallbackRequestRow, TransferAttemptRow};
+use lifeline::store::{
+    CallRow, CallbackFilter, CallbackRequestRow, PagingStore, TransferAttemptRow,
+};
 use lifeline::tools::Platform;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -204,6 +206,8 @@ async fn collect_info_answers_after_both_rows_are_committed(engine: Engine) {
     assert_eq!(cb.tenant_id, "riverside");
     assert_eq!(cb.call_sid.as_deref(), Some(fs.call_sid.as_str()));
     assert!(cb.call_id.is_some());
+    // This clinic texts no one (no [tenants.caller_sms]): no text is queued to wait for good.
+    assert!(app.store.caller_text(cb.id).await.unwrap().is_none());
 }
 
 /// Starts a call on `fs`, asks for a transfer and returns the redirect's verbs.

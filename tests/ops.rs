@@ -431,6 +431,7 @@ fn request(n: u32, urgency: Urgency, created_at: DateTime<Utc>) -> NewCallbackRe
         urgency_reason: None,
         urgency,
         metadata: json!({}),
+        text_caller: true,
     }
 }
 

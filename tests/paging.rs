@@ -229,6 +229,7 @@ emergency_fallback = "City Animal ER (24 hours) at +1 201 555 0150"
                 urgency_reason: None,
                 urgency,
                 metadata: json!({}),
+                text_caller: true,
             })
             .await
             .unwrap();

@@ -49,6 +49,7 @@ on_both_engines!(
     with_thresholds_a_complete_plan_commits_its_callback_once_and_a_repeat_finds_it,
     with_thresholds_a_refusal_is_worded_by_the_check_and_recorded_without_its_callback,
     with_thresholds_a_call_whose_totals_reach_a_limit_is_counted_in_its_windows_exactly,
+    a_caller_text_is_queued_only_for_requests_whose_clinic_texts_callers,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -264,6 +265,7 @@ fn callback(
         urgency_reason: None,
         urgency,
         metadata: json!({ "source": "test" }),
+        text_caller: true,
     }
 }
 
@@ -2349,4 +2351,53 @@ async fn with_thresholds_a_call_whose_totals_reach_a_limit_is_counted_in_its_win
         )
         .await
     );
+}
+
+/// A callback request queues a text to its caller only when it says so (its clinic texts
+/// callers): on every path that writes one (a tool call's single statement, the transaction
+/// statement by statement, a request on its own); a critical one is paged either way.
+async fn a_caller_text_is_queued_only_for_requests_whose_clinic_texts_callers(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let raw = Raw::open(&db, engine).await;
+    const TEXTS: &str = "SELECT COUNT(*) FROM caller_texts WHERE callback_request_id = $1";
+    const PAGES: &str = "SELECT COUNT(*) FROM pages WHERE callback_request_id = $1";
+    let call = store.upsert_call(&new_call("call-texts")).await.unwrap();
+    for (i, text_caller) in [false, true].into_iter().enumerate() {
+        // A tool call's callback request, with thresholds (PostgreSQL: one statement) and
+        // without (a transaction).
+        for (j, windows) in [windows_with(Some(10), None), wide_windows()]
+            .into_iter()
+            .enumerate()
+        {
+            let mut log = new_log("call-texts", &format!("msg-{i}-{j}"), "collect_info", t0());
+            log.call_id = Some(call.id);
+            let mut cb = callback(TENANT, Some(call.id), Some(log.id), Urgency::Critical, t0());
+            cb.text_caller = text_caller;
+            let plan = Plan::Complete {
+                outcome: success(t0()),
+                callback: Some(Box::new(cb.clone())),
+            };
+            let begun = store
+                .begin_invocation(&log, &plan, &windows, &allow)
+                .await
+                .unwrap();
+            assert!(matches!(begun, Begun::Recorded(_)), "{begun:?}");
+            assert_eq!(
+                raw.count_where(TEXTS, cb.id).await,
+                i64::from(text_caller),
+                "text_caller {text_caller}, path {j}"
+            );
+            assert_eq!(raw.count_where(PAGES, cb.id).await, 1, "paged either way");
+        }
+        // A request on its own.
+        let mut cb = callback(TENANT, Some(call.id), None, Urgency::Normal, t0());
+        cb.text_caller = text_caller;
+        store.insert_callback_request(&cb).await.unwrap();
+        assert_eq!(
+            raw.count_where(TEXTS, cb.id).await,
+            i64::from(text_caller),
+            "text_caller {text_caller}, a request on its own"
+        );
+    }
 }

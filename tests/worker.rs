@@ -274,6 +274,7 @@ fn request(n: usize, urgency: Urgency, created_at: DateTime<Utc>) -> NewCallback
         urgency_reason: None,
         urgency,
         metadata: json!({}),
+        text_caller: true,
     }
 }
 

@@ -31,6 +31,34 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER tool_call_logs_totals AFTER INSERT ON tool_call_logs
   FOR EACH ROW EXECUTE FUNCTION lifeline_count_invocation();
 
+-- A callback request says whether its caller is to be texted: only where the clinic texts
+-- callers. Every request used to queue a caller_texts row, which for a clinic without texting
+-- waited for good for a sender that does not exist: an insert, two index entries and a foreign
+-- key per tool call for nothing (the notices trigger was a fifth of lifeline_log_invocation's
+-- executor time). Writers that do not say (older versions during a deploy) keep the old
+-- behaviour.
+ALTER TABLE callback_requests ADD COLUMN text_caller BOOLEAN NOT NULL DEFAULT TRUE;
+
+CREATE OR REPLACE FUNCTION lifeline_queue_notices() RETURNS trigger AS $$
+BEGIN
+  IF NEW.urgency_level = 'critical' THEN
+    INSERT INTO pages (callback_request_id, tenant_id, created_at, updated_at)
+    VALUES (NEW.id, NEW.tenant_id, NEW.created_at, NEW.created_at)
+    ON CONFLICT DO NOTHING;
+  END IF;
+  IF NEW.text_caller THEN
+    INSERT INTO caller_texts (callback_request_id, tenant_id, created_at, updated_at)
+    VALUES (NEW.id, NEW.tenant_id, NEW.created_at, NEW.created_at)
+    ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+DROP TRIGGER callback_requests_notices ON callback_requests;
+CREATE TRIGGER callback_requests_notices AFTER INSERT ON callback_requests
+  FOR EACH ROW WHEN (NEW.urgency_level = 'critical' OR NEW.text_caller)
+  EXECUTE FUNCTION lifeline_queue_notices();
+
 -- lifeline_log_invocation (0010) with the totals consulted before any counting, and repeats
 -- found by the insert's conflict on the unique invocation key (its arbiter index is probed
 -- directly). The separate check before it ran under a plan PL/pgSQL cached on the session's
@@ -38,7 +66,10 @@ CREATE TRIGGER tool_call_logs_totals AFTER INSERT ON tool_call_logs
 -- call-window index and fetching each from the heap (ExecSetParamPlan -> index_fetch_heap,
 -- a fifth of the function's time at 1,000 tool calls/s). It is kept only where a limit may
 -- be reached, so that a repeat is still answered as a repeat, not refused.
-CREATE OR REPLACE FUNCTION lifeline_log_invocation(
+-- A new last parameter, c_text_caller (default: yes): the function is replaced, and a call
+-- with the old parameters (an older version during a deploy) resolves to it.
+DROP FUNCTION lifeline_log_invocation;
+CREATE FUNCTION lifeline_log_invocation(
   lock_ns INTEGER, lock_key INTEGER,
   call_since TIMESTAMPTZ, window_tool TEXT, tool_since TIMESTAMPTZ,
   call_limit BIGINT, tool_limit BIGINT,
@@ -56,7 +87,7 @@ CREATE OR REPLACE FUNCTION lifeline_log_invocation(
   c_species TEXT DEFAULT NULL, c_breed TEXT DEFAULT NULL, c_age TEXT DEFAULT NULL,
   c_concern_description TEXT DEFAULT NULL, c_urgency_level TEXT DEFAULT NULL,
   c_urgency_reason TEXT DEFAULT NULL, c_urgency_rank INTEGER DEFAULT NULL,
-  c_metadata JSONB DEFAULT NULL,
+  c_metadata JSONB DEFAULT NULL, c_text_caller BOOLEAN DEFAULT TRUE,
   OUT outcome TEXT, OUT call_count BIGINT, OUT tool_count BIGINT
 ) LANGUAGE plpgsql AS $$
 DECLARE
@@ -109,11 +140,11 @@ BEGIN
     INSERT INTO callback_requests (id, created_at, updated_at, tenant_id, call_id, call_sid,
         transfer_attempt_id, reason, status, callback_number, caller_name, first_name, last_name,
         pet_name, species, breed, age, concern_description, urgency_level, urgency_reason,
-        urgency_rank, metadata, tool_call_log_id)
+        urgency_rank, metadata, tool_call_log_id, text_caller)
       VALUES (c_id, c_created_at, c_created_at, c_tenant_id, c_call_id, c_call_sid,
         c_transfer_attempt_id, c_reason, 'pending', c_callback_number, c_caller_name,
         c_first_name, c_last_name, c_pet_name, c_species, c_breed, c_age, c_concern_description,
-        c_urgency_level, c_urgency_reason, c_urgency_rank, c_metadata, l_id);
+        c_urgency_level, c_urgency_reason, c_urgency_rank, c_metadata, l_id, c_text_caller);
     outcome := 'queued';
   ELSE
     outcome := 'logged';

@@ -21,3 +21,14 @@ BEGIN
   ON CONFLICT (platform, call_ref)
   DO UPDATE SET total = total + 1, transfers = transfers + excluded.transfers;
 END;
+
+-- A callback request says whether its caller is to be texted: only where the clinic texts
+-- callers (see the PostgreSQL migration 0013). Writers that do not say keep the old behaviour.
+ALTER TABLE callback_requests ADD COLUMN text_caller INTEGER NOT NULL DEFAULT 1;
+DROP TRIGGER callback_requests_caller_text;
+CREATE TRIGGER callback_requests_caller_text AFTER INSERT ON callback_requests
+  WHEN NEW.text_caller
+BEGIN
+  INSERT OR IGNORE INTO caller_texts (callback_request_id, tenant_id, created_at, updated_at)
+  VALUES (NEW.id, NEW.tenant_id, NEW.created_at, NEW.created_at);
+END;

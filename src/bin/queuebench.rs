@@ -98,6 +98,7 @@ fn request(n: usize) -> NewCallbackRequest {
         urgency_reason: None,
         urgency: Urgency::Normal,
         metadata: json!({}),
+        text_caller: false,
     }
 }
 

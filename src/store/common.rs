@@ -60,7 +60,7 @@ macro_rules! callback_insert_columns {
         "id, created_at, updated_at, tenant_id, call_id, call_sid, transfer_attempt_id, reason, \
          status, callback_number, caller_name, first_name, last_name, pet_name, species, breed, \
          age, concern_description, urgency_level, urgency_reason, urgency_rank, metadata, \
-         tool_call_log_id"
+         tool_call_log_id, text_caller"
     };
 }
 
@@ -77,16 +77,17 @@ pub(crate) const INSERT_CALLBACK: &str = concat!(
     "INSERT INTO callback_requests (",
     callback_insert_columns!(),
     ") VALUES ($1, $2, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12, $13, $14, $15, \
-     $16, $17, $18, $19, $20, $21)"
+     $16, $17, $18, $19, $20, $21, $22)"
 );
 
-/// A voice message's callback request, keyed by its recording ($22): a repeat of the recording
+/// A voice message's callback request, keyed by its recording ($22; whether to text the caller
+/// is $23): a repeat of the recording
 /// webhook inserts nothing, whichever unique key it meets.
 pub(crate) const INSERT_VOICE_MESSAGE: &str = concat!(
     "INSERT INTO callback_requests (",
     callback_insert_columns!(),
     ", recording_sid) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING"
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $23, $22) ON CONFLICT DO NOTHING"
 );
 
 /// PostgreSQL: a log row and its callback request in one statement (the callback only if the log
@@ -100,7 +101,7 @@ pub(crate) const INSERT_LOG_WITH_CALLBACK: &str = concat!(
      cb AS (INSERT INTO callback_requests (",
     callback_insert_columns!(),
     ") SELECT $24, $25, $25, $26, $27, $28, $29, $30, 'pending', $31, $32, $33, $34, $35, $36, \
-     $37, $38, $39, $40, $41, $42, $43, log.id FROM log RETURNING id) \
+     $37, $38, $39, $40, $41, $42, $43, log.id, $44 FROM log RETURNING id) \
      SELECT (SELECT COUNT(*) FROM log)::BIGINT"
 );
 
@@ -186,6 +187,7 @@ macro_rules! impl_store {
         ) -> Result<(), sqlx::Error> {
             bind_callback(sqlx::query(crate::store::common::INSERT_CALLBACK), cb)
                 .bind(cb.tool_call_log_id)
+                .bind(cb.text_caller)
                 .execute(&mut *conn)
                 .await?;
             Ok(())
@@ -257,7 +259,10 @@ macro_rules! impl_store {
                 // One statement: one round trip fewer.
                 (Some(cb), true) => {
                     let q = bind_log(sqlx::query(INSERT_LOG_WITH_CALLBACK), log, outcome);
-                    let row = bind_callback(q, cb).fetch_one(&mut *conn).await?;
+                    let row = bind_callback(q, cb)
+                        .bind(cb.text_caller)
+                        .fetch_one(&mut *conn)
+                        .await?;
                     let logged: i64 = sqlx::Row::try_get(&row, 0)?;
                     Ok(logged == 1)
                 }
@@ -270,6 +275,7 @@ macro_rules! impl_store {
                     }
                     bind_callback(sqlx::query(crate::store::common::INSERT_CALLBACK), cb)
                         .bind(log.id)
+                        .bind(cb.text_caller)
                         .execute(&mut *conn)
                         .await?;
                     Ok(true)

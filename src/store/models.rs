@@ -294,6 +294,16 @@ pub struct NewCallbackRequest {
     pub urgency_reason: Option<String>,
     pub urgency: Urgency,
     pub metadata: Value,
+    /// Whether the caller is to be texted about it (a `caller_texts` row is queued with it):
+    /// only where the clinic texts callers (`[tenants.caller_sms]`), so that no text waits for
+    /// a sender that does not exist. Journal records written before the field say yes, as
+    /// every request did then.
+    #[serde(default = "text_caller_by_default")]
+    pub text_caller: bool,
+}
+
+fn text_caller_by_default() -> bool {
+    true
 }
 
 /// A row of `callback_requests`.

@@ -50,17 +50,18 @@ fn plain_on_loopback(
     }
 }
 
-/// One tool call's log in one statement (see `migrations/postgres/0010_log_invocation_function.sql`):
+/// One tool call's log in one statement (see `migrations/postgres/0010_log_invocation_function.sql`
+/// and `0013_call_invocation_totals.sql`):
 /// the lock, the windows and limits ($1–$7), the log row ($8–$30).
 const LOG_INVOCATION: &str = "SELECT outcome, call_count, tool_count FROM lifeline_log_invocation(\
      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
      $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
 
-/// The same with the log row's callback request ($31–$50).
+/// The same with the log row's callback request ($31–$51).
 const LOG_INVOCATION_WITH_CALLBACK: &str = "SELECT outcome, call_count, tool_count FROM \
      lifeline_log_invocation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
      $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, \
-     $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50)";
+     $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51)";
 
 /// The store on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -300,7 +301,7 @@ impl PgStore {
         .bind(limits.1);
         let q = bind_log(q, log, outcome);
         let q = match callback {
-            Some(cb) => bind_callback(q, cb),
+            Some(cb) => bind_callback(q, cb).bind(cb.text_caller),
             None => q,
         };
         let row = q.fetch_one(&self.pool).await?;

@@ -244,6 +244,7 @@ macro_rules! impl_twilio_call_store {
                     )
                     .bind(request.tool_call_log_id)
                     .bind(recording_sid)
+                    .bind(request.text_caller)
                     .execute(self.writer())
                     .await?
                     .rows_affected()

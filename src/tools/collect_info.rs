@@ -68,6 +68,7 @@ pub fn prepare(
         urgency_reason,
         urgency,
         metadata: json!({ "callback_number_source": number_source }),
+        text_caller: ctx.tenant.caller_sms.is_some(),
     };
     let output = ToolOutput {
         message: format!(

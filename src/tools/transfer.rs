@@ -152,6 +152,7 @@ pub async fn run(
             call,
             &TransferAttemptRow::dialing(&attempt),
             Utc::now(),
+            tenant.caller_sms.is_some(),
         );
         let callback_id = callback.id;
         store
@@ -399,9 +400,9 @@ pub async fn on_dial_outcome(
             ring,
         )
     });
-    let callback = next
-        .is_none()
-        .then(|| failed_transfer_callback(&tenant.id, call, &attempt, now));
+    let callback = next.is_none().then(|| {
+        failed_transfer_callback(&tenant.id, call, &attempt, now, tenant.caller_sms.is_some())
+    });
     let failed_log = match (&callback, attempt.tool_call_log_id) {
         (Some(cb), Some(log_id)) => {
             let error = ToolError::new(
@@ -732,7 +733,9 @@ pub async fn abandon_attempt(
     let failure = format!("{} never reported an outcome: {why}", attempt.target_role);
     // The attempt's own tenant: a tenant removed from the configuration since still gets its
     // caller called back.
-    let callback = failed_transfer_callback(&attempt.tenant_id, call, attempt, now);
+    // Without the clinic's configuration at hand, a text is queued as ever (the worker sends it
+    // only where the clinic texts callers).
+    let callback = failed_transfer_callback(&attempt.tenant_id, call, attempt, now, true);
     let failed_log = attempt.tool_call_log_id.map(|log_id| {
         let error = ToolError::new(
             ErrorKind::External,
@@ -892,6 +895,7 @@ fn failed_transfer_callback(
     call: &CallRow,
     attempt: &TransferAttemptRow,
     now: DateTime<Utc>,
+    text_caller: bool,
 ) -> NewCallbackRequest {
     NewCallbackRequest {
         id: Uuid::now_v7(),
@@ -914,6 +918,7 @@ fn failed_transfer_callback(
         urgency_reason: Some(attempt.reason.clone()),
         urgency: Urgency::Critical,
         metadata: json!({ "caller_id": call.from_number }),
+        text_caller,
     }
 }
 
@@ -964,6 +969,8 @@ pub fn interrupted_transfer_callback(
         urgency_reason: Some(reason),
         urgency: Urgency::Critical,
         metadata: json!({ "caller_id": caller_id }),
+        // The reconciler has no clinic at hand: a text is queued as ever.
+        text_caller: true,
     }
 }
 

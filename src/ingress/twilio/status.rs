@@ -165,6 +165,7 @@ async fn on_recording(state: &AppState, done: &RecordingDone) -> Response {
             "recording_sid": done.recording_sid,
             "recording_duration": done.recording_duration,
         }),
+        text_caller: tenant.caller_sms.is_some(),
     };
     // Twilio may repeat the webhook, even concurrently: the recording's SID (its URL, which
     // names it, if the SID is missing) is a unique key, so a repeat writes nothing.
