@@ -9,9 +9,7 @@ use common::db_lock::DbLock;
 use common::process::LifelineProcess;
 use common::relay::{Fault, Relay};
 use common::{Engine, FakeFeatureServer, TestApp, TestDb, transfer_args, try_connect};
-use lifeline::store::{
-    CallRow, CallbackFilter, CallbackRequestRow, PagingStore, TransferAttemptRow,
-};
+use lifeline::store::{CallRow, CallbackFilter, CallbackRequestRow, TransferAttemptRow};
 use lifeline::tools::Platform;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::http::StatusCode;
