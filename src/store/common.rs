@@ -2,9 +2,9 @@
 //!
 //! The SQL below is portable (`$N` placeholders work on SQLite too, timestamps are bound from
 //! Rust, upserts use `ON CONFLICT`), so it is written once and expanded for each engine's pool
-//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `group_writer()` (a turn on the engine's group
-//! commit for the call path's writes), `log_invocation()` (which
-//! runs the shared `log_in_transaction` in a transaction of its own making), `bump_queue()`,
+//! type by `impl_store!`. An engine provides `writer()`, `reader()`, `group_writer()` (a turn on
+//! the engine's group commit for the call path's writes), `log_invocation()` (which runs the
+//! shared `log_in_transaction` in a transaction of its own making), `bump_queue()`,
 //! `run_migrations()` and `ONE_STATEMENT_LOG_WITH_CALLBACK`; on SQLite the writer is a single
 //! connection, which serialises write transactions instead of failing them with SQLITE_BUSY.
 
@@ -511,39 +511,39 @@ macro_rules! impl_store {
                 crate::store::text::escape!(u, "call_status");
                 let mut w = self.group_writer().await?;
                 let done = async {
-                // A transaction of its own (on SQLite a savepoint in the shared one): both
-                // rows or neither.
-                let mut tx = sqlx::Connection::begin(w.conn()).await?;
-                // A call that ended stays ended, whatever arrives late; and an event older
-                // (by the platform's sequence number) than the one applied changes nothing:
-                // Twilio's status callbacks can arrive out of order.
-                sqlx::query(
-                    "UPDATE calls SET status = $2, updated_at = $3, \
-                     ended_at = CASE WHEN $4 THEN $3 ELSE ended_at END, \
-                     duration_seconds = COALESCE($5, duration_seconds), \
-                     status_sequence = COALESCE($6, status_sequence) \
-                     WHERE id = $1 AND ended_at IS NULL \
-                     AND ($6 IS NULL OR status_sequence IS NULL OR status_sequence < $6)",
-                )
-                .bind(call_id)
-                .bind(&u.status)
-                .bind(u.at)
-                .bind(u.ended)
-                .bind(u.duration_seconds)
-                .bind(u.sequence)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO call_events (id, call_id, at, kind, detail) \
-                     VALUES ($1, $2, $3, 'status', $4)",
-                )
-                .bind(u.event_id)
-                .bind(call_id)
-                .bind(u.at)
-                .bind(Json(&u.detail))
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await
+                    // A transaction of its own (on SQLite a savepoint in the shared one): both
+                    // rows or neither.
+                    let mut tx = sqlx::Connection::begin(w.conn()).await?;
+                    // A call that ended stays ended, whatever arrives late; and an event older
+                    // (by the platform's sequence number) than the one applied changes nothing:
+                    // Twilio's status callbacks can arrive out of order.
+                    sqlx::query(
+                        "UPDATE calls SET status = $2, updated_at = $3, \
+                         ended_at = CASE WHEN $4 THEN $3 ELSE ended_at END, \
+                         duration_seconds = COALESCE($5, duration_seconds), \
+                         status_sequence = COALESCE($6, status_sequence) \
+                         WHERE id = $1 AND ended_at IS NULL \
+                         AND ($6 IS NULL OR status_sequence IS NULL OR status_sequence < $6)",
+                    )
+                    .bind(call_id)
+                    .bind(&u.status)
+                    .bind(u.at)
+                    .bind(u.ended)
+                    .bind(u.duration_seconds)
+                    .bind(u.sequence)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO call_events (id, call_id, at, kind, detail) \
+                         VALUES ($1, $2, $3, 'status', $4)",
+                    )
+                    .bind(u.event_id)
+                    .bind(call_id)
+                    .bind(u.at)
+                    .bind(Json(&u.detail))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
                 }
                 .await
                 .map_err(StoreError::from);
