@@ -176,7 +176,9 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
         session.detach();
         // Jambonz closes with 1000 when the call is over (and only then).
         if let Ended::ByPeer(Some(close_code::NORMAL)) = ended {
-            session.on_call_end().await;
+            // Boxed: the call's closing writes are a large future that every idle socket's
+            // task would otherwise carry (the task went from 4.5 to 2.1 KB).
+            Box::pin(session.on_call_end()).await;
         }
     }
     .instrument(span)
