@@ -6,6 +6,11 @@
 -- writer counts; the totals only ever exceed the windowed counts (pruning old rows leaves
 -- them as they are), so while they are under the limits the windows are too and nothing is
 -- counted; at or over a limit the windows are counted exactly, as before, under the call's lock.
+-- No log row may be written between the count below and the trigger that counts the next ones
+-- (another instance during a deploy): inserts wait for this migration (the call path journals
+-- meanwhile if it takes too long).
+LOCK TABLE tool_call_logs IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE call_invocation_totals (
   platform   TEXT NOT NULL,
   call_ref   TEXT NOT NULL,
