@@ -237,8 +237,9 @@ impl CountWindows {
             return false;
         };
         t.call.is_none_or(|limit| totals.call < limit)
-            && t.tool
-                .is_none_or(|limit| self.tool == "transfer" && totals.tool < limit)
+            && t.tool.is_none_or(|limit| {
+                self.tool == crate::domain::ToolName::Transfer.as_str() && totals.tool < limit
+            })
     }
 }
 
