@@ -2401,3 +2401,275 @@ async fn a_caller_text_is_queued_only_for_requests_whose_clinic_texts_callers(en
         );
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// PostgreSQL's call path: tool calls waiting to be logged share one statement
+// (`src/store/postgres/log_batch.rs`). The store above is a plain one; these use the call
+// path's, with one lane (a pool of 1), and make tool calls wait for it on purpose: a raw
+// transaction holds the totals row of a "blocker" call uncommitted, so the lane's first
+// statement waits on it (the totals trigger's upsert), and what is handed over meanwhile is
+// taken by the next statement all at once.
+
+/// A call-path store with one lane, migrated.
+async fn call_path_store(db: &TestDb) -> Arc<lifeline::store::postgres::PgStore> {
+    let store = lifeline::store::postgres::PgStore::connect_call_path(&db.url, 1)
+        .await
+        .expect("call path store");
+    store.migrate().await.expect("migrate");
+    Arc::new(store)
+}
+
+/// Polls `what` until it holds (the lanes run in their own tasks).
+async fn until(what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !holds() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Blocks the one lane: returns the raw transaction holding the blocker call's totals row, and
+/// the blocker's own invocation (in the lane, waiting).
+async fn block_the_lane(
+    db: &TestDb,
+    store: &Arc<lifeline::store::postgres::PgStore>,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<Result<Begun, StoreError>>,
+) {
+    let raw = sqlx::PgPool::connect(&db.url).await.expect("raw");
+    let mut hold = raw.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO call_invocation_totals (platform, call_ref, total, transfers) \
+         VALUES ('jambonz', 'call-blocker', 0, 0)",
+    )
+    .execute(&mut *hold)
+    .await
+    .expect("hold the blocker's totals row");
+    let s = store.clone();
+    let blocker = tokio::spawn(async move {
+        let log = new_log("call-blocker", "blocker", "collect_info", t0());
+        s.begin_invocation(
+            &log,
+            &Plan::Run,
+            &windows_with(Some(1_000), None),
+            &refuse_at(1_000, None),
+        )
+        .await
+    });
+    until("the lane took the blocker", || {
+        store.log_batches() == Some((1, 1))
+    })
+    .await;
+    (hold, blocker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_own_limits() {
+    let db = TestDb::new(Engine::Postgres).await;
+    let store = call_path_store(&db).await;
+    let (hold, blocker) = block_the_lane(&db, &store).await;
+
+    // Handed over while the lane waits: 10 invocations of a call allowed 4, 3 messages with
+    // their callback requests, and one invocation sent twice.
+    let mut limited = Vec::new();
+    for i in 0..10 {
+        let s = store.clone();
+        limited.push(tokio::spawn(async move {
+            let log = new_log(
+                "call-limited",
+                &format!("burst-{i}"),
+                "collect_info",
+                t0() + TimeDelta::milliseconds(i),
+            );
+            s.begin_invocation(
+                &log,
+                &Plan::Run,
+                &windows_with(Some(4), None),
+                &refuse_at(4, None),
+            )
+            .await
+            .expect("limited invocation")
+        }));
+    }
+    let mut messages = Vec::new();
+    for i in 0..3 {
+        let s = store.clone();
+        messages.push(tokio::spawn(async move {
+            let log = new_log(&format!("call-msg-{i}"), "msg", "collect_info", t0());
+            let cb = callback(TENANT, None, Some(log.id), Urgency::Normal, t0());
+            let plan = Plan::Complete {
+                outcome: success(t0()),
+                callback: Some(Box::new(cb.clone())),
+            };
+            let begun = s
+                .begin_invocation(&log, &plan, &windows_with(Some(1_000), None), &allow)
+                .await
+                .expect("message");
+            (begun, cb.id)
+        }));
+    }
+    let mut repeats = Vec::new();
+    for _ in 0..2 {
+        let s = store.clone();
+        repeats.push(tokio::spawn(async move {
+            let log = new_log("call-repeat", "same-key", "collect_info", t0());
+            s.begin_invocation(
+                &log,
+                &Plan::Run,
+                &windows_with(Some(1_000), None),
+                &refuse_at(1_000, None),
+            )
+            .await
+            .expect("repeat")
+        }));
+    }
+    until("15 tool calls wait for the lane", || {
+        store.log_batch_waiting() == Some(15)
+    })
+    .await;
+    hold.commit().await.expect("release the lane");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+
+    let (mut ran, mut refused) = (0, 0);
+    for t in limited {
+        match t.await.unwrap() {
+            Begun::Running => ran += 1,
+            Begun::Recorded(r) if r.error_kind == Some("rate_limited") => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (ran, refused),
+        (4, 6),
+        "the call's limit held inside the batch"
+    );
+    let raw = Raw::open(&db, Engine::Postgres).await;
+    for t in messages {
+        let (begun, cb_id) = t.await.unwrap();
+        assert!(
+            matches!(begun, Begun::Recorded(ref r) if r.success),
+            "{begun:?}"
+        );
+        assert_eq!(
+            raw.count_where(
+                "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+                cb_id
+            )
+            .await,
+            1,
+            "a message's callback request committed with its log row"
+        );
+    }
+    let mut outcomes = Vec::new();
+    for t in repeats {
+        outcomes.push(match t.await.unwrap() {
+            Begun::Running => "running",
+            Begun::Duplicate(_) => "duplicate",
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["duplicate", "running"]);
+    // The blocker's statement, then one for the 15 (the refusals and the repeat's lookup are
+    // statements of their own, outside the lanes).
+    assert_eq!(store.log_batches(), Some((2, 16)));
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'pending'",
+            "call-limited"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'failed' \
+             AND error_kind = 'rate_limited'",
+            "call-limited"
+        )
+        .await,
+        6
+    );
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1",
+            "call-repeat"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        raw.count("SELECT total FROM call_invocation_totals WHERE call_ref = 'call-limited'")
+            .await,
+        10,
+        "every row of the call is in its totals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_a_tool_call_that_fails_a_shared_statement_fails_alone() {
+    let db = TestDb::new(Engine::Postgres).await;
+    let store = call_path_store(&db).await;
+    let (hold, blocker) = block_the_lane(&db, &store).await;
+
+    // Four messages and one whose callback request names a call that does not exist (the
+    // foreign key refuses it): handed over together, they share one statement, which fails.
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let log = new_log(&format!("call-{i}"), "msg", "collect_info", t0());
+            let call_id = (i == 2).then(Uuid::new_v4);
+            let cb = callback(TENANT, call_id, Some(log.id), Urgency::Normal, t0());
+            let plan = Plan::Complete {
+                outcome: success(t0()),
+                callback: Some(Box::new(cb.clone())),
+            };
+            let begun = s
+                .begin_invocation(&log, &plan, &windows_with(Some(1_000), None), &allow)
+                .await;
+            (i, begun, log.id, cb.id)
+        }));
+    }
+    until("5 tool calls wait for the lane", || {
+        store.log_batch_waiting() == Some(5)
+    })
+    .await;
+    hold.commit().await.expect("release the lane");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+    assert_eq!(
+        store.log_batches(),
+        Some((2, 6)),
+        "the five shared a statement"
+    );
+
+    let raw = Raw::open(&db, Engine::Postgres).await;
+    for t in tasks {
+        let (i, begun, log_id, cb_id) = t.await.unwrap();
+        let logs = raw
+            .count_where("SELECT COUNT(*) FROM tool_call_logs WHERE id = $1", log_id)
+            .await;
+        let callbacks = raw
+            .count_where(
+                "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+                cb_id,
+            )
+            .await;
+        if i == 2 {
+            let err = begun.expect_err("the orphan's error is its own");
+            assert!(is_foreign_key_violation(&err), "got {err}");
+            assert_eq!((logs, callbacks), (0, 0));
+        } else {
+            let begun = begun.expect("the others are logged on their own");
+            assert!(
+                matches!(begun, Begun::Recorded(ref r) if r.success),
+                "{begun:?}"
+            );
+            assert_eq!((logs, callbacks), (1, 1), "message {i}");
+        }
+    }
+}

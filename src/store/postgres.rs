@@ -8,6 +8,8 @@ use tokio::sync::watch;
 
 use crate::store::queue::QueueSignal;
 
+mod log_batch;
+
 /// The channel the queue triggers `NOTIFY` (see `migrations/postgres/0003_delivery.sql`).
 const QUEUE_CHANNEL: &str = "lifeline_queue";
 
@@ -74,6 +76,9 @@ pub struct PgStore {
     /// Set on a store whose sessions skip the triggers' `NOTIFY`: kicks the task that
     /// announces queued work to other processes after the commit.
     announcer: Option<Arc<watch::Sender<()>>>,
+    /// On the call path's store: the lanes that log waiting tool calls together (see
+    /// [`log_batch`]).
+    batcher: Option<log_batch::LogBatcher>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -120,6 +125,7 @@ impl PgStore {
             listening: Arc::new(Once::new()),
             options,
             announcer: None,
+            batcher: None,
         })
     }
 
@@ -139,6 +145,7 @@ impl PgStore {
             listening: Arc::new(Once::new()),
             options,
             announcer: None,
+            batcher: None,
         })
     }
 
@@ -169,12 +176,19 @@ impl PgStore {
             .await?;
         let (kick, kicked) = watch::channel(());
         tokio::spawn(announce_queued_work(announcing, kicked));
+        // At most 4 log statements at once, each for as many tool calls as wait (fewer lanes
+        // make larger batches: less database work per tool call under load); the rest of the
+        // pool serves the call path's other writes and reads. A pool smaller than that is all
+        // lanes, as it was all tool calls' before.
+        let lanes = (max_connections as usize).clamp(1, 4);
+        let batcher = Some(log_batch::LogBatcher::start(pool.clone(), lanes));
         Ok(Self {
             pool,
             signal: QueueSignal::default(),
             listening: Arc::new(Once::new()),
             options,
             announcer: Some(Arc::new(kick)),
+            batcher,
         })
     }
 
@@ -214,6 +228,7 @@ impl PgStore {
             listening: self.listening.clone(),
             options: self.options.clone(),
             announcer: None,
+            batcher: None,
         })
     }
 
@@ -234,6 +249,17 @@ impl PgStore {
             tokio::spawn(listen_for_work(self.options.clone(), self.signal.clone()));
         });
         receiver
+    }
+
+    /// On the call path's store: (statements run, tool calls logged by them) by the lanes that
+    /// log waiting tool calls together; `None` on other stores.
+    pub fn log_batches(&self) -> Option<(u64, u64)> {
+        self.batcher.as_ref().map(log_batch::LogBatcher::counts)
+    }
+
+    /// On the call path's store: the tool calls waiting for a lane now (for tests).
+    pub fn log_batch_waiting(&self) -> Option<u64> {
+        self.batcher.as_ref().map(log_batch::LogBatcher::waiting)
     }
 
     /// The pool, for tests and tools that need raw access.
@@ -287,27 +313,21 @@ impl PgStore {
             ),
         };
         let key = crate::store::call_lock_key(log.platform.as_str(), &log.call_ref);
-        let q = sqlx::query(if callback.is_some() {
-            LOG_INVOCATION_WITH_CALLBACK
-        } else {
-            LOG_INVOCATION
-        })
-        .bind(crate::store::CALL_LOCK_NAMESPACE)
-        .bind(key)
-        .bind(windows.call_since)
-        .bind(&windows.tool)
-        .bind(windows.tool_since)
-        .bind(limits.0)
-        .bind(limits.1);
-        let q = bind_log(q, log, outcome);
-        let q = match callback {
-            Some(cb) => bind_callback(q, cb).bind(cb.text_caller),
-            None => q,
+        let entry = log_batch::Entry {
+            lock_key: key,
+            call_since: windows.call_since,
+            window_tool: windows.tool.clone(),
+            tool_since: windows.tool_since,
+            call_limit: limits.0,
+            tool_limit: limits.1,
+            log: log.clone(),
+            outcome: outcome.cloned(),
+            callback: callback.cloned(),
         };
-        let row = q.fetch_one(&self.pool).await?;
-        let (found, call, tool): (String, i64, i64) = {
-            use sqlx::Row;
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)
+        // The call path's store shares statements among the tool calls waiting at once.
+        let (found, call, tool) = match &self.batcher {
+            Some(batcher) => batcher.log(entry).await?,
+            None => log_batch::alone(&self.pool, &entry).await?,
         };
         match found.as_str() {
             "queued" | "logged" => {

@@ -182,8 +182,10 @@ pub(crate) fn families() -> Vec<Family> {
         Family::counter("lifeline_journal_replayed_total"),
         Family::counter("lifeline_journal_replays_total"),
         Family::counter("lifeline_journal_set_aside_total"),
-        // The store (SQLite's commit batches) and the dashboard.
+        // The store (SQLite's commit batches, PostgreSQL's shared log statements) and the
+        // dashboard.
         Family::histogram("lifeline_log_commit_batch_size"),
+        Family::histogram("lifeline_log_batch_size"),
         Family::counter("lifeline_admin_logins_total").label("outcome", &["ok", "failed"]),
     ]
 }
