@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::db_lock::DbLock;
 use common::process::LifelineProcess;
-use common::relay::{Fault, Relay};
+use common::relay::{Fault, Relay, target_of, through};
 use common::{
     Engine, FakeFeatureServer, RIVERSIDE_PASS, RIVERSIDE_USER, TestApp, TestDb, message_args,
     transfer_args,
@@ -38,24 +37,6 @@ struct BehindRelay {
 }
 
 /// `url` with its host and port replaced by `addr`.
-fn through(url: &str, addr: SocketAddr) -> String {
-    let mut parsed = reqwest::Url::parse(url).expect("database url");
-    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
-    parsed.set_port(Some(addr.port())).unwrap();
-    parsed.to_string()
-}
-
-async fn target_of(url: &str) -> SocketAddr {
-    let parsed = reqwest::Url::parse(url).expect("database url");
-    let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
-    let port = parsed.port().unwrap_or(5432);
-    tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .expect("resolve the database")
-        .next()
-        .expect("an address")
-}
-
 impl BehindRelay {
     async fn start(sections: &str) -> Self {
         let mut db = TestDb::new(Engine::Postgres).await;

@@ -2431,6 +2431,28 @@ async fn until(what: &str, mut holds: impl FnMut() -> bool) {
     }
 }
 
+/// A message (a log row with its callback request, naming `call_id`) handed to the store in a
+/// task of its own: what it began with, its log row's id and its callback request's id.
+fn spawn_message(
+    store: &Arc<lifeline::store::postgres::PgStore>,
+    call_ref: String,
+    call_id: Option<Uuid>,
+) -> tokio::task::JoinHandle<(Result<Begun, StoreError>, Uuid, Uuid)> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let log = new_log(&call_ref, "msg", "collect_info", t0());
+        let cb = callback(TENANT, call_id, Some(log.id), Urgency::Normal, t0());
+        let plan = Plan::Complete {
+            outcome: success(t0()),
+            callback: Some(Box::new(cb.clone())),
+        };
+        let begun = store
+            .begin_invocation(&log, &plan, &windows_with(Some(1_000), None), &allow)
+            .await;
+        (begun, log.id, cb.id)
+    })
+}
+
 /// Blocks the one lane: returns the raw transaction holding the blocker call's totals row, and
 /// the blocker's own invocation (in the lane, waiting).
 async fn block_the_lane(
@@ -2495,23 +2517,9 @@ async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_ow
             .expect("limited invocation")
         }));
     }
-    let mut messages = Vec::new();
-    for i in 0..3 {
-        let s = store.clone();
-        messages.push(tokio::spawn(async move {
-            let log = new_log(&format!("call-msg-{i}"), "msg", "collect_info", t0());
-            let cb = callback(TENANT, None, Some(log.id), Urgency::Normal, t0());
-            let plan = Plan::Complete {
-                outcome: success(t0()),
-                callback: Some(Box::new(cb.clone())),
-            };
-            let begun = s
-                .begin_invocation(&log, &plan, &windows_with(Some(1_000), None), &allow)
-                .await
-                .expect("message");
-            (begun, cb.id)
-        }));
-    }
+    let messages: Vec<_> = (0..3)
+        .map(|i| spawn_message(&store, format!("call-msg-{i}"), None))
+        .collect();
     let mut repeats = Vec::new();
     for _ in 0..2 {
         let s = store.clone();
@@ -2549,7 +2557,8 @@ async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_ow
     );
     let raw = Raw::open(&db, Engine::Postgres).await;
     for t in messages {
-        let (begun, cb_id) = t.await.unwrap();
+        let (begun, _, cb_id) = t.await.unwrap();
+        let begun = begun.expect("message");
         assert!(
             matches!(begun, Begun::Recorded(ref r) if r.success),
             "{begun:?}"
@@ -2618,23 +2627,9 @@ async fn pg_call_path_a_tool_call_that_fails_a_shared_statement_fails_alone() {
 
     // Four messages and one whose callback request names a call that does not exist (the
     // foreign key refuses it): handed over together, they share one statement, which fails.
-    let mut tasks = Vec::new();
-    for i in 0..5 {
-        let s = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let log = new_log(&format!("call-{i}"), "msg", "collect_info", t0());
-            let call_id = (i == 2).then(Uuid::new_v4);
-            let cb = callback(TENANT, call_id, Some(log.id), Urgency::Normal, t0());
-            let plan = Plan::Complete {
-                outcome: success(t0()),
-                callback: Some(Box::new(cb.clone())),
-            };
-            let begun = s
-                .begin_invocation(&log, &plan, &windows_with(Some(1_000), None), &allow)
-                .await;
-            (i, begun, log.id, cb.id)
-        }));
-    }
+    let tasks: Vec<_> = (0..5)
+        .map(|i| spawn_message(&store, format!("call-{i}"), (i == 2).then(Uuid::new_v4)))
+        .collect();
     until("5 tool calls wait for the lane", || {
         store.log_batch_waiting() == Some(5)
     })
@@ -2648,8 +2643,8 @@ async fn pg_call_path_a_tool_call_that_fails_a_shared_statement_fails_alone() {
     );
 
     let raw = Raw::open(&db, Engine::Postgres).await;
-    for t in tasks {
-        let (i, begun, log_id, cb_id) = t.await.unwrap();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (begun, log_id, cb_id) = t.await.unwrap();
         let logs = raw
             .count_where("SELECT COUNT(*) FROM tool_call_logs WHERE id = $1", log_id)
             .await;
@@ -2672,4 +2667,114 @@ async fn pg_call_path_a_tool_call_that_fails_a_shared_statement_fails_alone() {
             assert_eq!((logs, callbacks), (1, 1), "message {i}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged_again() {
+    use common::relay::{Fault, Relay, target_of, through};
+    let db = TestDb::new(Engine::Postgres).await;
+    db.store().await;
+    // The call path reaches the database through a relay that can lose its answers.
+    let relay = Relay::start(target_of(&db.url).await).await;
+    let store = Arc::new(
+        lifeline::store::postgres::PgStore::connect_call_path(&through(&db.url, relay.addr()), 1)
+            .await
+            .expect("call path store"),
+    );
+    let (first, blocker) = block_the_lane(&db, &store).await;
+    // The shared statement will wait in the database too, on a second held totals row.
+    let raw = sqlx::PgPool::connect(&db.url).await.expect("raw");
+    let mut second = raw.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO call_invocation_totals (platform, call_ref, total, transfers) \
+         VALUES ('jambonz', 'call-held', 0, 0)",
+    )
+    .execute(&mut *second)
+    .await
+    .expect("hold the second totals row");
+    let mut tasks = Vec::new();
+    for call_ref in ["call-held", "call-a", "call-b"] {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let log = new_log(call_ref, "transfer-1", "transfer", t0());
+            s.begin_invocation(
+                &log,
+                &Plan::Run,
+                &windows_with(Some(1_000), Some(1_000)),
+                &refuse_at(1_000, Some(1_000)),
+            )
+            .await
+        }));
+    }
+    until("3 tool calls wait for the lane", || {
+        store.log_batch_waiting() == Some(3)
+    })
+    .await;
+    first.commit().await.expect("release the lane");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+    until("the lane took the three", || {
+        store.log_batches() == Some((2, 4))
+    })
+    .await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'lifeline' AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+            if waiting == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the shared statement waits in the database");
+
+    // It commits, and its answer is lost on the way back; then the connection is reset.
+    relay.set(Fault::SwallowToClient);
+    second
+        .commit()
+        .await
+        .expect("let the shared statement commit");
+    let logged = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref IN ('call-held', 'call-a', 'call-b')",
+        )
+        .fetch_one(&raw)
+        .await
+        .unwrap()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while logged().await < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the shared statement committed");
+    relay.set(Fault::None);
+    relay.reset();
+
+    // Each caller gets an outage (what its own statement would have got: the resilient store
+    // journals it), not its own committed row back as a repeat of itself, which would never
+    // run; nothing is written twice.
+    for t in tasks {
+        let err = t
+            .await
+            .unwrap()
+            .expect_err("an unknown commit is an outage, not a repeat");
+        assert!(
+            lifeline::store::resilient::is_transient(&err),
+            "journaled as an outage: {err}"
+        );
+    }
+    assert_eq!(logged().await, 3);
+    assert_eq!(
+        store.log_batches(),
+        Some((2, 4)),
+        "nothing was logged again"
+    );
 }

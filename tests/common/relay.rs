@@ -21,6 +21,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// `url` (a database URL) with its host and port replaced by `addr`'s: the way through a relay.
+pub fn through(url: &str, addr: SocketAddr) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("database url");
+    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
+    parsed.set_port(Some(addr.port())).unwrap();
+    parsed.to_string()
+}
+
+/// The address `url` (a database URL) names: what a relay in front of it relays to.
+pub async fn target_of(url: &str) -> SocketAddr {
+    let parsed = reqwest::Url::parse(url).expect("database url");
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = parsed.port().unwrap_or(5432);
+    tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .expect("resolve the database")
+        .next()
+        .expect("an address")
+}
+
 /// What the relay does to the bytes it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

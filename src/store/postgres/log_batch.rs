@@ -20,10 +20,12 @@
 //!   under it, and reads what the calls before it in the batch wrote (one transaction);
 //! - the locks are taken in key order (the batch is sorted by it, and `UNION ALL` runs its
 //!   branches in order), so two lanes never wait for each other in a cycle;
-//! - if the statement fails for any reason, nothing of it was written (one transaction), and
+//! - if the database refuses the statement, nothing of it was written (one transaction), and
 //!   each tool call is logged again by a statement of its own, so it gets exactly the outcome
-//!   or error it would have got alone (a NUL the store could not store fails that tool call
-//!   only, an outage fails each as an outage).
+//!   or error it would have got alone (a foreign key or a NUL fails that tool call only);
+//! - if the connection fails instead, whether it committed is unknown: each tool call gets
+//!   the outage its own statement would have got (the resilient store journals it), and none
+//!   is logged again here, where a committed one would look like a repeat of itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,9 +182,23 @@ async fn run(pool: &PgPool, mut batch: Vec<Waiting>) {
                 let _ = reply.send(Ok(row));
             }
         }
+        Some(Err(e)) if !refused_by_the_database(&e) => {
+            // The connection failed (or none could be had): whether the statement committed is
+            // unknown, so none is logged again here (a tool call found already logged would
+            // look like a repeat of itself and never run). Each gets the outage a statement
+            // of its own would have got, and the resilient store journals its record; the
+            // replay finds what did commit.
+            warn!(error = %e, tool_calls = entries.len(), "a shared log statement lost its connection");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(format!(
+                    "the database connection failed during the tool call's log statement: {e}"
+                ))));
+            }
+        }
         Some(Err(e)) => {
-            // Nothing was written (one transaction): each is logged on its own, and gets the
-            // outcome or the error it would have got alone.
+            // The database refused the statement, so nothing of it was written (one
+            // transaction): each is logged on its own, and gets the outcome or the error it
+            // would have got alone.
             warn!(error = %e, tool_calls = entries.len(), "a shared log statement failed; logging its tool calls one by one");
             futures_util::future::join_all(entries.iter().zip(replies).map(
                 |(entry, reply)| async move {
@@ -196,6 +212,15 @@ async fn run(pool: &PgPool, mut batch: Vec<Waiting>) {
             .await;
         }
     }
+}
+
+/// Whether the database answered the statement with an error (then its transaction rolled
+/// back, and nothing of it was written), rather than the way to it failing.
+fn refused_by_the_database(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unstorable(_) | StoreError::Database(sqlx::Error::Database(_))
+    )
 }
 
 /// `work`, unless every caller stops waiting first (`None`). A statement on a connection that
