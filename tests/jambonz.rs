@@ -866,6 +866,66 @@ async fn wrong_or_missing_credentials_get_401_before_the_upgrade() {
     );
 }
 
+/// What is not a WebSocket upgrade is told what is wrong with it, in HTTP (the upgrade is
+/// accepted by lifeline itself, `ingress::ws_accept`, not by axum's extractor).
+#[tokio::test]
+async fn a_request_that_is_not_an_upgrade_is_told_what_is_wrong() {
+    let app = TestApp::start(Engine::Sqlite).await;
+    let url = app.http_url("/jambonz");
+    let client = reqwest::Client::new();
+    let upgrade = |req: reqwest::RequestBuilder| {
+        req.basic_auth(common::RIVERSIDE_USER, Some(common::RIVERSIDE_PASS))
+            .header("Sec-WebSocket-Protocol", "ws.jambonz.org")
+    };
+    // Credentials first, whatever the request.
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    let r = upgrade(client.get(&url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "the Connection header must include 'upgrade'\n"
+    );
+
+    let r = upgrade(client.post(&url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+
+    let handshake = |version: &'static str| {
+        upgrade(client.get(&url))
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", version)
+    };
+    let r = handshake("8")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.headers()["sec-websocket-version"], "13");
+
+    let r = handshake("13").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "the Sec-WebSocket-Key header is missing\n"
+    );
+
+    // RFC 6455 §1.3's sample key, and its accept value.
+    let r = handshake("13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 101);
+    assert_eq!(
+        r.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    assert_eq!(r.headers()["sec-websocket-protocol"], "ws.jambonz.org");
+}
+
 #[tokio::test]
 async fn a_call_for_another_account_is_turned_away() {
     let app = TestApp::start(Engine::Sqlite).await;

@@ -26,7 +26,7 @@ on_both_engines!(
     an_inline_prompt_is_the_same_rendered_text_on_jambonz_and_twilio,
     an_agent_gets_the_same_variables_on_jambonz_and_twilio,
     a_session_ack_too_big_for_one_frame_stops_the_binary_naming_tenant_size_and_limit,
-    the_longest_prompt_that_fits_reaches_jambonz_whole_in_one_frame,
+    the_longest_prompt_that_fits_reaches_jambonz_whole_in_one_message,
 );
 
 const PUBLIC: &str = "https://example.com";
@@ -481,7 +481,7 @@ async fn untouched(engine: Engine, url: &str) -> bool {
 
 /// A prompt as long as the check allows: the ack a real call gets fits, and is within the
 /// bound the check computed.
-async fn the_longest_prompt_that_fits_reaches_jambonz_whole_in_one_frame(engine: Engine) {
+async fn the_longest_prompt_that_fits_reaches_jambonz_whole_in_one_message(engine: Engine) {
     let line = "Caller {{caller_phone_digits}}, {{current_datetime}}.\n";
     let fits = |copies: usize| {
         let process = ProcessSettings {

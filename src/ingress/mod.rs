@@ -5,3 +5,4 @@ pub mod auth;
 pub mod jambonz;
 pub mod twilio;
 pub mod ultravox;
+pub mod ws_accept;

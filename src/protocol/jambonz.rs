@@ -7,7 +7,8 @@ use serde_json::{Map, Value, json};
 
 /// The only subprotocol the feature-server offers, and the one we must echo.
 pub(crate) const SUBPROTOCOL: &str = "ws.jambonz.org";
-/// Jambonz drops the socket on any frame we send that is larger.
+/// Jambonz drops the socket on any message we send that is larger (its `ws` library's
+/// `maxPayload` counts a fragmented message whole, so fragments do not get around it).
 pub const MAX_FRAME_BYTES: usize = 24 * 1024;
 
 /// Hooks we configure in our verbs; Jambonz echoes them in `hook`.

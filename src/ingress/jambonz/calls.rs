@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
-
-/// The outbound queue of each call's current socket.
+/// The outbound queue of each call's current socket: a `flume` channel, which allocates
+/// nothing until a frame is queued (tokio's bounded channel allocates its first block of 32
+/// slots and a cache-padded header up front, 1.3 KB of every idle call's socket).
 #[derive(Default)]
 pub struct CallSockets {
     next_id: AtomicU64,
-    sockets: Mutex<HashMap<String, (u64, mpsc::Sender<String>)>>,
+    sockets: Mutex<HashMap<String, (u64, flume::Sender<String>)>>,
 }
 
 impl CallSockets {
@@ -26,7 +26,7 @@ impl CallSockets {
     }
 
     /// Makes `socket` the call's current socket.
-    pub fn attach(&self, call_sid: &str, socket: u64, queue: mpsc::Sender<String>) {
+    pub fn attach(&self, call_sid: &str, socket: u64, queue: flume::Sender<String>) {
         self.sockets
             .lock()
             .expect("call sockets lock")
@@ -51,7 +51,7 @@ impl CallSockets {
             .get(call_sid)
             .map(|(_, queue)| queue.clone());
         match queue {
-            Some(queue) => queue.send(frame).await.is_ok(),
+            Some(queue) => queue.send_async(frame).await.is_ok(),
             None => false,
         }
     }

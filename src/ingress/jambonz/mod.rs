@@ -13,15 +13,16 @@ pub use calls::CallSockets;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::warn;
 
 use crate::AppState;
 use crate::config::Tenant;
 use crate::ingress::auth::{basic_credentials, secrets_equal};
+use crate::ingress::ws_accept::{Upgrade, UpgradeRejection};
 use crate::protocol::jambonz::SUBPROTOCOL;
 
 /// Per-socket read buffer. tungstenite's default is 128 KiB per socket; Jambonz frames are a
@@ -29,12 +30,15 @@ use crate::protocol::jambonz::SUBPROTOCOL;
 const READ_BUFFER: usize = 1024;
 /// Largest frame we accept from Jambonz (a session:new with a full SIP INVITE is a few KiB).
 const MAX_INBOUND_MESSAGE: usize = 256 * 1024;
+/// Largest frame we write: longer messages go in fragments, so a socket's write buffer (kept
+/// at its largest frame's size for the socket's life) stays this small.
+const FRAGMENT: usize = 1024;
 
 /// The upgrade handler: credentials first, then the subprotocol, then the socket.
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, UpgradeRejection>,
 ) -> Response {
     let tenants = authenticate(&state.config.tenants, &headers);
     if tenants.is_empty() {
@@ -50,32 +54,29 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    if !ws
-        .requested_protocols()
-        .any(|p| p.as_bytes() == SUBPROTOCOL.as_bytes())
-    {
+    if !ws.offers_protocol(SUBPROTOCOL) {
         return (
             StatusCode::BAD_REQUEST,
             format!("the {SUBPROTOCOL} subprotocol is required\n"),
         )
             .into_response();
     }
-    ws.protocols([SUBPROTOCOL])
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         // Write each frame at once: frames are small and latency matters more than batching.
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
-        .max_message_size(MAX_INBOUND_MESSAGE)
-        .max_frame_size(MAX_INBOUND_MESSAGE)
-        .on_upgrade(move |socket| {
-            // Counted until the socket task ends: a stopping process waits for it (axum's
-            // graceful shutdown does not wait for upgraded connections).
-            let open = state.lifecycle.sockets.token();
-            async move {
-                session::serve(socket, state, tenants).await;
-                drop(open);
-            }
-        })
+        .max_message_size(Some(MAX_INBOUND_MESSAGE))
+        .max_frame_size(Some(MAX_INBOUND_MESSAGE));
+    ws.accept(SUBPROTOCOL, config, move |socket| {
+        // Counted until the socket task ends: a stopping process waits for it (axum's
+        // graceful shutdown does not wait for upgraded connections).
+        let open = state.lifecycle.sockets.token();
+        async move {
+            session::serve(socket, state, tenants).await;
+            drop(open);
+        }
+    })
 }
 
 /// The tenants whose Jambonz credentials match the request's Basic credentials (several

@@ -13,19 +13,22 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use chrono::Utc;
 use futures_util::FutureExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
-use super::malformed;
 use super::recovery::{self, LLM_COMPLETE_EVENT};
 use super::session_verbs::session_verbs;
+use super::{FRAGMENT, malformed};
 use crate::AppState;
 use crate::config::Tenant;
+use crate::ingress::ws_accept::{Socket, send_text};
 use crate::phone::{E164, mask};
 use crate::protocol::jambonz::{
     self as wire, AgentEnd, CallInfo, DialResult, Envelope, SessionData, ToolCallData, hooks,
@@ -56,7 +59,7 @@ struct Session {
     session_ack: Option<SessionAck>,
     /// After this reconnect's ack, send again what the previous socket may have lost.
     recover: bool,
-    out: mpsc::Sender<String>,
+    out: flume::Sender<String>,
 }
 
 /// An ack that hands the call its application.
@@ -72,7 +75,7 @@ struct SessionAck {
 /// How a socket ended.
 enum Ended {
     /// Jambonz closed it, with this code.
-    ByPeer(Option<u16>),
+    ByPeer(Option<CloseCode>),
     /// It dropped, or failed: Jambonz reconnects.
     Dropped,
     /// This process is stopping (1001 sent: Jambonz reconnects elsewhere).
@@ -89,8 +92,8 @@ enum SendError {
 }
 
 /// Serves one socket until Jambonz closes it, it drops, or the process shuts down.
-pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<Tenant>>) {
-    let (out_tx, mut out_rx) = mpsc::channel::<String>(OUTBOUND_QUEUE);
+pub async fn serve(mut socket: Socket, state: AppState, candidates: Vec<Arc<Tenant>>) {
+    let (out_tx, out_rx) = flume::bounded::<String>(OUTBOUND_QUEUE);
     let mut ping = tokio::time::interval(state.config.jambonz.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -112,7 +115,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
     async {
         let ended = loop {
             tokio::select! {
-                incoming = socket.recv() => match incoming {
+                incoming = socket.next() => match incoming {
                     // Boxed: the handling future is large and lives only while a message is
                     // handled, instead of inside every idle socket's task.
                     Some(Ok(Message::Text(text))) => {
@@ -131,19 +134,19 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
                     },
                     Some(Ok(Message::Close(frame))) => {
                         let code = frame.as_ref().map(|f| f.code);
-                        debug!(code, "jambonz closed the socket");
+                        debug!(code = code.map(u16::from), "jambonz closed the socket");
                         // Our reply (the peer's own code) is queued; polling on writes it.
                         finish_close(&mut socket).await;
                         break Ended::ByPeer(code);
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Err(e)) => {
                         warn!(error = %e, "jambonz socket error");
                         break Ended::Dropped;
                     }
                     None => break Ended::Dropped,
                 },
-                Some(frame) = out_rx.recv() => {
+                Ok(frame) = out_rx.recv_async() => {
                     if send(&mut socket, frame).await == Err(SendError::Closed) {
                         break Ended::Dropped;
                     }
@@ -165,7 +168,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
                     // 1001, not 1000: Jambonz then reconnects (to another instance) and the
                     // call goes on; 1000 would make it stop talking to us for good.
                     let _ = socket.send(Message::Close(Some(CloseFrame {
-                        code: close_code::AWAY,
+                        code: CloseCode::Away,
                         reason: "lifeline restarting".into(),
                     }))).await;
                     finish_close(&mut socket).await;
@@ -175,7 +178,7 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
         };
         session.detach();
         // Jambonz closes with 1000 when the call is over (and only then).
-        if let Ended::ByPeer(Some(close_code::NORMAL)) = ended {
+        if let Ended::ByPeer(Some(CloseCode::Normal)) = ended {
             // Boxed: the call's closing writes are a large future that every idle socket's
             // task would otherwise carry (the task went from 4.5 to 2.1 KB).
             Box::pin(session.on_call_end()).await;
@@ -188,16 +191,16 @@ pub async fn serve(mut socket: WebSocket, state: AppState, candidates: Vec<Arc<T
 
 /// Drives the rest of a Close handshake: tungstenite writes the queued Close (a reply, or ours)
 /// and reads until the peer's, within `CLOSE_WAIT`.
-async fn finish_close(socket: &mut WebSocket) {
+async fn finish_close(socket: &mut Socket) {
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
 }
 
 /// Writes one frame. A frame over Jambonz's limit is not sent, and says so: nothing may count it
 /// as delivered.
-async fn send(socket: &mut WebSocket, frame: String) -> Result<(), SendError> {
+async fn send(socket: &mut Socket, frame: String) -> Result<(), SendError> {
     if frame.len() > wire::MAX_FRAME_BYTES {
         error!(
             bytes = frame.len(),
@@ -207,15 +210,14 @@ async fn send(socket: &mut WebSocket, frame: String) -> Result<(), SendError> {
         metrics::counter!("lifeline_jambonz_frames_too_large_total").increment(1);
         return Err(SendError::TooLarge);
     }
-    socket
-        .send(Message::Text(frame.into()))
+    send_text(socket, frame, FRAGMENT)
         .await
         .map_err(|_| SendError::Closed)
 }
 
 impl Session {
     /// Handles one frame and sends its replies; false when the socket is gone.
-    async fn answer(&mut self, socket: &mut WebSocket, text: &str) -> bool {
+    async fn answer(&mut self, socket: &mut Socket, text: &str) -> bool {
         for frame in self.handle_guarded(text).await {
             match send(socket, frame).await {
                 Ok(()) => {}
