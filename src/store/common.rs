@@ -105,6 +105,24 @@ pub(crate) const INSERT_LOG_WITH_CALLBACK: &str = concat!(
      SELECT (SELECT COUNT(*) FROM log)::BIGINT"
 );
 
+/// SQLite: a log row and its callback request in one round trip to the connection's thread,
+/// under a savepoint of their own (inside a shared group-commit transaction, a failure must undo
+/// both and nothing else). The callback request is written only if the log row was (`changes()`
+/// is the log insert's count), and the last row says whether it was. Bound as
+/// `INSERT_LOG_WITH_CALLBACK` is. Whoever runs it must release or roll back the savepoint if it
+/// does not come back whole (see `SqliteStore`'s batch).
+pub(crate) const SQLITE_LOG_WITH_CALLBACK: &str = concat!(
+    "SAVEPOINT log_with_callback; INSERT INTO tool_call_logs (",
+    log_insert_columns!(),
+    ") VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+     $18, $19, $20, $21, $22, $23) ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING; \
+     INSERT INTO callback_requests (",
+    callback_insert_columns!(),
+    ") SELECT $24, $25, $25, $26, $27, $28, $29, $30, 'pending', $31, $32, $33, $34, $35, $36, \
+     $37, $38, $39, $40, $41, $42, $43, $1, $44 WHERE changes() = 1; \
+     SELECT changes(); RELEASE log_with_callback"
+);
+
 pub(crate) use {attempt_columns, call_columns, callback_columns, log_columns};
 
 macro_rules! impl_store {
@@ -289,6 +307,8 @@ macro_rules! impl_store {
         /// parallel, and a repeat always finds the original's row). `None`: the invocation was
         /// logged before, nothing was written. Otherwise what it begins with, and whether it
         /// queued a callback request.
+        // SQLite logs in its group commit's way (`sqlite.rs`): its copy of this is unused.
+        #[allow(dead_code)]
         async fn log_in_transaction(
             conn: &mut $conn,
             log: &NewToolCallLog,
@@ -296,6 +316,35 @@ macro_rules! impl_store {
             windows: &CountWindows,
             check: LimitCheck<'_>,
         ) -> Result<Option<(Begun, bool)>, sqlx::Error> {
+            let Some((outcome, callback)) = decide_invocation(conn, log, plan, windows, check).await?
+            else {
+                return Ok(None);
+            };
+            if !write_invocation(conn, log, outcome.as_ref(), callback).await? {
+                return Ok(None);
+            }
+            Ok(Some((begun_with(outcome), callback.is_some())))
+        }
+
+        /// What a newly logged invocation begins with: running, or its recorded outcome.
+        fn begun_with(outcome: Option<Recorded>) -> Begun {
+            match outcome {
+                None => Begun::Running,
+                Some(o) => Begun::Recorded(o),
+            }
+        }
+
+        /// The reads of the logging transaction (under the call's lock, as above): `None` when
+        /// the invocation was logged before; otherwise the outcome to record with its row now
+        /// (a refusal by the limits, or the plan's own) and the callback request to queue with
+        /// it. Writes nothing.
+        async fn decide_invocation<'p>(
+            conn: &mut $conn,
+            log: &NewToolCallLog,
+            plan: &'p Plan,
+            windows: &CountWindows,
+            check: LimitCheck<'_>,
+        ) -> Result<Option<(Option<Recorded>, Option<&'p NewCallbackRequest>)>, sqlx::Error> {
             let platform = log.platform.as_str();
             let (known, total, transfers): (Option<Uuid>, Option<i64>, Option<i64>) =
                 sqlx::query_as(
@@ -357,14 +406,7 @@ macro_rules! impl_store {
                 }
                 (None, Plan::Fail(outcome)) => (Some(outcome.clone()), None),
             };
-            if !write_invocation(conn, log, outcome.as_ref(), callback).await? {
-                return Ok(None);
-            }
-            let begun = match outcome {
-                None => Begun::Running,
-                Some(o) => Begun::Recorded(o),
-            };
-            Ok(Some((begun, callback.is_some())))
+            Ok(Some((outcome, callback)))
         }
 
         #[async_trait]

@@ -12,6 +12,9 @@ mod log_batch;
 
 /// The channel the queue triggers `NOTIFY` (see `migrations/postgres/0003_delivery.sql`).
 const QUEUE_CHANNEL: &str = "lifeline_queue";
+/// How long the server lets one of our sessions sit idle inside a transaction before ending it
+/// (see [`PgStore::options`]). Ours never wait between statements on anything but the network.
+const IDLE_IN_TRANSACTION: &str = "5s";
 
 /// The session setting that turns off the queue triggers' `NOTIFY` for the sessions that
 /// announce their queued work themselves (see `migrations/postgres/0007_notify_after_commit.sql`).
@@ -195,11 +198,22 @@ impl PgStore {
     /// `synchronous_commit=on`, whatever the server default: a logged tool call must survive a
     /// crash of the database server. TLS as the URL (or `PGSSLMODE`) asks; when neither says,
     /// none to a server on this host (see [`plain_on_loopback`]).
+    ///
+    /// `idle_in_transaction_session_timeout`: the server ends a session whose transaction sits
+    /// idle for [`IDLE_IN_TRANSACTION`]. None of ours waits on anything but the database, but
+    /// one whose caller gave up at the wrong instant does: a tool call's write dropped (its
+    /// budget ran out) after `BEGIN; SELECT pg_advisory_xact_lock(…)` went out and before its
+    /// answer was read leaves sqlx a connection it believes is not in a transaction. The pool
+    /// keeps it, idle, holding the call's lock, and every later tool call of that call waited
+    /// for the lock until the pool retired the connection (sqlx's idle timeout, 10 minutes).
     fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
         let options = url
             .parse::<PgConnectOptions>()?
             .application_name("lifeline")
-            .options([("synchronous_commit", "on")]);
+            .options([
+                ("synchronous_commit", "on"),
+                ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+            ]);
         Ok(plain_on_loopback(
             url,
             std::env::var_os("PGSSLMODE").is_some(),

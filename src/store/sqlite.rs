@@ -65,6 +65,32 @@ struct Batch {
     outcome: watch::Sender<Option<Result<(), String>>>,
     /// Tool calls that wrote (or found) their row in it.
     members: u32,
+    /// A log row and its callback request were being written under their savepoint
+    /// ([`SqliteStore::write_in_batch`]) and did not come back: what the statement wrote must
+    /// be undone before anything else runs in the batch, or commits with it.
+    unfinished: bool,
+}
+
+impl Batch {
+    /// Undoes what an unfinished log-with-callback statement wrote, if one did not come back.
+    async fn undo_unfinished(&mut self) -> Result<(), sqlx::Error> {
+        if !self.unfinished {
+            return Ok(());
+        }
+        // The savepoint is gone if the statement got as far as releasing it (its rows are
+        // then whole and stay); otherwise this undoes its rows.
+        if let Err(e) = sqlx::raw_sql("ROLLBACK TO log_with_callback; RELEASE log_with_callback")
+            .execute(&mut *self.tx)
+            .await
+        {
+            match &e {
+                sqlx::Error::Database(d) if d.message().contains("no such savepoint") => {}
+                _ => return Err(e),
+            }
+        }
+        self.unfinished = false;
+        Ok(())
+    }
 }
 
 /// One write's turn on the open batch: it holds the batch (and so the writer connection) until
@@ -213,9 +239,11 @@ impl SqliteStore {
                 tx,
                 outcome: watch::channel(None).0,
                 members: 0,
+                unfinished: false,
             });
         }
         let batch = open.as_mut().expect("a batch is open");
+        batch.undo_unfinished().await?;
         // Whatever happens to this turn, the batch gets committed (by it, or by the task
         // this starts if it is dropped half-way): the others' rows are in it.
         let commit = CommitOnDrop(Some((self.clone(), batch.id)));
@@ -227,9 +255,12 @@ impl SqliteStore {
         })
     }
 
-    /// One tool call's turn on the open batch, under a savepoint: if it fails (or this future
-    /// is dropped half-way: sqlx then rolls back to the savepoint before the connection's next
-    /// statement) only its own rows are undone.
+    /// One tool call's turn on the open batch. Its reads (a repeat? the call's counts) write
+    /// nothing; its writes are one statement (a log row alone, atomic by itself) or one
+    /// round trip under a savepoint (a log row with its callback request), so a failure undoes
+    /// only its own rows. Each statement is a hand-off to sqlx's SQLite thread and back, which
+    /// was most of the writer's time (`perf`: waking that thread and the runtime's); a tool call
+    /// takes two instead of five.
     async fn log_in_batch(
         batch: &mut Batch,
         log: &crate::store::NewToolCallLog,
@@ -237,27 +268,64 @@ impl SqliteStore {
         windows: &crate::store::CountWindows,
         check: crate::store::LimitCheck<'_>,
     ) -> Result<(crate::store::Begun, bool), StoreError> {
-        let mut own = sqlx::Connection::begin(&mut *batch.tx).await?;
-        match log_in_transaction(&mut own, log, plan, windows, check).await {
-            Ok(Some(done)) => {
-                own.commit().await?;
-                Ok(done)
-            }
-            Ok(None) => {
-                own.rollback().await?;
-                // Logged before, perhaps in this very batch: answered once it is committed.
-                let row = find_log(
-                    &mut batch.tx,
-                    log.platform.as_str(),
-                    &log.call_ref,
-                    &log.invocation_key,
-                )
-                .await?
-                .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
-                Ok((crate::store::Begun::Duplicate(Box::new(row)), false))
+        let decided = decide_invocation(&mut batch.tx, log, plan, windows, check).await?;
+        if let Some((outcome, callback)) = decided
+            && Self::write_in_batch(batch, log, outcome.as_ref(), callback).await?
+        {
+            return Ok((begun_with(outcome), callback.is_some()));
+        }
+        // Logged before, perhaps in this very batch: answered once it is committed.
+        let row = find_log(
+            &mut batch.tx,
+            log.platform.as_str(),
+            &log.call_ref,
+            &log.invocation_key,
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(log.invocation_key.clone()))?;
+        Ok((crate::store::Begun::Duplicate(Box::new(row)), false))
+    }
+
+    /// Writes a tool call's log row, and its callback request if it has one; false when the
+    /// row was there already (nothing written).
+    async fn write_in_batch(
+        batch: &mut Batch,
+        log: &crate::store::NewToolCallLog,
+        outcome: Option<&crate::store::Recorded>,
+        callback: Option<&crate::store::NewCallbackRequest>,
+    ) -> Result<bool, StoreError> {
+        let Some(cb) = callback else {
+            let done = bind_log(sqlx::query(crate::store::common::INSERT_LOG), log, outcome)
+                .execute(&mut *batch.tx)
+                .await?;
+            return Ok(done.rows_affected() == 1);
+        };
+        let q = bind_log(
+            sqlx::query(crate::store::common::SQLITE_LOG_WITH_CALLBACK),
+            log,
+            outcome,
+        );
+        // Until it comes back whole, its savepoint may be open with part of its rows (if this
+        // future is dropped, sqlx's thread stops between statements): the next turn, or the
+        // commit, undoes them first.
+        batch.unfinished = true;
+        // fetch_all, not fetch_one: sqlx stops a query's statements after the rows it was asked
+        // for, and the savepoint's release comes after the row.
+        match bind_callback(q, cb)
+            .bind(cb.text_caller)
+            .fetch_all(&mut *batch.tx)
+            .await
+        {
+            Ok(rows) => {
+                batch.unfinished = false;
+                let written: i64 = match rows.first() {
+                    Some(row) => sqlx::Row::try_get(row, 0)?,
+                    None => 0,
+                };
+                Ok(written == 1)
             }
             Err(e) => {
-                own.rollback().await?;
+                batch.undo_unfinished().await?;
                 Err(e.into())
             }
         }
@@ -270,9 +338,13 @@ impl SqliteStore {
         if open.as_ref().is_none_or(|b| b.id != id) {
             return;
         }
-        let batch = open.take().expect("checked above");
+        let mut batch = open.take().expect("checked above");
         metrics::histogram!("lifeline_log_commit_batch_size").record(f64::from(batch.members));
-        let outcome = batch.tx.commit().await.map_err(|e| e.to_string());
+        let outcome = match batch.undo_unfinished().await {
+            Ok(()) => batch.tx.commit().await.map_err(|e| e.to_string()),
+            // Nothing of this batch may commit with a half-written tool call in it.
+            Err(e) => Err(format!("could not undo an unfinished write: {e}")),
+        };
         // Unheard only if every tool call in it went away.
         let _ = batch.outcome.send(Some(outcome));
     }
