@@ -843,15 +843,6 @@ async fn concurrent_invocations_are_answered_only_once_committed_and_one_failure
     }
 }
 
-/// A caller gives up on its tool call at every point of the logging (the pipeline journals a
-/// tool call whose write runs over its budget, and drops the write): whatever was written by
-/// then commits with the next tool call's batch (SQLite) or not at all, but a log row never
-/// without its callback request, nor a callback request without its log row. On SQLite the log
-/// row and its callback are one multi-statement round trip under a savepoint, which sqlx's
-/// thread stops between statements when the caller is gone; the next turn undoes it. On
-/// PostgreSQL a transaction left open by a caller gone at the wrong instant held the call's lock
-/// for every later tool call until the pool retired its connection (10 minutes): the server now
-/// ends such a session (`idle_in_transaction_session_timeout`), and the last tool call goes on.
 /// Polls `fut` until it is done or `after` has passed, yielding in between; then drops it.
 async fn give_up_after<F: std::future::Future>(fut: F, after: std::time::Duration) {
     let mut fut = std::pin::pin!(fut);
@@ -861,6 +852,15 @@ async fn give_up_after<F: std::future::Future>(fut: F, after: std::time::Duratio
     }
 }
 
+/// A caller gives up on its tool call at every point of the logging (the pipeline journals a
+/// tool call whose write runs over its budget, and drops the write): whatever was written by
+/// then commits with the next tool call's batch (SQLite) or not at all, but a log row never
+/// without its callback request, nor a callback request without its log row. On SQLite the log
+/// row and its callback are one multi-statement round trip under a savepoint, which sqlx's
+/// thread stops between statements when the caller is gone; the next turn undoes it. On
+/// PostgreSQL a transaction left open by a caller gone at the wrong instant held the call's lock
+/// for every later tool call until the pool retired its connection (10 minutes): its connection
+/// is now closed instead of pooled.
 async fn a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_absent(
     engine: Engine,
 ) {
@@ -886,6 +886,29 @@ async fn a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_
         )
         .await;
         given_up.push((log.id, cb.id));
+    }
+    // PostgreSQL: no session is left idle in a transaction (holding the call's lock) by a
+    // given-up write: its connection is closed at once, not kept by the pool until the
+    // server's own 5 s limit ends it.
+    if let Raw::Postgres(pool) = &raw {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let idle: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if idle == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{idle} sessions left idle in a transaction"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
     // One more, to its end: its commit carries whatever the given-up ones left in the batch.
     let at = t0() + TimeDelta::seconds(1);
@@ -918,8 +941,8 @@ async fn a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_
         whole += rows;
     }
     // Not a test that cannot fail: on SQLite the later ones get far enough to be written. On
-    // PostgreSQL one given up while its transaction held the call's lock makes every later
-    // one wait for it until the server ends that session, so none may be.
+    // PostgreSQL one given up while its transaction held the call's lock makes the next ones
+    // wait until its connection is closed, so few may be.
     if engine == Engine::Sqlite {
         assert!(whole > 0, "no given-up tool call was written at all");
     }

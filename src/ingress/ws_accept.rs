@@ -4,7 +4,7 @@
 //! into the socket's write buffer, which keeps that capacity for the socket's life. A Jambonz
 //! call's largest frame is its application (the `llm` verb with the clinic's prompt and tools:
 //! 4 KB in the demo clinic, up to Jambonz's 24 KiB), so every idle call held a buffer that
-//! size: 3.9 KB of the 12 KB an idle call cost. With tungstenite's stream itself, a large
+//! size: 3.9 KB of the 13 KB an idle call cost. With tungstenite's stream itself, a large
 //! message goes out in fragments (RFC 6455 §5.4) and the buffer never outgrows one
 //! ([`send_text`]). The handshake is RFC 6455 §4.2 over hyper's upgrade, with tungstenite's
 //! `derive_accept_key`, and answers what axum's extractor answers for a request that is not

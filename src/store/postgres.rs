@@ -84,6 +84,25 @@ pub struct PgStore {
     batcher: Option<log_batch::LogBatcher>,
 }
 
+/// A pooled connection that is closed, not returned to the pool, unless its user finished
+/// with it. A tool call's write whose caller gives up (its budget ran out) is dropped wherever
+/// it is; dropped after `BEGIN; SELECT pg_advisory_xact_lock(…)` went out and before sqlx read
+/// the answer, it left a connection sqlx believed was not in a transaction, which the pool kept,
+/// idle in the transaction and holding the call's lock: every later tool call of the call
+/// waited for it. Closed, the server ends the session and its lock goes with it.
+struct CloseUnlessFinished {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    finished: bool,
+}
+
+impl Drop for CloseUnlessFinished {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A write's connection on PostgreSQL: the counterpart of SQLite's group-commit turn.
@@ -201,11 +220,12 @@ impl PgStore {
     ///
     /// `idle_in_transaction_session_timeout`: the server ends a session whose transaction sits
     /// idle for [`IDLE_IN_TRANSACTION`]. None of ours waits on anything but the database, but
-    /// one whose caller gave up at the wrong instant does: a tool call's write dropped (its
-    /// budget ran out) after `BEGIN; SELECT pg_advisory_xact_lock(…)` went out and before its
-    /// answer was read leaves sqlx a connection it believes is not in a transaction. The pool
-    /// keeps it, idle, holding the call's lock, and every later tool call of that call waited
-    /// for the lock until the pool retired the connection (sqlx's idle timeout, 10 minutes).
+    /// one whose caller gave up at the wrong instant can: a future dropped after its `BEGIN`
+    /// went out and before sqlx read the answer leaves a connection sqlx believes is not in a
+    /// transaction, and the pool keeps it. The tool call's logging transaction, which takes the
+    /// call's lock with its `BEGIN`, closes its connection instead ([`CloseUnlessFinished`]);
+    /// this bounds what any other transaction left that way holds (before either, a call's lock
+    /// was held until the pool retired the connection: sqlx's idle timeout, 10 minutes).
     fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
         let options = url
             .parse::<PgConnectOptions>()?
@@ -376,23 +396,34 @@ impl PgStore {
         check: crate::store::LimitCheck<'_>,
     ) -> Result<(crate::store::Begun, bool), StoreError> {
         let key = crate::store::call_lock_key(log.platform.as_str(), &log.call_ref);
+        let mut conn = CloseUnlessFinished {
+            conn: self.pool.acquire().await?,
+            finished: false,
+        };
         // The key is an integer we computed, so formatting it into the SQL is safe.
-        let mut tx = self
-            .pool
-            .begin_with(sqlx::AssertSqlSafe(format!(
+        let mut tx = sqlx::Connection::begin_with(
+            &mut *conn.conn,
+            sqlx::AssertSqlSafe(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({}, {key})",
                 crate::store::CALL_LOCK_NAMESPACE
-            )))
-            .await?;
-        match log_in_transaction(&mut tx, log, plan, windows, check).await? {
+            )),
+        )
+        .await?;
+        let logged = match log_in_transaction(&mut tx, log, plan, windows, check).await? {
             Some(done) => {
                 tx.commit().await?;
-                Ok(done)
+                Some(done)
             }
             None => {
                 tx.rollback().await?;
-                Ok((self.logged_before(log).await?, false))
+                None
             }
+        };
+        conn.finished = true;
+        drop(conn);
+        match logged {
+            Some(done) => Ok(done),
+            None => Ok((self.logged_before(log).await?, false)),
         }
     }
 
