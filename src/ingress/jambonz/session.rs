@@ -198,8 +198,8 @@ async fn finish_close(socket: &mut Socket) {
     .await;
 }
 
-/// Writes one frame. A frame over Jambonz's limit is not sent, and says so: nothing may count it
-/// as delivered.
+/// Writes one message (in fragments when it is long, see [`send_text`]). A message over
+/// Jambonz's limit is not sent, and says so: nothing may count it as delivered.
 async fn send(socket: &mut Socket, frame: String) -> Result<(), SendError> {
     if frame.len() > wire::MAX_FRAME_BYTES {
         error!(
