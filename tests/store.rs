@@ -2559,6 +2559,25 @@ fn spawn_message(
     })
 }
 
+/// A raw transaction holding a (new, uncommitted) totals row of Jambonz call `call_ref`: a tool
+/// call of that call waits in the database until the transaction ends.
+async fn hold_totals_row(
+    db: &TestDb,
+    call_ref: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let raw = sqlx::PgPool::connect(&db.url).await.expect("raw");
+    let mut hold = raw.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO call_invocation_totals (platform, call_ref, total, transfers) \
+         VALUES ('jambonz', $1, 0, 0)",
+    )
+    .bind(call_ref)
+    .execute(&mut *hold)
+    .await
+    .expect("hold the totals row");
+    hold
+}
+
 /// Blocks the one lane: returns the raw transaction holding the blocker call's totals row, and
 /// the blocker's own invocation (in the lane, waiting).
 async fn block_the_lane(
@@ -2568,15 +2587,7 @@ async fn block_the_lane(
     sqlx::Transaction<'static, sqlx::Postgres>,
     tokio::task::JoinHandle<Result<Begun, StoreError>>,
 ) {
-    let raw = sqlx::PgPool::connect(&db.url).await.expect("raw");
-    let mut hold = raw.begin().await.expect("begin");
-    sqlx::query(
-        "INSERT INTO call_invocation_totals (platform, call_ref, total, transfers) \
-         VALUES ('jambonz', 'call-blocker', 0, 0)",
-    )
-    .execute(&mut *hold)
-    .await
-    .expect("hold the blocker's totals row");
+    let hold = hold_totals_row(db, "call-blocker").await;
     let s = store.clone();
     let blocker = tokio::spawn(async move {
         let log = new_log("call-blocker", "blocker", "collect_info", t0());
@@ -2789,15 +2800,8 @@ async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged
     );
     let (first, blocker) = block_the_lane(&db, &store).await;
     // The shared statement will wait in the database too, on a second held totals row.
+    let second = hold_totals_row(&db, "call-held").await;
     let raw = sqlx::PgPool::connect(&db.url).await.expect("raw");
-    let mut second = raw.begin().await.expect("begin");
-    sqlx::query(
-        "INSERT INTO call_invocation_totals (platform, call_ref, total, transfers) \
-         VALUES ('jambonz', 'call-held', 0, 0)",
-    )
-    .execute(&mut *second)
-    .await
-    .expect("hold the second totals row");
     let mut tasks = Vec::new();
     for call_ref in ["call-held", "call-a", "call-b"] {
         let s = store.clone();

@@ -325,7 +325,12 @@ impl SqliteStore {
                 Ok(written == 1)
             }
             Err(e) => {
-                batch.undo_unfinished().await?;
+                // The statement's own error is the answer; if its rows cannot be undone now,
+                // the mark stays and the next turn or the commit tries again (and fails the
+                // batch rather than commit them).
+                if let Err(undo) = batch.undo_unfinished().await {
+                    tracing::warn!(error = %undo, "could not undo a failed log write yet");
+                }
                 Err(e.into())
             }
         }
