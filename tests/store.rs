@@ -30,6 +30,8 @@ on_both_engines!(
     concurrent_invocations_of_one_call_cannot_overrun_its_limit,
     concurrent_invocations_are_answered_only_once_committed_and_one_failure_undoes_only_its_own,
     a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_absent,
+    a_status_write_given_up_at_any_point_leaves_the_status_and_its_event_together,
+    concurrent_tool_calls_given_up_at_any_point_leave_their_rows_whole_or_absent,
     complete_plan_commits_the_log_row_and_its_callback_together,
     failed_callback_insert_rolls_back_the_log_row_and_returns_the_error,
     limit_check_sees_counts_of_this_call_within_each_window_only,
@@ -852,6 +854,161 @@ async fn give_up_after<F: std::future::Future>(fut: F, after: std::time::Duratio
     }
 }
 
+/// Tool calls logged together (on SQLite, by the shared query of whichever holds the turn) and
+/// given up at every point, concurrently: a tool call that another's turn was logging, or whose
+/// own turn was logging others, when it was given up. Each log row has its callback request or
+/// neither has been written, and every tool call that was answered has both.
+async fn concurrent_tool_calls_given_up_at_any_point_leave_their_rows_whole_or_absent(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let raw = Raw::open(&db, engine).await;
+    let mut tasks = Vec::new();
+    for k in 0..60u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let at = t0() + TimeDelta::milliseconds(k as i64);
+            let log = new_log(
+                &format!("call-{}", k % 7),
+                &format!("msg-{k}"),
+                "collect_info",
+                at,
+            );
+            let cb = callback(TENANT, None, Some(log.id), Urgency::Normal, at);
+            let plan = Plan::Complete {
+                outcome: success(at),
+                callback: Some(Box::new(cb.clone())),
+            };
+            let windows = windows_with(Some(1_000_000), None);
+            // Every third runs to its end; the others are given up after k × 50 µs.
+            let answered = if k % 3 == 0 {
+                store
+                    .begin_invocation(&log, &plan, &windows, &allow)
+                    .await
+                    .is_ok()
+            } else {
+                give_up_after(
+                    store.begin_invocation(&log, &plan, &windows, &allow),
+                    std::time::Duration::from_micros(k * 50),
+                )
+                .await;
+                false
+            };
+            (log.id, cb.id, answered)
+        }));
+    }
+    let mut rows = Vec::new();
+    for t in tasks {
+        rows.push(t.await.unwrap());
+    }
+    // One more, to its end: its commit carries whatever the given-up ones left in the batch.
+    let last = new_log("call-last", "last", "collect_info", t0());
+    let plan = Plan::Complete {
+        outcome: success(t0()),
+        callback: Some(Box::new(callback(
+            TENANT,
+            None,
+            Some(last.id),
+            Urgency::Normal,
+            t0(),
+        ))),
+    };
+    store
+        .begin_invocation(&last, &plan, &windows_with(Some(1_000_000), None), &allow)
+        .await
+        .unwrap();
+    for (log_id, cb_id, answered) in rows {
+        let logs = raw
+            .count_where("SELECT COUNT(*) FROM tool_call_logs WHERE id = $1", log_id)
+            .await;
+        let callbacks = raw
+            .count_where(
+                "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+                cb_id,
+            )
+            .await;
+        assert_eq!(
+            logs, callbacks,
+            "log {log_id}: a log row without its callback, or the reverse"
+        );
+        if answered {
+            assert_eq!(logs, 1, "log {log_id} was answered and is not committed");
+        }
+    }
+}
+
+/// A call's status write given up at every point (a session closed while its end is written):
+/// the status and its event are written together or not at all, and the next write is not
+/// lost. On SQLite they are one query under a savepoint in the shared transaction, which the
+/// next turn or the commit undoes if the query did not come back whole (without that, an update
+/// committed without its event). On PostgreSQL a write given up just after its `BEGIN` went out
+/// left the pool a connection still in that transaction: the next call's start was written on
+/// it, answered, and not committed (without the fix, calls were missing in 6 runs of 8, or the
+/// last status write failed its foreign key); a turn given up now closes its connection.
+async fn a_status_write_given_up_at_any_point_leaves_the_status_and_its_event_together(
+    engine: Engine,
+) {
+    let db = TestDb::new(engine).await;
+    let store = db.store().await;
+    let raw = Raw::open(&db, engine).await;
+    // PostgreSQL's write is a transaction of several round trips, on a new connection after
+    // each one given up (which is closed): more points, so that some finish.
+    let points = match engine {
+        Engine::Sqlite => 40i64,
+        Engine::Postgres => 120,
+    };
+    let mut given_up = Vec::new();
+    for k in 0..points {
+        let call = store
+            .upsert_call(&new_call(&format!("call-status-{k}")))
+            .await
+            .unwrap();
+        let update = status("completed", t0() + TimeDelta::seconds(60), true, Some(60));
+        give_up_after(
+            store.record_call_status(call.id, &update),
+            std::time::Duration::from_micros(k as u64 * 100),
+        )
+        .await;
+        given_up.push((call.id, update.event_id));
+    }
+    // One more, to its end: its commit carries whatever the given-up ones left in the batch.
+    let last = store
+        .upsert_call(&new_call("call-status-last"))
+        .await
+        .unwrap();
+    store
+        .record_call_status(last.id, &status("completed", t0(), true, Some(1)))
+        .await
+        .unwrap();
+    let mut whole = 0;
+    for (call_id, event_id) in given_up {
+        let ended = raw
+            .count_where(
+                "SELECT COUNT(*) FROM calls WHERE id = $1 AND ended_at IS NOT NULL",
+                call_id,
+            )
+            .await;
+        let events = raw
+            .count_where("SELECT COUNT(*) FROM call_events WHERE id = $1", event_id)
+            .await;
+        assert_eq!(
+            ended, events,
+            "call {call_id}: its status without its event, or the reverse"
+        );
+        whole += ended;
+    }
+    assert!(
+        whole > 0,
+        "some status writes got through before they were given up"
+    );
+    assert_eq!(
+        raw.count("SELECT COUNT(*) FROM calls").await,
+        points + 1,
+        "every call whose start was answered is committed"
+    );
+}
+
 /// A caller gives up on its tool call at every point of the logging (the pipeline journals a
 /// tool call whose write runs over its budget, and drops the write): whatever was written by
 /// then commits with the next tool call's batch (SQLite) or not at all, but a log row never
@@ -869,9 +1026,14 @@ async fn a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_
     let raw = Raw::open(&db, engine).await;
     let call = store.upsert_call(&new_call("call-given-up")).await.unwrap();
     let mut given_up = Vec::new();
-    for k in 0..40u64 {
+    // Each point twice: without thresholds (statement by statement) and with them (on SQLite,
+    // the shared query of a turn; on PostgreSQL, the logging function).
+    let ways = [wide_windows(), windows_with(Some(1_000_000), None)];
+    for (k, windows) in (0..40u64).flat_map(|k| ways.iter().enumerate().map(move |w| (k, w))) {
         let at = t0() + TimeDelta::milliseconds(k as i64);
-        let mut log = new_log(&call.call_ref, &format!("collect-{k}"), "collect_info", at);
+        let key = format!("collect-{k}-{}", windows.0);
+        let windows = windows.1;
+        let mut log = new_log(&call.call_ref, &key, "collect_info", at);
         log.call_id = Some(call.id);
         let cb = callback(TENANT, Some(call.id), Some(log.id), Urgency::Normal, at);
         let plan = Plan::Complete {
@@ -881,7 +1043,7 @@ async fn a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_
         // Given up after k × 100 µs: from before its turn to after its commit (tokio's timers
         // tick in milliseconds, so the future is polled in a loop instead).
         give_up_after(
-            store.begin_invocation(&log, &plan, &wide_windows(), &allow),
+            store.begin_invocation(&log, &plan, windows, &allow),
             std::time::Duration::from_micros(k * 100),
         )
         .await;
@@ -2539,8 +2701,8 @@ async fn until(what: &str, mut holds: impl FnMut() -> bool) {
 
 /// A message (a log row with its callback request, naming `call_id`) handed to the store in a
 /// task of its own: what it began with, its log row's id and its callback request's id.
-fn spawn_message(
-    store: &Arc<lifeline::store::postgres::PgStore>,
+fn spawn_message<S: Store + 'static>(
+    store: &Arc<S>,
     call_ref: String,
     call_id: Option<Uuid>,
 ) -> tokio::task::JoinHandle<(Result<Begun, StoreError>, Uuid, Uuid)> {
@@ -2886,5 +3048,244 @@ async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged
         store.log_batches(),
         Some((2, 4)),
         "nothing was logged again"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// SQLite's call path: tool calls queued for the writer are logged by one query of whoever holds
+// the next turn (`SqliteStore::log_queued`). A raw `BEGIN IMMEDIATE` on the file holds the write
+// lock, so the first tool call's turn waits to begin its batch while the others queue; released,
+// that turn logs them all.
+
+/// A SQLite store, migrated, and a raw connection to its file holding the write lock.
+async fn sqlite_store_with_writer_held(
+    db: &TestDb,
+) -> (
+    Arc<lifeline::store::sqlite::SqliteStore>,
+    sqlx::SqliteConnection,
+) {
+    use sqlx::Connection;
+    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
+        .await
+        .expect("sqlite store");
+    store.migrate().await.expect("migrate");
+    let mut hold = sqlx::SqliteConnection::connect(&db.url).await.expect("raw");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut hold)
+        .await
+        .expect("hold the write lock");
+    (Arc::new(store), hold)
+}
+
+/// The first tool call: it queues, takes the turn and waits for the write lock.
+async fn sqlite_blocker(
+    store: &Arc<lifeline::store::sqlite::SqliteStore>,
+) -> tokio::task::JoinHandle<Result<Begun, StoreError>> {
+    let s = store.clone();
+    let blocker = tokio::spawn(async move {
+        let log = new_log("call-blocker", "blocker", "collect_info", t0());
+        s.begin_invocation(
+            &log,
+            &Plan::Run,
+            &windows_with(Some(1_000), None),
+            &refuse_at(1_000, None),
+        )
+        .await
+    });
+    until("the blocker queued", || store.queued_waiting() == 1).await;
+    blocker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_logs_queued_tool_calls_in_one_query_each_under_its_own_limits() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let (store, mut hold) = sqlite_store_with_writer_held(&db).await;
+    let blocker = sqlite_blocker(&store).await;
+
+    // Queued while the writer waits: 10 invocations of a call allowed 4, 3 messages with their
+    // callback requests, and one invocation sent twice.
+    let mut limited = Vec::new();
+    for i in 0..10 {
+        let s = store.clone();
+        limited.push(tokio::spawn(async move {
+            let log = new_log(
+                "call-limited",
+                &format!("burst-{i}"),
+                "collect_info",
+                t0() + TimeDelta::milliseconds(i),
+            );
+            s.begin_invocation(
+                &log,
+                &Plan::Run,
+                &windows_with(Some(4), None),
+                &refuse_at(4, None),
+            )
+            .await
+            .expect("limited invocation")
+        }));
+    }
+    let messages: Vec<_> = (0..3)
+        .map(|i| spawn_message(&store, format!("call-msg-{i}"), None))
+        .collect();
+    let mut repeats = Vec::new();
+    for _ in 0..2 {
+        let s = store.clone();
+        repeats.push(tokio::spawn(async move {
+            let log = new_log("call-repeat", "same-key", "collect_info", t0());
+            s.begin_invocation(
+                &log,
+                &Plan::Run,
+                &windows_with(Some(1_000), None),
+                &refuse_at(1_000, None),
+            )
+            .await
+            .expect("repeat")
+        }));
+    }
+    until("15 tool calls queue behind the blocker", || {
+        store.queued_waiting() == 16
+    })
+    .await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut hold)
+        .await
+        .expect("release the write lock");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+
+    let (mut ran, mut refused) = (0, 0);
+    for t in limited {
+        match t.await.unwrap() {
+            Begun::Running => ran += 1,
+            Begun::Recorded(r) if r.error_kind == Some("rate_limited") => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (ran, refused),
+        (4, 6),
+        "the call's limit held inside the query"
+    );
+    let raw = Raw::open(&db, Engine::Sqlite).await;
+    for t in messages {
+        let (begun, _, cb_id) = t.await.unwrap();
+        let begun = begun.expect("message");
+        assert!(
+            matches!(begun, Begun::Recorded(ref r) if r.success),
+            "{begun:?}"
+        );
+        assert_eq!(
+            raw.count_where(
+                "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+                cb_id
+            )
+            .await,
+            1,
+            "a message's callback request committed with its log row"
+        );
+    }
+    let mut outcomes = Vec::new();
+    for t in repeats {
+        outcomes.push(match t.await.unwrap() {
+            Begun::Running => "running",
+            Begun::Duplicate(_) => "duplicate",
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["duplicate", "running"]);
+    // The blocker and the 15 in one query (the refusals and the repeat then took the
+    // statement-by-statement way, which is not counted here).
+    assert_eq!(store.queued_logs(), (1, 16));
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'pending'",
+            "call-limited"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'failed' \
+             AND error_kind = 'rate_limited'",
+            "call-limited"
+        )
+        .await,
+        6
+    );
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1",
+            "call-repeat"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        raw.count("SELECT total FROM call_invocation_totals WHERE call_ref = 'call-limited'")
+            .await,
+        10,
+        "every row of the call is in its totals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_tool_call_that_fails_a_shared_query_fails_alone() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let (store, mut hold) = sqlite_store_with_writer_held(&db).await;
+    let blocker = sqlite_blocker(&store).await;
+
+    // Five messages, queued one after the other; the third's callback request names a call
+    // that does not exist (the foreign key refuses it). The query stops there: the two before
+    // keep their rows, its own are undone, and it and the two after are logged on their own.
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        tasks.push(spawn_message(
+            &store,
+            format!("call-{i}"),
+            (i == 2).then(Uuid::new_v4),
+        ));
+        until("the message queued", || store.queued_waiting() == i + 2).await;
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut hold)
+        .await
+        .expect("release the write lock");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+
+    let raw = Raw::open(&db, Engine::Sqlite).await;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (begun, log_id, cb_id) = t.await.unwrap();
+        let logs = raw
+            .count_where("SELECT COUNT(*) FROM tool_call_logs WHERE id = $1", log_id)
+            .await;
+        let callbacks = raw
+            .count_where(
+                "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+                cb_id,
+            )
+            .await;
+        if i == 2 {
+            let err = begun.expect_err("the orphan's error is its own");
+            assert!(is_foreign_key_violation(&err), "got {err}");
+            assert_eq!((logs, callbacks), (0, 0));
+        } else {
+            let begun = begun.expect("the others are logged");
+            assert!(
+                matches!(begun, Begun::Recorded(ref r) if r.success),
+                "{begun:?}"
+            );
+            assert_eq!((logs, callbacks), (1, 1), "message {i}");
+        }
+    }
+    assert_eq!(
+        store.queued_logs(),
+        (1, 6),
+        "the six shared one query, which stopped at the orphan"
+    );
+    assert_eq!(
+        raw.count("SELECT COUNT(*) FROM tool_call_logs").await,
+        5,
+        "the blocker and four messages, each once"
     );
 }

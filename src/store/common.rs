@@ -112,7 +112,7 @@ pub(crate) const INSERT_LOG_WITH_CALLBACK: &str = concat!(
 /// `INSERT_LOG_WITH_CALLBACK` is. Whoever runs it must release or roll back the savepoint if it
 /// does not come back whole (see `SqliteStore`'s batch).
 pub(crate) const SQLITE_LOG_WITH_CALLBACK: &str = concat!(
-    "SAVEPOINT log_with_callback; INSERT INTO tool_call_logs (",
+    "SAVEPOINT whole_write; INSERT INTO tool_call_logs (",
     log_insert_columns!(),
     ") VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
      $18, $19, $20, $21, $22, $23) ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING; \
@@ -120,8 +120,53 @@ pub(crate) const SQLITE_LOG_WITH_CALLBACK: &str = concat!(
     callback_insert_columns!(),
     ") SELECT $24, $25, $25, $26, $27, $28, $29, $30, 'pending', $31, $32, $33, $34, $35, $36, \
      $37, $38, $39, $40, $41, $42, $43, $1, $44 WHERE changes() = 1; \
-     SELECT changes(); RELEASE log_with_callback"
+     SELECT changes(); RELEASE whole_write"
 );
+
+/// SQLite: one tool call's part of a shared log query (`SqliteStore::log_queued`), numbered
+/// from `$1`; bound as `SQLITE_LOG_WITH_CALLBACK` is, then the call's invocation limit ($45),
+/// its transfer limit ($46) and whether it has a callback request ($47). The log row is written
+/// only if it is new and the call's totals are below the limits (NULL: none); the row this
+/// returns, after the release (so a row means the tool call's part is whole), says whether it
+/// was (its id is new to every tool call); the callback request is written only if it was.
+pub(crate) const SQLITE_QUEUED_LOG: &str = concat!(
+    "SAVEPOINT whole_write; INSERT INTO tool_call_logs (",
+    log_insert_columns!(),
+    ") SELECT $1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+     $18, $19, $20, $21, $22, $23 \
+     WHERE NOT EXISTS (SELECT 1 FROM tool_call_logs \
+      WHERE platform = $4 AND call_ref = $5 AND invocation_key = $7) \
+     AND ($45 IS NULL OR COALESCE((SELECT total FROM call_invocation_totals \
+      WHERE platform = $4 AND call_ref = $5), 0) < $45) \
+     AND ($46 IS NULL OR COALESCE((SELECT transfers FROM call_invocation_totals \
+      WHERE platform = $4 AND call_ref = $5), 0) < $46) \
+     ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING; \
+     INSERT INTO callback_requests (",
+    callback_insert_columns!(),
+    ") SELECT $24, $25, $25, $26, $27, $28, $29, $30, 'pending', $31, $32, $33, $34, $35, $36, \
+     $37, $38, $39, $40, $41, $42, $43, $1, $44 WHERE $47 = 1 AND changes() = 1; \
+     RELEASE whole_write; \
+     SELECT EXISTS (SELECT 1 FROM tool_call_logs WHERE id = $1)"
+);
+
+/// A call's status: applied unless the call ended already, or the update is older (by the
+/// platform's sequence number) than the one applied: Twilio's status callbacks can arrive out of
+/// order. $1 the call, $2 the status, $3 when, $4 whether it ended the call, $5 its duration,
+/// $6 its sequence number.
+pub(crate) const UPDATE_CALL_STATUS: &str = "UPDATE calls SET status = $2, updated_at = $3, \
+     ended_at = CASE WHEN $4 THEN $3 ELSE ended_at END, \
+     duration_seconds = COALESCE($5, duration_seconds), \
+     status_sequence = COALESCE($6, status_sequence) \
+     WHERE id = $1 AND ended_at IS NULL \
+     AND ($6 IS NULL OR status_sequence IS NULL OR status_sequence < $6)";
+
+/// SQLite: the status event that goes with [`UPDATE_CALL_STATUS`] in one query, numbered after
+/// it: $7 the event, $8 its detail (the call is $1, the time $3).
+pub(crate) const INSERT_STATUS_EVENT: &str = "INSERT INTO call_events (id, call_id, at, kind, detail) \
+     VALUES ($7, $1, $3, 'status', $8)";
+
+/// Parameters per tool call in [`SQLITE_QUEUED_LOG`].
+pub(crate) const SQLITE_QUEUED_LOG_PARAMS: usize = 47;
 
 pub(crate) use {attempt_columns, call_columns, callback_columns, log_columns};
 
@@ -552,43 +597,7 @@ macro_rules! impl_store {
             ) -> Result<(), StoreError> {
                 crate::store::text::escape!(u, "call_status");
                 let mut w = self.group_writer().await?;
-                let done = async {
-                    // A transaction of its own (on SQLite a savepoint in the shared one): both
-                    // rows or neither.
-                    let mut tx = sqlx::Connection::begin(w.conn()).await?;
-                    // A call that ended stays ended, whatever arrives late; and an event older
-                    // (by the platform's sequence number) than the one applied changes nothing:
-                    // Twilio's status callbacks can arrive out of order.
-                    sqlx::query(
-                        "UPDATE calls SET status = $2, updated_at = $3, \
-                         ended_at = CASE WHEN $4 THEN $3 ELSE ended_at END, \
-                         duration_seconds = COALESCE($5, duration_seconds), \
-                         status_sequence = COALESCE($6, status_sequence) \
-                         WHERE id = $1 AND ended_at IS NULL \
-                         AND ($6 IS NULL OR status_sequence IS NULL OR status_sequence < $6)",
-                    )
-                    .bind(call_id)
-                    .bind(&u.status)
-                    .bind(u.at)
-                    .bind(u.ended)
-                    .bind(u.duration_seconds)
-                    .bind(u.sequence)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO call_events (id, call_id, at, kind, detail) \
-                         VALUES ($1, $2, $3, 'status', $4)",
-                    )
-                    .bind(u.event_id)
-                    .bind(call_id)
-                    .bind(u.at)
-                    .bind(Json(&u.detail))
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await
-                }
-                .await
-                .map_err(StoreError::from);
+                let done = w.record_call_status(call_id, u).await;
                 w.end(done).await
             }
 

@@ -105,16 +105,63 @@ impl Drop for CloseUnlessFinished {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A write's connection on PostgreSQL: the counterpart of SQLite's group-commit turn.
-pub(crate) struct PgTurn(sqlx::pool::PoolConnection<sqlx::Postgres>);
+/// A write's connection on PostgreSQL: the counterpart of SQLite's group-commit turn. A turn
+/// dropped inside its transaction (a call's status with its event, given up after its `BEGIN`
+/// went out) closes its connection: otherwise the pool kept a connection still in that
+/// transaction, and the next write on it (a call's start) was answered and never committed.
+/// Single statements need not: sqlx reads what a dropped one left before the next.
+pub(crate) struct PgTurn(CloseUnlessFinished);
 
 impl PgTurn {
     /// The pooled connection, in autocommit.
     pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.0
+        &mut self.0.conn
     }
 
-    /// What the write did (its statement has committed already).
+    /// Applies a call's status and writes its event, in a transaction: both or neither.
+    pub(crate) async fn record_call_status(
+        &mut self,
+        call_id: uuid::Uuid,
+        u: &crate::store::CallStatusUpdate,
+    ) -> Result<(), StoreError> {
+        self.0.finished = false;
+        let done = self.status_in_transaction(call_id, u).await;
+        // Committed or rolled back (sqlx rolls back a dropped transaction before the
+        // connection's next use): only a write given up before this point is unknown.
+        self.0.finished = true;
+        done
+    }
+
+    async fn status_in_transaction(
+        &mut self,
+        call_id: uuid::Uuid,
+        u: &crate::store::CallStatusUpdate,
+    ) -> Result<(), StoreError> {
+        let mut tx = sqlx::Connection::begin(self.conn()).await?;
+        sqlx::query(crate::store::common::UPDATE_CALL_STATUS)
+            .bind(call_id)
+            .bind(&u.status)
+            .bind(u.at)
+            .bind(u.ended)
+            .bind(u.duration_seconds)
+            .bind(u.sequence)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO call_events (id, call_id, at, kind, detail) \
+             VALUES ($1, $2, $3, 'status', $4)",
+        )
+        .bind(u.event_id)
+        .bind(call_id)
+        .bind(u.at)
+        .bind(sqlx::types::Json(&u.detail))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What the write did (its statement has committed already, or failed whole).
     pub(crate) async fn end<T>(self, done: Result<T, StoreError>) -> Result<T, StoreError> {
         done
     }
@@ -312,7 +359,11 @@ impl PgStore {
     /// A connection for one of the call path's writes, in autocommit: PostgreSQL shares WAL
     /// flushes between concurrent commits by itself (SQLite's store batches them instead).
     async fn group_writer(&self) -> Result<PgTurn, StoreError> {
-        Ok(PgTurn(self.pool.acquire().await?))
+        Ok(PgTurn(CloseUnlessFinished {
+            conn: self.pool.acquire().await?,
+            // Nothing to undo until a transaction begins.
+            finished: true,
+        }))
     }
 
     /// Logs an invocation. With the limits as plain thresholds ([`CountWindows::thresholds`],

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, oneshot, watch};
 
 use crate::store::queue::QueueSignal;
 use sqlx::sqlite::{
@@ -28,6 +28,31 @@ pub struct SqliteStore {
 struct GroupCommit {
     open: Mutex<Option<Batch>>,
     next_id: AtomicU64,
+    /// Tool calls waiting for whoever holds the next turn to log them (see
+    /// [`SqliteStore::log_queued`]).
+    queue: std::sync::Mutex<Vec<Queued>>,
+    /// Shared log queries run, and the tool calls they carried.
+    queries: AtomicU64,
+    carried: AtomicU64,
+}
+
+/// A commit's outcome, as every tool call in its batch hears it (`None` until then).
+type Outcome = watch::Receiver<Option<Result<(), String>>>;
+
+/// A tool call waiting to be logged by the query of a turn, with the tool calls queued beside it
+/// (see [`SqliteStore::log_queued`]).
+struct Queued {
+    log: crate::store::NewToolCallLog,
+    outcome: Option<crate::store::Recorded>,
+    callback: Option<crate::store::NewCallbackRequest>,
+    /// Logged only while the call's invocations (its totals) are below this.
+    call_limit: Option<i64>,
+    /// Logged only while the call's transfers (its totals) are below this.
+    transfer_limit: Option<i64>,
+    /// The commit that holds its rows, once written; `None` when the query did not write them
+    /// (a repeat, a limit the totals do not rule out, an error): the tool call then takes the
+    /// statement-by-statement way, which decides and words it exactly.
+    reply: oneshot::Sender<Option<Outcome>>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -65,9 +90,10 @@ struct Batch {
     outcome: watch::Sender<Option<Result<(), String>>>,
     /// Tool calls that wrote (or found) their row in it.
     members: u32,
-    /// A log row and its callback request were being written under their savepoint
-    /// ([`SqliteStore::write_in_batch`]) and did not come back: what the statement wrote must
-    /// be undone before anything else runs in the batch, or commits with it.
+    /// A write of several statements was running under its savepoint (`whole_write`: a log row
+    /// with its callback request, the shared log query, a call's status with its event) and did
+    /// not come back: what it wrote must be undone before anything else runs in the batch, or
+    /// commits with it.
     unfinished: bool,
 }
 
@@ -79,7 +105,7 @@ impl Batch {
         }
         // The savepoint is gone if the statement got as far as releasing it (its rows are
         // then whole and stay); otherwise this undoes its rows.
-        if let Err(e) = sqlx::raw_sql("ROLLBACK TO log_with_callback; RELEASE log_with_callback")
+        if let Err(e) = sqlx::raw_sql("ROLLBACK TO whole_write; RELEASE whole_write")
             .execute(&mut *self.tx)
             .await
         {
@@ -112,6 +138,54 @@ impl GroupTurn<'_> {
     /// transaction (a savepoint), so that a failure undoes only their own rows.
     pub(crate) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
         &mut self.batch().tx
+    }
+
+    /// Applies a call's status and writes its event, both or neither, in one round trip to
+    /// sqlx's thread (a savepoint of their own in the shared transaction; undone by the next
+    /// turn or the commit if it does not come back whole, as a log row with its callback is).
+    pub(crate) async fn record_call_status(
+        &mut self,
+        call_id: uuid::Uuid,
+        u: &crate::store::CallStatusUpdate,
+    ) -> Result<(), StoreError> {
+        use crate::store::common::{INSERT_STATUS_EVENT, UPDATE_CALL_STATUS};
+        let batch = self.batch();
+        let sql = format!(
+            "SAVEPOINT whole_write; {UPDATE_CALL_STATUS}; {INSERT_STATUS_EVENT}; RELEASE whole_write"
+        );
+        batch.unfinished = true;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(call_id)
+            .bind(&u.status)
+            .bind(u.at)
+            .bind(u.ended)
+            .bind(u.duration_seconds)
+            .bind(u.sequence)
+            .bind(u.event_id)
+            .bind(sqlx::types::Json(&u.detail))
+            .execute(&mut *batch.tx)
+            .await;
+        match done {
+            Ok(_) => {
+                batch.unfinished = false;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(undo) = batch.undo_unfinished().await {
+                    tracing::warn!(error = %undo, "could not undo a failed status write yet");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends a turn that logged queued tool calls (counted as it logged them): gives the batch
+    /// up and commits it unless another member does first. Each of them waits for the commit
+    /// on its own.
+    async fn end_queued(self) {
+        let GroupTurn { open, commit, .. } = self;
+        drop(open);
+        commit.now().await;
     }
 
     /// Ends the turn with what it did: `done` once the commit holding its rows is done, or the
@@ -182,6 +256,24 @@ impl SqliteStore {
         })
     }
 
+    /// Shared log queries run so far, and the tool calls they carried (for tests and the
+    /// README's figures).
+    pub fn queued_logs(&self) -> (u64, u64) {
+        (
+            self.batch.queries.load(Ordering::Relaxed),
+            self.batch.carried.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Tool calls queued for a shared log query now (for tests).
+    pub fn queued_waiting(&self) -> usize {
+        self.batch
+            .queue
+            .lock()
+            .expect("the queue's lock is never held across a panic")
+            .len()
+    }
+
     /// Wakes this process's workers (SQLite has no other processes to wake).
     fn bump_queue(&self) {
         self.signal.bump();
@@ -220,9 +312,189 @@ impl SqliteStore {
         windows: &crate::store::CountWindows,
         check: crate::store::LimitCheck<'_>,
     ) -> Result<(crate::store::Begun, bool), StoreError> {
+        if let Some(queued) = Self::queueable(log, plan, windows) {
+            let (begun, callback) = (queued.outcome.clone(), queued.callback.is_some());
+            if self.log_queued(queued).await? {
+                return Ok((begun_with(begun), callback));
+            }
+        }
         let mut turn = self.group_writer().await?;
         let done = Self::log_in_batch(turn.batch(), log, plan, windows, check).await;
         turn.end(done).await
+    }
+
+    /// A tool call that the shared query of a turn may log ([`Self::log_queued`]): one whose
+    /// limits are plain thresholds the call's totals can clear. `None`: it needs the window
+    /// counts or the check, statement by statement.
+    fn queueable(
+        log: &crate::store::NewToolCallLog,
+        plan: &crate::store::Plan,
+        windows: &crate::store::CountWindows,
+    ) -> Option<Queued> {
+        use crate::store::Plan;
+        let thresholds = windows.thresholds?;
+        // The totals count transfers only: another tool's own limit needs its window counted.
+        if thresholds.tool.is_some() && windows.tool != crate::domain::ToolName::Transfer.as_str() {
+            return None;
+        }
+        let (outcome, callback, limits) = match plan {
+            // A failure is recorded whatever the counts (as `decide_invocation` does).
+            Plan::Fail(outcome) => (Some(outcome.clone()), None, (None, None)),
+            Plan::Run => (None, None, (thresholds.call, thresholds.tool)),
+            Plan::Complete { outcome, callback } => (
+                Some(outcome.clone()),
+                callback.as_deref().cloned(),
+                (thresholds.call, thresholds.tool),
+            ),
+        };
+        Some(Queued {
+            log: log.clone(),
+            outcome,
+            callback,
+            call_limit: limits.0,
+            transfer_limit: limits.1,
+            reply: oneshot::channel().0,
+        })
+    }
+
+    /// Logs a tool call together with every other one queued meanwhile: whoever gets the
+    /// next turn on the batch writes all of them with one query (one hand-off to sqlx's SQLite
+    /// thread for many tool calls; alone, a tool call takes two). True once the commit that
+    /// holds its rows is done; false when the query did not write them (the caller then logs
+    /// it statement by statement, which finds the repeat, counts the windows or reports the
+    /// error exactly as before).
+    async fn log_queued(&self, mut queued: Queued) -> Result<bool, StoreError> {
+        let (reply, mut written) = oneshot::channel();
+        queued.reply = reply;
+        self.batch
+            .queue
+            .lock()
+            .expect("the queue's lock is never held across a panic")
+            .push(queued);
+        let committed = tokio::select! {
+            // Biased: once another turn has logged it, this one need not take a turn.
+            biased;
+            done = &mut written => done,
+            turn = self.group_writer() => {
+                let mut turn = turn?;
+                Self::log_the_queue(turn.batch(), &self.batch).await;
+                turn.end_queued().await;
+                // Whoever held the turn logged it (this one, or one before it).
+                written.await
+            }
+        };
+        let mut committed = match committed {
+            Ok(Some(committed)) => committed,
+            Ok(None) => return Ok(false),
+            // The turn that took it went away mid-query: whether its rows are in the batch
+            // is unknown. The outage its own statement would have met (the resilient store
+            // journals it; the replay is idempotent).
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "the turn logging this tool call was cut short".into(),
+                ));
+            }
+        };
+        match committed.wait_for(Option::is_some).await.as_deref() {
+            Ok(Some(Ok(()))) => Ok(true),
+            Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
+                "the shared transaction did not commit: {e}"
+            ))),
+            Ok(None) | Err(_) => Err(StoreError::Unavailable(
+                "the shared transaction's commit was cut short".into(),
+            )),
+        }
+    }
+
+    /// Logs everything queued, in chunks of [`QUEUED_PER_QUERY`], each chunk one query: per
+    /// tool call a savepoint, its log row if it is new and the call's totals are below its
+    /// limits, its callback request if the log row was written, the release, and a row saying
+    /// whether it wrote. Each tool call is told the batch's commit if its rows were written,
+    /// or `None`. A query cut short by an error stops there: the tool calls whose row came
+    /// keep their rows; the one in progress is undone, and it and the rest are told `None`.
+    async fn log_the_queue(batch: &mut Batch, group: &GroupCommit) {
+        let (queue, counts) = (&group.queue, (&group.queries, &group.carried));
+        // What is queued now, the turn's own tool call among it; what arrives meanwhile waits
+        // for the next turn (each of those is waiting for one), so that a busy writer still
+        // commits.
+        let mut left = queue
+            .lock()
+            .expect("the queue's lock is never held across a panic")
+            .len();
+        loop {
+            let mut chunk: Vec<Queued> = {
+                let mut q = queue
+                    .lock()
+                    .expect("the queue's lock is never held across a panic");
+                let n = left.min(QUEUED_PER_QUERY).min(q.len());
+                left -= n;
+                q.drain(..n)
+                    // Tool calls that went away are not logged (their own fallback was).
+                    .filter(|w| !w.reply.is_closed())
+                    .collect()
+            };
+            if left == 0 && chunk.is_empty() {
+                return;
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            if chunk.is_empty() {
+                return;
+            }
+            counts.0.fetch_add(1, Ordering::Relaxed);
+            counts.1.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let sql = queued_query(chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for w in &chunk {
+                q = bind_log(q, &w.log, w.outcome.as_ref());
+                q = match &w.callback {
+                    Some(cb) => bind_callback(q, cb).bind(cb.text_caller),
+                    None => bind_no_callback(q),
+                };
+                q = q
+                    .bind(w.call_limit)
+                    .bind(w.transfer_limit)
+                    .bind(i64::from(w.callback.is_some()));
+            }
+            // One row per tool call, after its release: a tool call without its row did not
+            // finish, and what it wrote is undone.
+            batch.unfinished = true;
+            let mut wrote: Vec<bool> = Vec::with_capacity(chunk.len());
+            let mut failed = false;
+            {
+                use futures_util::TryStreamExt;
+                let mut rows = q.fetch(&mut *batch.tx);
+                loop {
+                    match rows.try_next().await {
+                        Ok(Some(row)) => {
+                            wrote.push(matches!(sqlx::Row::try_get::<i64, _>(&row, 0), Ok(1)))
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a shared log query failed; its tool calls are logged one by one");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if failed {
+                if let Err(undo) = batch.undo_unfinished().await {
+                    tracing::warn!(error = %undo, "could not undo a failed log write yet");
+                }
+            } else {
+                batch.unfinished = false;
+            }
+            let committed = batch.outcome.subscribe();
+            let mut written = 0;
+            for (i, w) in chunk.drain(..).enumerate() {
+                let done = wrote.get(i).copied().unwrap_or(false);
+                written += u32::from(done);
+                let _ = w.reply.send(done.then(|| committed.clone()));
+            }
+            batch.members += written;
+        }
     }
 
     /// A turn on the open group-commit batch (opening one if none is), for one write of the
@@ -363,6 +635,45 @@ impl SqliteStore {
         MIGRATOR.run(&self.writer).await?;
         Ok(())
     }
+}
+
+/// At most this many tool calls in one shared log query (47 parameters each; SQLite takes
+/// 32,766, and sqlx keeps one prepared query per size).
+const QUEUED_PER_QUERY: usize = 32;
+
+/// The shared log query for `n` tool calls: [`SQLITE_QUEUED_LOG`] with each tool call's
+/// parameters numbered after the previous one's.
+fn queued_query(n: usize) -> String {
+    use crate::store::common::{SQLITE_QUEUED_LOG, SQLITE_QUEUED_LOG_PARAMS};
+    let mut sql = String::with_capacity(n * SQLITE_QUEUED_LOG.len() + n * 64);
+    for i in 0..n {
+        let offset = i * SQLITE_QUEUED_LOG_PARAMS;
+        let mut rest = SQLITE_QUEUED_LOG;
+        while let Some(at) = rest.find('$') {
+            sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let k: usize = rest[..digits]
+                .parse()
+                .expect("every $ is a parameter number");
+            sql.push_str(&(k + offset).to_string());
+            rest = &rest[digits..];
+        }
+        sql.push_str(rest);
+        sql.push_str("; ");
+    }
+    sql
+}
+
+/// Binds a callback request's values as NULLs (no callback request: the guard keeps the
+/// insert from running).
+fn bind_no_callback<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for _ in 0..20 {
+        q = q.bind(None::<String>);
+    }
+    q.bind(false)
 }
 
 crate::store::common::impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
