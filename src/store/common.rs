@@ -125,7 +125,8 @@ pub(crate) const SQLITE_LOG_WITH_CALLBACK: &str = concat!(
 
 /// SQLite: one tool call's part of a shared log query (`SqliteStore::log_queued`), numbered
 /// from `$1`; bound as `SQLITE_LOG_WITH_CALLBACK` is, then the call's invocation limit ($45),
-/// its transfer limit ($46) and whether it has a callback request ($47). The log row is written
+/// its transfer limit ($46), whether it has a callback request ($47) and whether it is a tool
+/// call at all ($48: 0 pads a query to its size, writing nothing). The log row is written
 /// only if it is new and the call's totals are below the limits (NULL: none); the row this
 /// returns, after the release (so a row means the tool call's part is whole), says whether it
 /// was (its id is new to every tool call); the callback request is written only if it was.
@@ -134,7 +135,7 @@ pub(crate) const SQLITE_QUEUED_LOG: &str = concat!(
     log_insert_columns!(),
     ") SELECT $1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
      $18, $19, $20, $21, $22, $23 \
-     WHERE NOT EXISTS (SELECT 1 FROM tool_call_logs \
+     WHERE $48 = 1 AND NOT EXISTS (SELECT 1 FROM tool_call_logs \
       WHERE platform = $4 AND call_ref = $5 AND invocation_key = $7) \
      AND ($45 IS NULL OR COALESCE((SELECT total FROM call_invocation_totals \
       WHERE platform = $4 AND call_ref = $5), 0) < $45) \
@@ -166,7 +167,7 @@ pub(crate) const INSERT_STATUS_EVENT: &str = "INSERT INTO call_events (id, call_
      VALUES ($7, $1, $3, 'status', $8)";
 
 /// Parameters per tool call in [`SQLITE_QUEUED_LOG`].
-pub(crate) const SQLITE_QUEUED_LOG_PARAMS: usize = 47;
+pub(crate) const SQLITE_QUEUED_LOG_PARAMS: usize = 48;
 
 pub(crate) use {attempt_columns, call_columns, callback_columns, log_columns};
 

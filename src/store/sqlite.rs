@@ -444,7 +444,10 @@ impl SqliteStore {
             }
             counts.0.fetch_add(1, Ordering::Relaxed);
             counts.1.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let sql = queued_query(chunk.len());
+            // Padded to a power of two: sqlx keeps each query it prepared for the connection's
+            // life, and a query of n tool calls is 5n statements (a size per count cost 40 MB).
+            let size = chunk.len().next_power_of_two();
+            let sql = queued_query(size);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for w in &chunk {
                 q = bind_log(q, &w.log, w.outcome.as_ref());
@@ -455,7 +458,11 @@ impl SqliteStore {
                 q = q
                     .bind(w.call_limit)
                     .bind(w.transfer_limit)
-                    .bind(i64::from(w.callback.is_some()));
+                    .bind(i64::from(w.callback.is_some()))
+                    .bind(1_i64);
+            }
+            for _ in chunk.len()..size {
+                q = bind_padding(q);
             }
             // One row per tool call, after its release: a tool call without its row did not
             // finish, and what it wrote is undone.
@@ -637,9 +644,9 @@ impl SqliteStore {
     }
 }
 
-/// At most this many tool calls in one shared log query (47 parameters each; SQLite takes
-/// 32,766, and sqlx keeps one prepared query per size).
-const QUEUED_PER_QUERY: usize = 32;
+/// At most this many tool calls in one shared log query (48 parameters each; SQLite takes
+/// 32,766), a power of two (queries are padded to one).
+const QUEUED_PER_QUERY: usize = 16;
 
 /// The shared log query for `n` tool calls: [`SQLITE_QUEUED_LOG`] with each tool call's
 /// parameters numbered after the previous one's.
@@ -663,6 +670,17 @@ fn queued_query(n: usize) -> String {
         sql.push_str("; ");
     }
     sql
+}
+
+/// Binds a tool call's place in a shared log query that pads it: NULLs, and 0 for "a tool call"
+/// ($48), so nothing is written.
+fn bind_padding<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for _ in 0..crate::store::common::SQLITE_QUEUED_LOG_PARAMS - 2 {
+        q = q.bind(None::<String>);
+    }
+    q.bind(0_i64).bind(0_i64)
 }
 
 /// Binds a callback request's values as NULLs (no callback request: the guard keeps the
