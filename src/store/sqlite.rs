@@ -52,7 +52,8 @@ struct Queued {
     /// The commit that holds its rows, once written; `None` when the query did not write them
     /// (a repeat, a limit the totals do not rule out, an error): the tool call then takes the
     /// statement-by-statement way, which decides and words it exactly.
-    reply: oneshot::Sender<Option<Outcome>>,
+    /// (`None` once the turn logging it took it.)
+    reply: Option<oneshot::Sender<Option<Outcome>>>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -66,9 +67,13 @@ struct CommitOnDrop(Option<(SqliteStore, u64)>);
 
 impl CommitOnDrop {
     async fn now(mut self) {
-        if let Some((store, id)) = self.0.take() {
-            store.commit_batch(id).await;
+        // Kept until the commit returns: dropped while it waits for the writer, `Drop` still
+        // commits (others may be waiting on this commit alone, as tool calls another turn
+        // logged are).
+        if let Some((store, id)) = &self.0 {
+            store.commit_batch(*id).await;
         }
+        self.0 = None;
     }
 }
 
@@ -353,7 +358,7 @@ impl SqliteStore {
             callback,
             call_limit: limits.0,
             transfer_limit: limits.1,
-            reply: oneshot::channel().0,
+            reply: None,
         })
     }
 
@@ -365,7 +370,7 @@ impl SqliteStore {
     /// error exactly as before).
     async fn log_queued(&self, mut queued: Queued) -> Result<bool, StoreError> {
         let (reply, mut written) = oneshot::channel();
-        queued.reply = reply;
+        queued.reply = Some(reply);
         self.batch
             .queue
             .lock()
@@ -430,7 +435,7 @@ impl SqliteStore {
                 left -= n;
                 q.drain(..n)
                     // Tool calls that went away are not logged (their own fallback was).
-                    .filter(|w| !w.reply.is_closed())
+                    .filter(|w| w.reply.as_ref().is_some_and(|r| !r.is_closed()))
                     .collect()
             };
             if left == 0 && chunk.is_empty() {
@@ -464,10 +469,13 @@ impl SqliteStore {
             for _ in chunk.len()..size {
                 q = bind_padding(q);
             }
-            // One row per tool call, after its release: a tool call without its row did not
-            // finish, and what it wrote is undone.
+            // One row per tool call, after its release: its rows are whole, and it is told at
+            // once (if this turn is given up mid-query, the ones told keep their answer). A
+            // tool call without its row did not finish, and what it wrote is undone.
+            let mut replies: Vec<_> = chunk.iter_mut().map(|w| w.reply.take()).collect();
+            let committed = batch.outcome.subscribe();
             batch.unfinished = true;
-            let mut wrote: Vec<bool> = Vec::with_capacity(chunk.len());
+            let mut came = 0;
             let mut failed = false;
             {
                 use futures_util::TryStreamExt;
@@ -475,7 +483,12 @@ impl SqliteStore {
                 loop {
                     match rows.try_next().await {
                         Ok(Some(row)) => {
-                            wrote.push(matches!(sqlx::Row::try_get::<i64, _>(&row, 0), Ok(1)))
+                            let done = matches!(sqlx::Row::try_get::<i64, _>(&row, 0), Ok(1));
+                            if let Some(reply) = replies.get_mut(came).and_then(Option::take) {
+                                batch.members += u32::from(done);
+                                let _ = reply.send(done.then(|| committed.clone()));
+                            }
+                            came += 1;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -486,21 +499,34 @@ impl SqliteStore {
                     }
                 }
             }
-            if failed {
-                if let Err(undo) = batch.undo_unfinished().await {
+            let undone = if failed {
+                batch.undo_unfinished().await.map_err(|undo| {
                     tracing::warn!(error = %undo, "could not undo a failed log write yet");
-                }
+                })
             } else {
                 batch.unfinished = false;
+                Ok(())
+            };
+            // The rest wrote nothing (or were undone): each is logged on its own.
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(None);
             }
-            let committed = batch.outcome.subscribe();
-            let mut written = 0;
-            for (i, w) in chunk.drain(..).enumerate() {
-                let done = wrote.get(i).copied().unwrap_or(false);
-                written += u32::from(done);
-                let _ = w.reply.send(done.then(|| committed.clone()));
+            if undone.is_err() {
+                // Nothing more runs in this batch until the next turn (or the commit) has
+                // undone it: the rest of this turn's tool calls are logged on their own (whose
+                // turns try the undo first, and fail rather than write past it).
+                let rest: Vec<Queued> = {
+                    let mut q = queue
+                        .lock()
+                        .expect("the queue's lock is never held across a panic");
+                    let n = left.min(q.len());
+                    q.drain(..n).collect()
+                };
+                for reply in rest.into_iter().filter_map(|w| w.reply) {
+                    let _ = reply.send(None);
+                }
+                return;
             }
-            batch.members += written;
         }
     }
 
