@@ -39,6 +39,20 @@ struct GroupCommit {
 /// A commit's outcome, as every tool call in its batch hears it (`None` until then).
 type Outcome = watch::Receiver<Option<Result<(), String>>>;
 
+/// Waits for the commit of a batch: its failure, or its being cut short (the member that was
+/// committing it went away mid-commit), is every member's.
+async fn committed_by(outcome: &mut Outcome) -> Result<(), StoreError> {
+    match outcome.wait_for(Option::is_some).await.as_deref() {
+        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
+            "the shared transaction did not commit: {e}"
+        ))),
+        Ok(None) | Err(_) => Err(StoreError::Unavailable(
+            "the shared transaction's commit was cut short".into(),
+        )),
+    }
+}
+
 /// A tool call waiting to be logged by the query of a turn, with the tool calls queued beside it
 /// (see [`SqliteStore::log_queued`]).
 struct Queued {
@@ -130,7 +144,7 @@ impl Batch {
 pub(crate) struct GroupTurn<'s> {
     open: tokio::sync::MutexGuard<'s, Option<Batch>>,
     commit: CommitOnDrop,
-    committed: watch::Receiver<Option<Result<(), String>>>,
+    committed: Outcome,
 }
 
 impl GroupTurn<'_> {
@@ -207,16 +221,8 @@ impl GroupTurn<'_> {
         drop(open);
         commit.now().await;
         let done = done?;
-        match committed.wait_for(Option::is_some).await.as_deref() {
-            Ok(Some(Ok(()))) => Ok(done),
-            Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
-                "the shared transaction did not commit: {e}"
-            ))),
-            // The member that was committing it went away mid-commit.
-            Ok(None) | Err(_) => Err(StoreError::Unavailable(
-                "the shared transaction's commit was cut short".into(),
-            )),
-        }
+        committed_by(&mut committed).await?;
+        Ok(done)
     }
 }
 
@@ -400,15 +406,8 @@ impl SqliteStore {
                 ));
             }
         };
-        match committed.wait_for(Option::is_some).await.as_deref() {
-            Ok(Some(Ok(()))) => Ok(true),
-            Ok(Some(Err(e))) => Err(StoreError::Unavailable(format!(
-                "the shared transaction did not commit: {e}"
-            ))),
-            Ok(None) | Err(_) => Err(StoreError::Unavailable(
-                "the shared transaction's commit was cut short".into(),
-            )),
-        }
+        committed_by(&mut committed).await?;
+        Ok(true)
     }
 
     /// Logs everything queued, in chunks of [`QUEUED_PER_QUERY`], each chunk one query: per
