@@ -6,6 +6,8 @@
 //! as breadcrumbs: the same masked lines the logs hold. Nothing else is sent: no request data,
 //! no client addresses (`send_default_pii` is off), no performance traces.
 
+pub mod line_buffer;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
@@ -16,14 +18,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// What [`init`] set up; keep it alive until exit: dropping it flushes the log lines and the
 /// Sentry events still buffered.
 pub struct Telemetry {
-    _log: tracing_appender::non_blocking::WorkerGuard,
+    _log: line_buffer::FlushGuard,
     _sentry: Option<sentry::ClientInitGuard>,
 }
 
 /// Installs the global subscriber once, and Sentry reporting when `SENTRY_DSN` is set. Lines
-/// are written by a background thread, so a slow stdout never stalls a call.
+/// are gathered in memory and written by a background thread a few times a second, so a slow
+/// stdout never stalls a call, and a line does not wake a thread (see [`line_buffer`]).
 pub fn init(format: &str) -> Telemetry {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let (writer, guard) = line_buffer::spawn(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let sentry = sentry_from_env();
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
