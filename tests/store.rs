@@ -3289,3 +3289,40 @@ async fn sqlite_a_tool_call_that_fails_a_shared_query_fails_alone() {
         "the blocker and four messages, each once"
     );
 }
+
+/// The delivery worker looks for alerts at every wake-up (every commit with a callback request
+/// wakes it), and most look-ups find none. On SQLite the writer is the call path's too: such a
+/// look-up must not take it. Here another connection holds the write lock; a claim that finds
+/// no alert due answers at once, with nothing (before, it waited for the lock and failed with
+/// "database is locked" after the busy timeout). A due alert is still claimed.
+#[tokio::test]
+async fn sqlite_a_claim_that_finds_no_alert_due_does_not_take_the_writer() {
+    use lifeline::store::DeliveryQueue;
+    use sqlx::Connection;
+    let db = TestDb::new(Engine::Sqlite).await;
+    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
+        .await
+        .expect("sqlite store");
+    store.migrate().await.expect("migrate");
+    let call = store.upsert_call(&new_call("call-alerts")).await.unwrap();
+    let request = log_message(&store, &call, TENANT, Urgency::Critical, t0()).await;
+    let now = Utc::now();
+    let lease = now + secs(60);
+    let claimed = store.claim_alerts("w1", now, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the critical request's alert is due");
+    assert_eq!(claimed[0].request.id, request);
+
+    let mut hold = sqlx::SqliteConnection::connect(&db.url).await.expect("raw");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut hold)
+        .await
+        .expect("hold the write lock");
+    // The only alert is leased: nothing is due.
+    let again = store.claim_alerts("w2", now, lease, 10).await;
+    assert!(
+        matches!(&again, Ok(none) if none.is_empty()),
+        "{:?}",
+        again.map(|a| a.len())
+    );
+    sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
+}
