@@ -9,10 +9,11 @@
 //!
 //! What it promises: a line is never split or interleaved with another; lines reach stdout in
 //! the order they were logged, within [`FLUSH_EVERY`] (sooner when many wait); a slow or
-//! stuck stdout never blocks a caller: past [`CAPACITY`] bytes waiting, lines are dropped and
-//! a line saying how many replaces them. Dropping the [`FlushGuard`] (at exit) writes what is
-//! left, waiting at most [`CLOSE_WAIT`] for a stuck stdout. A process killed outright loses
-//! the lines of its last [`FLUSH_EVERY`].
+//! stuck stdout never blocks a caller: past [`CAPACITY`] bytes waiting or being written, lines
+//! are dropped and a line saying how many follows the lines before them. Dropping the
+//! [`FlushGuard`] (at exit) writes what is left, waiting at most [`CLOSE_WAIT`] for a stuck
+//! stdout. A process killed outright loses the lines not yet written: normally those of its
+//! last [`FLUSH_EVERY`].
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -24,7 +25,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Written at once (not after [`FLUSH_EVERY`]) when this much waits.
 pub const WRITE_AT: usize = 256 * 1024;
 
-/// Lines waiting beyond this many bytes (stdout too slow, or stuck) are dropped, and counted.
+/// Lines beyond this many bytes, waiting or being written (stdout too slow, or stuck), are
+/// dropped, and counted.
 pub const CAPACITY: usize = 16 * 1024 * 1024;
 
 /// How long dropping the guard waits for the last lines to be written.
@@ -42,6 +44,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     lines: Vec<u8>,
+    /// Bytes the writer thread took and is writing (they count towards [`CAPACITY`]).
+    writing: usize,
     /// Lines dropped since the last write (the buffer was full).
     dropped: u64,
     closing: bool,
@@ -109,23 +113,29 @@ fn write_lines<W: Write>(shared: &Shared, mut sink: W) {
         let mut lines = std::mem::replace(&mut state.lines, std::mem::take(&mut spare));
         let dropped = std::mem::take(&mut state.dropped);
         let closing = state.closing;
+        state.writing = lines.len();
         drop(state);
-        if dropped > 0 {
-            let _ = writeln!(
-                sink,
-                r#"{{"timestamp":"{}","level":"WARN","fields":{{"message":"log lines dropped: stdout was too slow","dropped":{dropped}}},"target":"lifeline::telemetry"}}"#,
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            );
-        }
         // A failing stdout loses these lines; there is nowhere else to say so.
-        let _ = sink.write_all(&lines).and_then(|()| sink.flush());
+        let _ = sink.write_all(&lines);
+        // After the lines logged before the drops (the notice is JSON whatever the format).
+        if dropped > 0 {
+            // One write: the line is whole even on a sink that takes each write apart.
+            let notice = format!(
+                r#"{{"timestamp":"{}","level":"WARN","fields":{{"message":"log lines dropped: stdout was too slow","dropped":{dropped}}},"target":"lifeline::telemetry"}}{}"#,
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                '\n'
+            );
+            let _ = sink.write_all(notice.as_bytes());
+        }
+        let _ = sink.flush();
         lines.clear();
         // Keep the buffer's capacity for the next round, unless a burst made it large.
         if lines.capacity() <= WRITE_AT * 2 {
             spare = lines;
         }
         state = shared.lock();
-        if closing && state.lines.is_empty() {
+        state.writing = 0;
+        if closing && state.lines.is_empty() && state.dropped == 0 {
             state.done = true;
             shared.changed.notify_all();
             return;
@@ -142,8 +152,13 @@ impl Shared {
             drop(state);
             return std::io::stdout().lock().write_all(line);
         }
-        if state.lines.len() + line.len() > CAPACITY {
+        if state.lines.len() + state.writing + line.len() > CAPACITY {
             state.dropped += 1;
+            // The first drop wakes the writer thread if it waits for a first line (a line
+            // larger than the buffer), so that the notice goes out.
+            if state.dropped == 1 && state.lines.is_empty() {
+                self.changed.notify_one();
+            }
             return Ok(());
         }
         let was = state.lines.len();
@@ -322,5 +337,21 @@ mod tests {
         assert_eq!(kept + dropped, fits + 500);
         assert!(dropped >= 500, "{dropped} dropped");
         assert!(text.contains("first\n"));
+        // The notice follows the lines logged before the drops.
+        assert!(text.rfind("yyyy") < text.find("log lines dropped"));
+    }
+
+    #[test]
+    fn a_line_larger_than_the_buffer_is_dropped_and_said_so_at_once() {
+        let (sink, received, _gate) = sink();
+        let (buffer, _guard) = spawn(sink);
+        log(&buffer, &("z".repeat(CAPACITY) + "\n"));
+        // No other line follows: the drop alone gets the notice out.
+        let write = received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the notice is written while the process runs");
+        let text = String::from_utf8(write).unwrap();
+        assert!(text.contains(r#""dropped":1"#), "{text}");
+        assert!(!text.contains('z'));
     }
 }
