@@ -247,8 +247,9 @@ mod tests {
         buffer.make_writer().write_all(line.as_bytes()).unwrap();
     }
 
+    /// Everything written, once the writer thread has finished (it holds the only sender).
     fn everything(received: &mpsc::Receiver<Vec<u8>>) -> String {
-        String::from_utf8(received.try_iter().flatten().collect()).unwrap()
+        String::from_utf8(received.iter().flatten().collect()).unwrap()
     }
 
     #[test]
