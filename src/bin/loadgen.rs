@@ -3,7 +3,10 @@
 //! Load mode: `--calls` concurrent call workers, each repeatedly opening a call (session:new),
 //! making `--tools-per-call` collect_info tool calls paced so that all workers together offer
 //! `--rate` tool calls per second, and hanging up; for `--duration` seconds. Reports throughput
-//! and tool-call latency (llm:tool-call sent → llm:tool-output received) percentiles.
+//! and tool-call latency percentiles: from each tool call's intended send time (its slot in the
+//! worker's schedule) to its llm:tool-output, so that a server that falls behind shows as
+//! latency rather than as a client that quietly sends less (as `../shared/bench/loadgen.js`
+//! counts it); and, beside it, from the moment it was actually sent.
 //!
 //! Idle mode (`--idle N`): opens N calls and holds them for `--hold` seconds, reporting the
 //! server's resident memory before and after (`--server-pid`), to check the per-socket cost.
@@ -68,7 +71,10 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 #[derive(Default)]
 struct Stats {
+    /// From each tool call's intended send time.
     tool_latencies_us: Mutex<Vec<u64>>,
+    /// From the moment each tool call was sent.
+    tool_sent_latencies_us: Mutex<Vec<u64>>,
     session_latencies_us: Mutex<Vec<u64>>,
     calls: AtomicU64,
     errors: AtomicU64,
@@ -182,6 +188,9 @@ async fn worker(args: Arc<Args>, stats: Arc<Stats>, deadline: Instant, offset: D
             }
             next += interval;
             tokio::time::sleep_until(next).await;
+            // Its slot in the schedule: a worker still busy with the previous tool call (or
+            // with opening the call) sends late, and the wait counts.
+            let intended = next.into_std();
             let id = format!("lg-{}", Uuid::new_v4().simple());
             let msg = json!({
                 "type": "llm:tool-call",
@@ -221,6 +230,11 @@ async fn worker(args: Arc<Args>, stats: Arc<Stats>, deadline: Instant, offset: D
                         .tool_latencies_us
                         .lock()
                         .await
+                        .push(intended.elapsed().as_micros() as u64);
+                    stats
+                        .tool_sent_latencies_us
+                        .lock()
+                        .await
                         .push(started.elapsed().as_micros() as u64);
                 }
                 Ok(out) => {
@@ -257,6 +271,7 @@ async fn load(args: &Args) -> anyhow::Result<Value> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut tools = stats.tool_latencies_us.lock().await.clone();
+    let mut sent = stats.tool_sent_latencies_us.lock().await.clone();
     let mut sessions = stats.session_latencies_us.lock().await.clone();
     Ok(json!({
         "mode": "load",
@@ -269,6 +284,7 @@ async fn load(args: &Args) -> anyhow::Result<Value> {
         "errors": stats.errors.load(Ordering::Relaxed),
         "throughput_per_s": tools.len() as f64 / elapsed,
         "tool_call_latency_ms": percentiles(&mut tools),
+        "tool_call_latency_from_send_ms": percentiles(&mut sent),
         "session_new_ack_latency_ms": percentiles(&mut sessions),
     }))
 }
