@@ -4,9 +4,10 @@
 //! making `--tools-per-call` collect_info tool calls paced so that all workers together offer
 //! `--rate` tool calls per second, and hanging up; for `--duration` seconds. Reports throughput
 //! and tool-call latency percentiles: from each tool call's intended send time (its slot in the
-//! worker's schedule) to its llm:tool-output, so that a server that falls behind shows as
-//! latency rather than as a client that quietly sends less (as `../shared/bench/loadgen.js`
-//! counts it); and, beside it, from the moment it was actually sent.
+//! worker's schedule) to its llm:tool-output when the worker was still busy at its slot, so
+//! that a server that falls behind shows as latency rather than as a client that quietly sends
+//! less (as `../shared/bench/loadgen.js` counts it); and, beside it, from the moment each was
+//! actually sent.
 //!
 //! Idle mode (`--idle N`): opens N calls and holds them for `--hold` seconds, reporting the
 //! server's resident memory before and after (`--server-pid`), to check the per-socket cost.
@@ -71,7 +72,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 #[derive(Default)]
 struct Stats {
-    /// From each tool call's intended send time.
+    /// From each tool call's intended send time (its send, if the worker was ready then).
     tool_latencies_us: Mutex<Vec<u64>>,
     /// From the moment each tool call was sent.
     tool_sent_latencies_us: Mutex<Vec<u64>>,
@@ -187,10 +188,13 @@ async fn worker(args: Arc<Args>, stats: Arc<Stats>, deadline: Instant, offset: D
                 break;
             }
             next += interval;
+            // A worker still busy at its slot (with the previous tool call's answer, or with
+            // opening the call) sends late, and the wait counts: latency from the slot. A
+            // worker that was ready waits for the timer, which fires up to a millisecond late
+            // (tokio's timer wheel): latency from the send, so the client's timer is not
+            // counted.
+            let behind = tokio::time::Instant::now() > next;
             tokio::time::sleep_until(next).await;
-            // Its slot in the schedule: a worker still busy with the previous tool call (or
-            // with opening the call) sends late, and the wait counts.
-            let intended = next.into_std();
             let id = format!("lg-{}", Uuid::new_v4().simple());
             let msg = json!({
                 "type": "llm:tool-call",
@@ -210,6 +214,7 @@ async fn worker(args: Arc<Args>, stats: Arc<Stats>, deadline: Instant, offset: D
                 },
             });
             let started = Instant::now();
+            let intended = if behind { next.into_std() } else { started };
             let sent = ws.send(Message::text(msg.to_string())).await;
             let got = match sent {
                 Ok(()) => {
