@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use alerts::*;
 pub use delivery::*;
-pub(crate) use sql::{alert_columns, impl_delivery_queue};
+pub(crate) use sql::{alert_columns, alert_due, impl_delivery_queue};
 pub use staff::*;
 pub use stats::*;
 

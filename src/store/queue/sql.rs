@@ -9,6 +9,20 @@ macro_rules! alert_columns {
 }
 pub(crate) use alert_columns;
 
+/// An alert that is due: waiting, not leased, and its retry time (if any) reached at `$n`.
+/// The one condition both the look and the claim of `claim_alerts` use.
+macro_rules! alert_due {
+    ($now:literal) => {
+        concat!(
+            "status = 'pending' AND lease_owner IS NULL \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= ",
+            $now,
+            ")"
+        )
+    };
+}
+pub(crate) use alert_due;
+
 // The queue's figures, read at every scrape of `/metrics` (and every view of the dashboard's
 // System page): each is served by an index holding only what is still in the queue, or by the
 // counts the triggers of migration 0011 keep, so its cost does not grow with the years of
@@ -61,7 +75,7 @@ macro_rules! impl_delivery_queue {
                 ActionError, AlertCount, AlertOutcome, AlertRecord, AlertRow, AlertSend,
                 AlertSendRow, AuditRow, ClaimedAlert, DeliveryAttemptRow, DeliveryOutcome,
                 DeliveryQueue, DeliveryRecord, QueueStats, RequestCount, StaffAction,
-                TenantScope, alert_columns,
+                TenantScope, alert_columns, alert_due,
             };
             use crate::store::{CallbackRequestRow, StoreError};
 
@@ -284,11 +298,11 @@ macro_rules! impl_delivery_queue {
                     // read says so without taking the writer (on SQLite, the call path's one
                     // writer, which such a claim held ~70 times a second at 2,000 tool
                     // calls/s). An alert committed after this read wakes the worker again.
-                    let due: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM alerts WHERE status = 'pending' \
-                         AND lease_owner IS NULL \
-                         AND (next_attempt_at IS NULL OR next_attempt_at <= $1))",
-                    )
+                    let due: bool = sqlx::query_scalar(concat!(
+                        "SELECT EXISTS (SELECT 1 FROM alerts WHERE ",
+                        alert_due!("$1"),
+                        ")"
+                    ))
                     .bind(now)
                     .fetch_one(self.reader())
                     .await?;
@@ -299,9 +313,9 @@ macro_rules! impl_delivery_queue {
                         "UPDATE alerts SET lease_owner = $1, lease_expires_at = $2, \
                          attempt = attempt + 1, updated_at = $3 \
                          WHERE (callback_request_id, kind) IN (SELECT callback_request_id, kind \
-                           FROM alerts WHERE status = 'pending' AND lease_owner IS NULL \
-                           AND (next_attempt_at IS NULL OR next_attempt_at <= $3) \
-                           ORDER BY created_at LIMIT $4 ",
+                           FROM alerts WHERE ",
+                        alert_due!("$3"),
+                        " ORDER BY created_at LIMIT $4 ",
                         $lock,
                         ") RETURNING ",
                         alert_columns!()
