@@ -53,6 +53,7 @@ on_both_engines!(
     with_thresholds_a_refusal_is_worded_by_the_check_and_recorded_without_its_callback,
     with_thresholds_a_call_whose_totals_reach_a_limit_is_counted_in_its_windows_exactly,
     a_caller_text_is_queued_only_for_requests_whose_clinic_texts_callers,
+    a_request_from_any_writer_gets_its_alert_page_text_and_settled_count,
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -558,6 +559,23 @@ async fn status_checks_refuse_values_the_original_system_never_wrote(engine: Eng
         .await
         .expect_err("urgency 'bogus' must be refused");
     assert!(is_check_violation(&err), "{err}");
+    const INSERT_CALLBACK_REASON: &str = "INSERT INTO callback_requests (id, callback_number, \
+         tenant_id, reason, urgency_rank, status, urgency_level, text_caller) \
+         VALUES ($1, '+15083084809', 'riverside', $2, 2, 'pending', 'normal', FALSE)";
+    let err = raw
+        .exec(INSERT_CALLBACK_REASON, Uuid::new_v4(), &["bogus"])
+        .await
+        .expect_err("reason 'bogus' must be refused");
+    assert!(is_check_violation(&err), "{err}");
+    for reason in ["message", "failed_transfer"] {
+        let id = Uuid::new_v4();
+        raw.exec(INSERT_CALLBACK_REASON, id, &[reason])
+            .await
+            .unwrap_or_else(|e| panic!("reason {reason} refused: {e}"));
+        raw.exec("DELETE FROM callback_requests WHERE id = $1", id, &[])
+            .await
+            .unwrap();
+    }
     let err = raw
         .exec(UPDATE_CALLBACK, cb_id, &["bogus"])
         .await
@@ -2667,6 +2685,139 @@ async fn a_caller_text_is_queued_only_for_requests_whose_clinic_texts_callers(en
             i64::from(text_caller),
             "text_caller {text_caller}, a request on its own"
         );
+    }
+}
+
+/// What a new callback request sets off is the table's own (triggers; on PostgreSQL one trigger
+/// since migration `0014`, where four were), so a request written by any writer, not only by
+/// the store, gets it: an alert and a page when critical, a text when its clinic texts callers,
+/// a count when it is written already settled, and nothing else. On PostgreSQL each case is
+/// written twice: by a plain session, and by one that announces its queued work after its
+/// commit as the call path's do (`lifeline.queue_notify`), for which the trigger's condition
+/// must still let every one of these through.
+async fn a_request_from_any_writer_gets_its_alert_page_text_and_settled_count(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let _store = db.store().await;
+    let raw = Raw::open(&db, engine).await;
+    let mut writers = vec![Raw::open(&db, engine).await];
+    if engine == Engine::Postgres {
+        writers.push(Raw::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .connect_with(
+                    sqlx::postgres::PgConnectOptions::from_str(&db.url)
+                        .unwrap()
+                        .options([("lifeline.queue_notify", "after_commit")]),
+                )
+                .await
+                .unwrap(),
+        ));
+    }
+    const INSERT: &str = "INSERT INTO callback_requests (id, callback_number, tenant_id, reason, \
+         urgency_rank, status, urgency_level, text_caller, resolved_at) \
+         VALUES ($1, '+15083084809', 'riverside', 'message', 2, $2, $3, $4 = 'yes', \
+         CASE WHEN $5 = 'yes' THEN CURRENT_TIMESTAMP END)";
+    const ALERTS: &str = "SELECT COUNT(*) FROM alerts \
+         WHERE callback_request_id = $1 AND kind = 'critical_request' AND status = 'pending'";
+    const PAGES: &str = "SELECT COUNT(*) FROM pages WHERE callback_request_id = $1";
+    const TEXTS: &str = "SELECT COUNT(*) FROM caller_texts WHERE callback_request_id = $1";
+    const SETTLED: &str = "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) \
+         FROM settled_request_counts WHERE status = $1";
+    // (status, urgency, texted, resolved): (alerts and pages, texts, settled as)
+    let cases = [
+        (("pending", "critical", "yes", "no"), (1, 1, None)),
+        (("pending", "critical", "no", "no"), (1, 0, None)),
+        (("pending", "normal", "yes", "no"), (0, 1, None)),
+        (("pending", "urgent", "no", "no"), (0, 0, None)),
+        (("posted", "normal", "no", "no"), (0, 0, Some("posted"))),
+        (("pending", "normal", "no", "yes"), (0, 0, Some("resolved"))),
+        (
+            ("posted", "critical", "yes", "yes"),
+            (1, 1, Some("resolved")),
+        ),
+    ];
+    let mut settled = std::collections::HashMap::from([("posted", 0), ("resolved", 0)]);
+    for (w, writer) in writers.iter().enumerate() {
+        for ((status, urgency, texted, resolved), (alerted, text, settles)) in cases {
+            let id = Uuid::new_v4();
+            let case =
+                format!("writer {w}: {status} {urgency} texted {texted} resolved {resolved}");
+            writer
+                .exec(INSERT, id, &[status, urgency, texted, resolved])
+                .await
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(raw.count_where(ALERTS, id).await, alerted, "alert: {case}");
+            assert_eq!(raw.count_where(PAGES, id).await, alerted, "page: {case}");
+            assert_eq!(raw.count_where(TEXTS, id).await, text, "text: {case}");
+            if let Some(s) = settles {
+                *settled.get_mut(s).unwrap() += 1;
+            }
+            for (s, n) in &settled {
+                assert_eq!(raw.count_text(SETTLED, s).await, *n, "{s} count: {case}");
+            }
+        }
+    }
+}
+
+/// A request written by a session that does not announce its queued work after its commit (a
+/// worker, the CLI, an older instance) wakes the workers from its own transaction (`NOTIFY`);
+/// one written by the call path's sessions (`lifeline.queue_notify = after_commit`) does not:
+/// those announce it after the commit, outside the transaction (migration `0007`). The
+/// notifications are read after a query on the listening connection, which returns only once
+/// the server has sent it every notification committed before it.
+#[tokio::test]
+async fn pg_a_new_request_notifies_unless_its_writer_announces_after_commit() {
+    let db = TestDb::new(Engine::Postgres).await;
+    let _store = db.store().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("lifeline_queue").await.unwrap();
+    let plain = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let announcing = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(
+            sqlx::postgres::PgConnectOptions::from_str(&db.url)
+                .unwrap()
+                .options([("lifeline.queue_notify", "after_commit")]),
+        )
+        .await
+        .unwrap();
+    const INSERT: &str = "INSERT INTO callback_requests (id, callback_number, tenant_id, reason, \
+         urgency_rank, status, urgency_level, text_caller) \
+         VALUES ($1, '+15083084809', 'riverside', 'message', 2, 'pending', $2, FALSE)";
+    async fn notified(listener: &mut sqlx::postgres::PgListener) -> Vec<String> {
+        sqlx::query("SELECT 1")
+            .execute(&mut *listener)
+            .await
+            .unwrap();
+        let mut payloads = Vec::new();
+        while let Some(n) = listener.next_buffered() {
+            payloads.push(n.payload().to_string());
+        }
+        payloads
+    }
+    for urgency in ["normal", "critical"] {
+        for (pool, announces) in [(&plain, false), (&announcing, true)] {
+            sqlx::query(INSERT)
+                .bind(Uuid::new_v4())
+                .bind(urgency)
+                .execute(pool)
+                .await
+                .unwrap();
+            let got = notified(&mut listener).await;
+            // A critical request's alert notifies for the alerts table in both cases (its own
+            // trigger, unchanged); the request itself only from the plain session.
+            let mut want = Vec::new();
+            if urgency == "critical" && !announces {
+                want.push("alerts".to_string());
+            }
+            if !announces {
+                want.push("callback_requests".to_string());
+            }
+            let mut got_sorted = got.clone();
+            got_sorted.sort();
+            assert_eq!(
+                got_sorted, want,
+                "{urgency}, announces after commit: {announces}"
+            );
+        }
     }
 }
 

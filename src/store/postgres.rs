@@ -55,9 +55,10 @@ fn plain_on_loopback(
     }
 }
 
-/// One tool call's log in one statement (see `migrations/postgres/0010_log_invocation_function.sql`
-/// and `0013_call_invocation_totals.sql`):
-/// the lock, the windows and limits ($1–$7), the log row ($8–$30).
+/// One tool call's log in one statement (see `migrations/postgres/0010_log_invocation_function.sql`,
+/// `0013_call_invocation_totals.sql` and `0014_statement_setup_once.sql`, which gave it a
+/// composite result of the same columns): the lock, the windows and limits ($1–$7), the log row
+/// ($8–$30).
 const LOG_INVOCATION: &str = "SELECT outcome, call_count, tool_count FROM lifeline_log_invocation(\
      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
      $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
