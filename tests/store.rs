@@ -2802,8 +2802,8 @@ async fn pg_a_new_request_notifies_unless_its_writer_announces_after_commit() {
                 .await
                 .unwrap();
             let got = notified(&mut listener).await;
-            // A critical request's alert notifies for the alerts table in both cases (its own
-            // trigger, unchanged); the request itself only from the plain session.
+            // A critical request's alert notifies for the alerts table too (its own trigger,
+            // unchanged), under the same setting: both only from the plain session.
             let mut want = Vec::new();
             if urgency == "critical" && !announces {
                 want.push("alerts".to_string());
