@@ -122,7 +122,10 @@ END
 $$;
 
 -- What the four AFTER INSERT triggers on callback_requests did, in their order, each under its
--- own condition as before.
+-- own condition as before. Each block is the insert branch of the function it replaces, which
+-- a trigger function cannot call: lifeline_queue_alert (0003), lifeline_queue_notices (0013),
+-- lifeline_notify_queue (0007), lifeline_count_settled_requests (0011). Those still serve the
+-- update and delete triggers; a change to what one does on insert belongs here.
 CREATE FUNCTION lifeline_new_request_work() RETURNS trigger AS $$
 BEGIN
   IF NEW.urgency_level = 'critical' THEN
