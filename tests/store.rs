@@ -872,9 +872,9 @@ async fn give_up_after<F: std::future::Future>(fut: F, after: std::time::Duratio
     }
 }
 
-/// Tool calls logged together (on SQLite, by the shared query of whichever holds the turn) and
-/// given up at every point, concurrently: a tool call that another's turn was logging, or whose
-/// own turn was logging others, when it was given up. Each log row has its callback request or
+/// Tool calls logged together (on SQLite, in one batch of the log writer, or in one group-commit
+/// batch) and given up at every point, concurrently: a tool call whose batch was being written,
+/// or whose own turn was logging, when it was given up. Each log row has its callback request or
 /// neither has been written, and every tool call that was answered has both.
 async fn concurrent_tool_calls_given_up_at_any_point_leave_their_rows_whole_or_absent(
     engine: Engine,
@@ -1045,7 +1045,7 @@ async fn a_tool_call_given_up_at_any_point_leaves_its_log_and_callback_whole_or_
     let call = store.upsert_call(&new_call("call-given-up")).await.unwrap();
     let mut given_up = Vec::new();
     // Each point twice: without thresholds (statement by statement) and with them (on SQLite,
-    // the shared query of a turn; on PostgreSQL, the logging function).
+    // the log writer; on PostgreSQL, the logging function).
     let ways = [wide_windows(), windows_with(Some(1_000_000), None)];
     for (k, windows) in (0..40u64).flat_map(|k| ways.iter().enumerate().map(move |w| (k, w))) {
         let at = t0() + TimeDelta::milliseconds(k as i64);
@@ -3178,6 +3178,13 @@ async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged
     })
     .await
     .expect("the shared statement committed");
+    // Its answer must be gone before the fault is lifted: PostgreSQL makes a commit visible to
+    // others before it sends the statement's answer (ReadyForQuery: 'Z', length 5), and under
+    // load the answer passed a relay already carrying again.
+    until("the statement's answer was swallowed", || {
+        relay.swallowed_text().contains("Z\0\0\0\u{5}")
+    })
+    .await;
     relay.set(Fault::None);
     relay.reset();
 
@@ -3203,10 +3210,155 @@ async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged
 }
 
 // ------------------------------------------------------------------------------------------------
-// SQLite's call path: tool calls queued for the writer are logged by one query of whoever holds
-// the next turn (`SqliteStore::log_queued`). A raw `BEGIN IMMEDIATE` on the file holds the write
-// lock, so the first tool call's turn waits to begin its batch while the others queue; released,
-// that turn logs them all.
+// SQLite's call path: tool calls, and the call's own writes, are written by the log writer, a
+// thread with a connection of its own that writes whatever queued in one transaction
+// (`SqliteStore::log_queued`, `store::sqlite::log_writer`). A raw `BEGIN IMMEDIATE` on the file
+// holds the write lock, so the first tool call's batch waits to begin while the others queue;
+// released, that batch takes them all.
+
+/// Every row of every table of a SQLite file, each value with its storage class, sorted: what
+/// two databases must agree on to hold the same data as sqlx reads it back.
+async fn sqlite_rows(url: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.expect("raw");
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT name FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("tables");
+    let mut rows = Vec::new();
+    for (table,) in tables {
+        let columns: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_table_info($1)")
+            .bind(&table)
+            .fetch_all(&mut conn)
+            .await
+            .expect("columns");
+        let row = columns
+            .iter()
+            .map(|(c,)| format!("'{c}=' || typeof(\"{c}\") || ':' || quote(\"{c}\")"))
+            .collect::<Vec<_>>()
+            .join(" || ', ' || ");
+        let found: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {row} FROM \"{table}\""
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("rows");
+        rows.extend(found.into_iter().map(|(r,)| format!("{table}: {r}")));
+    }
+    rows.sort();
+    rows
+}
+
+/// The log writer binds every value itself (rusqlite, not sqlx): a UUID must be its 16 bytes, a
+/// time sqlx's RFC 3339 text, JSON its text, a flag 0 or 1, or rows would read back
+/// differently, compare wrongly in the windows' counts, or miss the repeat they are. The same
+/// writes, with the same ids and times, through the log writer and statement by statement:
+/// every row of every table the same, value for value and type for type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_log_writer_writes_what_the_statement_path_writes() {
+    use lifeline::store::sqlite::SqliteStore;
+    let (through, statement) = (
+        TestDb::new(Engine::Sqlite).await,
+        TestDb::new(Engine::Sqlite).await,
+    );
+    let stores = [
+        SqliteStore::connect(&through.url).await.expect("store"),
+        SqliteStore::connect_without_log_writer(&statement.url)
+            .await
+            .expect("store"),
+    ];
+    let call = new_call("call-same-rows");
+    let at = t0();
+    // A message with its callback request, a transfer left running then finished, a repeat,
+    // and a call's lifecycle around them.
+    let message = new_log("call-same-rows", "message", "collect_info", at);
+    let message = NewToolCallLog {
+        call_id: Some(call.id),
+        urgency_level: Some("urgent".into()),
+        ..message
+    };
+    let mut cb = callback(TENANT, Some(call.id), Some(message.id), Urgency::Urgent, at);
+    cb.pet_name = Some("Rex".into());
+    cb.concern_description = Some("limping since the morning".into());
+    cb.metadata = json!({ "source": "test", "n": 1.5, "nested": { "ok": true } });
+    let transfer = NewToolCallLog {
+        call_id: Some(call.id),
+        ..new_log("call-same-rows", "transfer", "transfer", at + secs(1))
+    };
+    let finished = Recorded {
+        duration_ms: 12.25,
+        ..success(at + secs(2))
+    };
+    let status = CallStatusUpdate {
+        event_id: Uuid::new_v4(),
+        status: "completed".into(),
+        at: at + secs(30),
+        ended: true,
+        duration_seconds: Some(30),
+        sequence: Some(7),
+        detail: json!({ "sip_status": 200 }),
+    };
+    let event = lifeline::store::NewCallEvent {
+        id: Uuid::new_v4(),
+        call_id: call.id,
+        at: at + secs(3),
+        kind: "note".into(),
+        detail: json!({ "what": "é ✓" }),
+    };
+    for store in &stores {
+        store.migrate().await.expect("migrate");
+        let row = store.upsert_call(&call).await.expect("call");
+        assert_eq!(row.id, call.id, "the call's own row comes back");
+        store.mark_app_started(call.id, at).await.expect("app");
+        let plan = Plan::Complete {
+            outcome: success(at),
+            callback: Some(Box::new(cb.clone())),
+        };
+        let windows = windows_with(Some(100), Some(3));
+        let check = refuse_at(100, Some(3));
+        let begun = store
+            .begin_invocation(&message, &plan, &windows, &check)
+            .await
+            .expect("message");
+        assert!(matches!(begun, Begun::Recorded(ref r) if r.success));
+        let again = store
+            .begin_invocation(&message, &plan, &windows, &check)
+            .await
+            .expect("repeat");
+        assert!(matches!(again, Begun::Duplicate(_)), "{again:?}");
+        let begun = store
+            .begin_invocation(&transfer, &Plan::Run, &windows, &check)
+            .await
+            .expect("transfer");
+        assert!(matches!(begun, Begun::Running), "{begun:?}");
+        store
+            .finish_invocation(transfer.id, &finished)
+            .await
+            .expect("finish");
+        store.append_call_event(&event).await.expect("event");
+        store
+            .record_call_status(call.id, &status)
+            .await
+            .expect("status");
+    }
+    // The first store's writes went through the writer: the call's five and the two new tool
+    // calls (the repeat too: the writer found it there and left it to the statement path,
+    // which answers it as the repeat it is). The second's took their turns.
+    assert_eq!(stores[0].queued_logs(), (8, 8));
+    assert_eq!(stores[1].queued_logs(), (0, 0));
+    let (a, b) = (
+        sqlite_rows(&through.url).await,
+        sqlite_rows(&statement.url).await,
+    );
+    assert!(a.len() > 5, "rows were written: {a:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    assert_eq!(a.len(), b.len());
+}
 
 /// A SQLite store, migrated, and a raw connection to its file holding the write lock.
 async fn sqlite_store_with_writer_held(
@@ -3248,7 +3400,7 @@ async fn sqlite_blocker(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_logs_queued_tool_calls_in_one_query_each_under_its_own_limits() {
+async fn sqlite_logs_queued_tool_calls_in_one_batch_each_under_its_own_limits() {
     let db = TestDb::new(Engine::Sqlite).await;
     let (store, mut hold) = sqlite_store_with_writer_held(&db).await;
     let blocker = sqlite_blocker(&store).await;
@@ -3344,8 +3496,8 @@ async fn sqlite_logs_queued_tool_calls_in_one_query_each_under_its_own_limits() 
     }
     outcomes.sort_unstable();
     assert_eq!(outcomes, ["duplicate", "running"]);
-    // The blocker and the 15 in one query (the refusals and the repeat then took the
-    // statement-by-statement way, which is not counted here).
+    // The blocker and the 15 in one batch of the log writer (the refusals and the repeat then
+    // took the statement-by-statement way, which is not counted here).
     assert_eq!(store.queued_logs(), (1, 16));
     assert_eq!(
         raw.count_text(
@@ -3381,14 +3533,15 @@ async fn sqlite_logs_queued_tool_calls_in_one_query_each_under_its_own_limits() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_a_tool_call_that_fails_a_shared_query_fails_alone() {
+async fn sqlite_a_tool_call_that_fails_in_a_shared_batch_fails_alone() {
     let db = TestDb::new(Engine::Sqlite).await;
     let (store, mut hold) = sqlite_store_with_writer_held(&db).await;
     let blocker = sqlite_blocker(&store).await;
 
     // Five messages, queued one after the other; the third's callback request names a call
-    // that does not exist (the foreign key refuses it). The query stops there: the two before
-    // keep their rows, its own are undone, and it and the two after are logged on their own.
+    // that does not exist (the foreign key refuses it, on the log writer's connection as on
+    // sqlx's). Its own rows are undone and it is logged on its own, which reports the error;
+    // the other four keep theirs.
     let mut tasks = Vec::new();
     for i in 0..5 {
         tasks.push(spawn_message(
@@ -3432,7 +3585,7 @@ async fn sqlite_a_tool_call_that_fails_a_shared_query_fails_alone() {
     assert_eq!(
         store.queued_logs(),
         (1, 6),
-        "the six shared one query, which stopped at the orphan"
+        "the six shared one batch, in which only the orphan's rows were undone"
     );
     assert_eq!(
         raw.count("SELECT COUNT(*) FROM tool_call_logs").await,

@@ -5,7 +5,8 @@
 //! type by `impl_store!`. An engine provides `writer()`, `reader()`, `group_writer()` (a turn on
 //! the engine's group commit for the call path's writes), `log_invocation()` (which runs the
 //! shared `log_in_transaction` in a transaction of its own making), `bump_queue()`,
-//! `run_migrations()` and `ONE_STATEMENT_LOG_WITH_CALLBACK`; on SQLite the writer is a single
+//! `run_migrations()`, `write_through()` (a call-path write on a faster way of the engine's own,
+//! if it has one) and `ONE_STATEMENT_LOG_WITH_CALLBACK`; on SQLite the writer is a single
 //! connection, which serialises write transactions instead of failing them with SQLITE_BUSY.
 
 macro_rules! call_columns {
@@ -123,33 +124,6 @@ pub(crate) const SQLITE_LOG_WITH_CALLBACK: &str = concat!(
      SELECT changes(); RELEASE whole_write"
 );
 
-/// SQLite: one tool call's part of a shared log query (`SqliteStore::log_queued`), numbered
-/// from `$1`; bound as `SQLITE_LOG_WITH_CALLBACK` is, then the call's invocation limit ($45),
-/// its transfer limit ($46), whether it has a callback request ($47) and whether it is a tool
-/// call at all ($48: 0 pads a query to its size, writing nothing). The log row is written
-/// only if it is new and the call's totals are below the limits (NULL: none); the row this
-/// returns, after the release (so a row means the tool call's part is whole), says whether it
-/// was (its id is new to every tool call); the callback request is written only if it was.
-pub(crate) const SQLITE_QUEUED_LOG: &str = concat!(
-    "SAVEPOINT whole_write; INSERT INTO tool_call_logs (",
-    log_insert_columns!(),
-    ") SELECT $1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-     $18, $19, $20, $21, $22, $23 \
-     WHERE $48 = 1 AND NOT EXISTS (SELECT 1 FROM tool_call_logs \
-      WHERE platform = $4 AND call_ref = $5 AND invocation_key = $7) \
-     AND ($45 IS NULL OR COALESCE((SELECT total FROM call_invocation_totals \
-      WHERE platform = $4 AND call_ref = $5), 0) < $45) \
-     AND ($46 IS NULL OR COALESCE((SELECT transfers FROM call_invocation_totals \
-      WHERE platform = $4 AND call_ref = $5), 0) < $46) \
-     ON CONFLICT (platform, call_ref, invocation_key) DO NOTHING; \
-     INSERT INTO callback_requests (",
-    callback_insert_columns!(),
-    ") SELECT $24, $25, $25, $26, $27, $28, $29, $30, 'pending', $31, $32, $33, $34, $35, $36, \
-     $37, $38, $39, $40, $41, $42, $43, $1, $44 WHERE $47 = 1 AND changes() = 1; \
-     RELEASE whole_write; \
-     SELECT EXISTS (SELECT 1 FROM tool_call_logs WHERE id = $1)"
-);
-
 /// A call's status: applied unless the call ended already, or the update is older (by the
 /// platform's sequence number) than the one applied: Twilio's status callbacks can arrive out of
 /// order. $1 the call, $2 the status, $3 when, $4 whether it ended the call, $5 its duration,
@@ -166,10 +140,26 @@ pub(crate) const UPDATE_CALL_STATUS: &str = "UPDATE calls SET status = $2, updat
 pub(crate) const INSERT_STATUS_EVENT: &str = "INSERT INTO call_events (id, call_id, at, kind, detail) \
      VALUES ($7, $1, $3, 'status', $8)";
 
-/// Parameters per tool call in [`SQLITE_QUEUED_LOG`].
-pub(crate) const SQLITE_QUEUED_LOG_PARAMS: usize = 48;
+/// A write of the call path that an engine may run on a faster way of its own
+/// (`write_through`: SQLite's log writer, which commits it with the tool calls it batches).
+/// Each does what the statement of the same method in `impl_store!` does.
+pub(crate) enum CallWrite<'a> {
+    /// A call's start (nothing if the call is there already).
+    Start(&'a crate::store::NewCall),
+    /// The call's app started.
+    AppStarted(uuid::Uuid, chrono::DateTime<chrono::Utc>),
+    /// A call's status and its event.
+    Status(uuid::Uuid, &'a crate::store::CallStatusUpdate),
+    /// An event on the call's timeline.
+    Event(&'a crate::store::NewCallEvent),
+    /// A running tool call's outcome.
+    Finish(uuid::Uuid, &'a crate::store::Recorded),
+}
 
-pub(crate) use {attempt_columns, call_columns, callback_columns, log_columns};
+pub(crate) use {
+    attempt_columns, call_columns, callback_columns, callback_insert_columns, log_columns,
+    log_insert_columns,
+};
 
 macro_rules! impl_store {
     ($store:ty, $db:ty, $conn:ty) => {
@@ -510,6 +500,11 @@ macro_rules! impl_store {
 
             async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
                 crate::store::text::escape!(call, "call");
+                if self.write_through(crate::store::common::CallWrite::Start(call)).await?
+                    && let Some(row) = self.find_call(call.platform, &call.call_ref).await?
+                {
+                    return Ok(row);
+                }
                 // Through the engine's group commit (SQLite): a call's start shares its
                 // fsync with everyone's tool calls.
                 let mut w = self.group_writer().await?;
@@ -577,6 +572,9 @@ macro_rules! impl_store {
                 call_id: Uuid,
                 at: DateTime<Utc>,
             ) -> Result<(), StoreError> {
+                if self.write_through(crate::store::common::CallWrite::AppStarted(call_id, at)).await? {
+                    return Ok(());
+                }
                 let mut w = self.group_writer().await?;
                 let done = sqlx::query(
                     "UPDATE calls SET app_started_at = COALESCE(app_started_at, $2), \
@@ -597,6 +595,9 @@ macro_rules! impl_store {
                 u: &CallStatusUpdate,
             ) -> Result<(), StoreError> {
                 crate::store::text::escape!(u, "call_status");
+                if self.write_through(crate::store::common::CallWrite::Status(call_id, u)).await? {
+                    return Ok(());
+                }
                 let mut w = self.group_writer().await?;
                 let done = w.record_call_status(call_id, u).await;
                 w.end(done).await
@@ -637,6 +638,9 @@ macro_rules! impl_store {
 
             async fn append_call_event(&self, e: &NewCallEvent) -> Result<(), StoreError> {
                 crate::store::text::escape!(e, "call_event");
+                if self.write_through(crate::store::common::CallWrite::Event(e)).await? {
+                    return Ok(());
+                }
                 let mut w = self.group_writer().await?;
                 let done = sqlx::query(
                     "INSERT INTO call_events (id, call_id, at, kind, detail) \
@@ -687,6 +691,9 @@ macro_rules! impl_store {
                 o: &Recorded,
             ) -> Result<(), StoreError> {
                 crate::store::text::escape!(o, "tool_call");
+                if self.write_through(crate::store::common::CallWrite::Finish(log_id, o)).await? {
+                    return Ok(());
+                }
                 let mut w = self.group_writer().await?;
                 let done = sqlx::query(
                     "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \

@@ -357,6 +357,14 @@ impl PgStore {
         &self.pool
     }
 
+    /// PostgreSQL has no faster way for a call's writes than [`Self::group_writer`]'s.
+    async fn write_through(
+        &self,
+        _write: crate::store::common::CallWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// A connection for one of the call path's writes, in autocommit: PostgreSQL shares WAL
     /// flushes between concurrent commits by itself (SQLite's store batches them instead).
     async fn group_writer(&self) -> Result<PgTurn, StoreError> {

@@ -1,9 +1,12 @@
 //! SQLite, the embedded default: WAL with `synchronous=FULL`, one writer connection, and group
-//! commit for tool calls' logging transactions (see [`SqliteStore::log_invocation`]).
+//! commit for tool calls' logging transactions (see [`SqliteStore::log_invocation`]), most of
+//! them by a thread of their own ([`log_writer`]).
+
+mod log_writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, oneshot, watch};
@@ -28,10 +31,12 @@ pub struct SqliteStore {
 struct GroupCommit {
     open: Mutex<Option<Batch>>,
     next_id: AtomicU64,
-    /// Tool calls waiting for whoever holds the next turn to log them (see
-    /// [`SqliteStore::log_queued`]).
-    queue: std::sync::Mutex<Vec<Queued>>,
-    /// Shared log queries run, and the tool calls they carried.
+    /// The thread that logs queued tool calls (see [`SqliteStore::log_queued`]); `None` if it
+    /// could not be started (each tool call is then logged statement by statement).
+    writer: Option<log_writer::LogWriter>,
+    /// Tool calls queued for it and not answered yet.
+    waiting: AtomicUsize,
+    /// Batches it wrote, and the tool calls they carried.
     queries: AtomicU64,
     carried: AtomicU64,
 }
@@ -53,8 +58,8 @@ async fn committed_by(outcome: &mut Outcome) -> Result<(), StoreError> {
     }
 }
 
-/// A tool call waiting to be logged by the query of a turn, with the tool calls queued beside it
-/// (see [`SqliteStore::log_queued`]).
+/// A tool call waiting to be logged by the log writer's next batch, with the tool calls queued
+/// beside it (see [`SqliteStore::log_queued`]).
 struct Queued {
     log: crate::store::NewToolCallLog,
     outcome: Option<crate::store::Recorded>,
@@ -63,7 +68,7 @@ struct Queued {
     call_limit: Option<i64>,
     /// Logged only while the call's transfers (its totals) are below this.
     transfer_limit: Option<i64>,
-    /// The commit that holds its rows, once written; `None` when the query did not write them
+    /// The commit that holds its rows, once written; `None` when the batch did not write them
     /// (a repeat, a limit the totals do not rule out, an error): the tool call then takes the
     /// statement-by-statement way, which decides and words it exactly.
     /// (`None` once the turn logging it took it.)
@@ -110,7 +115,7 @@ struct Batch {
     /// Tool calls that wrote (or found) their row in it.
     members: u32,
     /// A write of several statements was running under its savepoint (`whole_write`: a log row
-    /// with its callback request, the shared log query, a call's status with its event) and did
+    /// with its callback request, a call's status with its event) and did
     /// not come back: what it wrote must be undone before anything else runs in the batch, or
     /// commits with it.
     unfinished: bool,
@@ -198,15 +203,6 @@ impl GroupTurn<'_> {
         }
     }
 
-    /// Ends a turn that logged queued tool calls (counted as it logged them): gives the batch
-    /// up and commits it unless another member does first. Each of them waits for the commit
-    /// on its own.
-    async fn end_queued(self) {
-        let GroupTurn { open, commit, .. } = self;
-        drop(open);
-        commit.now().await;
-    }
-
     /// Ends the turn with what it did: `done` once the commit holding its rows is done, or the
     /// commit's failure (then nothing it wrote was kept).
     pub(crate) async fn end<T>(mut self, done: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -235,6 +231,17 @@ impl SqliteStore {
 
     /// Opens (creating if the URL says `mode=rwc`) the database file.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, true).await
+    }
+
+    /// As [`Self::connect`], with every write taking its group-commit turn and none the log
+    /// writer (for tests: the rows either way must be the same).
+    #[doc(hidden)]
+    pub async fn connect_without_log_writer(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, false).await
+    }
+
+    async fn open(url: &str, log_writer: bool) -> Result<Self, StoreError> {
         let base = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before we answer, also in WAL mode.
@@ -253,21 +260,52 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection to a file does not go stale, and a ping before each use is a hand-off
+            // to its thread and back on every write. Kept open: the log writer keeps its
+            // statements prepared on this connection's handle.
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(base.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(base.read_only(true).create_if_missing(false));
+            .connect_lazy_with(base.clone().read_only(true).create_if_missing(false));
         Ok(Self {
-            writer,
             reader,
             signal: QueueSignal::default(),
-            batch: Arc::default(),
+            batch: Arc::new_cyclic(|group| GroupCommit {
+                writer: log_writer
+                    .then(|| Self::start_log_writer(&writer, &base, url, group.clone()))
+                    .flatten(),
+                ..GroupCommit::default()
+            }),
+            writer,
         })
     }
 
-    /// Shared log queries run so far, and the tool calls they carried (for tests and the
+    /// The log writer for a database file: `None` for an in-memory database (a connection of
+    /// its own would open another database) or a read-only one, or if it cannot start (each job is then written
+    /// statement by statement, as before it).
+    fn start_log_writer(
+        pool: &SqlitePool,
+        options: &SqliteConnectOptions,
+        url: &str,
+        group: std::sync::Weak<GroupCommit>,
+    ) -> Option<log_writer::LogWriter> {
+        // A read-only store writes nothing; the writer's own connection would.
+        if url.contains(":memory:") || url.contains("mode=memory") || url.contains("mode=ro") {
+            return None;
+        }
+        log_writer::LogWriter::start(pool.clone(), options.get_filename(), group)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "could not start SQLite's log writer; tool calls are logged one by one");
+            })
+            .ok()
+    }
+
+    /// Batches the log writer wrote so far, and the jobs they carried (for tests and the
     /// README's figures).
     pub fn queued_logs(&self) -> (u64, u64) {
         (
@@ -276,13 +314,9 @@ impl SqliteStore {
         )
     }
 
-    /// Tool calls queued for a shared log query now (for tests).
+    /// Tool calls queued for the log writer and not answered yet (for tests).
     pub fn queued_waiting(&self) -> usize {
-        self.batch
-            .queue
-            .lock()
-            .expect("the queue's lock is never held across a panic")
-            .len()
+        self.batch.waiting.load(Ordering::Relaxed)
     }
 
     /// Wakes this process's workers (SQLite has no other processes to wake).
@@ -316,6 +350,11 @@ impl SqliteStore {
     /// who took a turn meanwhile; every tool call answers only once the commit holding its row
     /// is done, and fails if that commit fails (nothing ran). A repeat finds the original's
     /// row, in the batch or before it, and is answered once that row is committed.
+    ///
+    /// Most tool calls (those whose limits are plain thresholds) take a faster way first: the
+    /// log writer ([`log_writer`]) writes them, with whatever else queued meanwhile, in one
+    /// transaction of its own on the same file, one at a time as well. What it does not write
+    /// (a repeat, a limit reached, an error) comes here, which words it exactly.
     async fn log_invocation(
         &self,
         log: &crate::store::NewToolCallLog,
@@ -334,7 +373,7 @@ impl SqliteStore {
         turn.end(done).await
     }
 
-    /// A tool call that the shared query of a turn may log ([`Self::log_queued`]): one whose
+    /// A tool call that the log writer may log ([`Self::log_queued`]): one whose
     /// limits are plain thresholds the call's totals can clear. `None`: it needs the window
     /// counts or the check, statement by statement.
     fn queueable(
@@ -368,165 +407,64 @@ impl SqliteStore {
         })
     }
 
-    /// Logs a tool call together with every other one queued meanwhile: whoever gets the
-    /// next turn on the batch writes all of them with one query (one hand-off to sqlx's SQLite
-    /// thread for many tool calls; alone, a tool call takes two). True once the commit that
-    /// holds its rows is done; false when the query did not write them (the caller then logs
-    /// it statement by statement, which finds the repeat, counts the windows or reports the
-    /// error exactly as before).
+    /// Logs a tool call together with every other one queued meanwhile: the log writer
+    /// ([`log_writer`]) writes them in one transaction and commits it. True once the commit
+    /// that holds its rows is done; false when the batch did not write them (the caller then
+    /// logs it statement by statement, which finds the repeat, counts the windows or reports
+    /// the error exactly).
     async fn log_queued(&self, mut queued: Queued) -> Result<bool, StoreError> {
-        let (reply, mut written) = oneshot::channel();
+        let (reply, written) = oneshot::channel();
         queued.reply = Some(reply);
-        self.batch
-            .queue
-            .lock()
-            .expect("the queue's lock is never held across a panic")
-            .push(queued);
-        let committed = tokio::select! {
-            // Biased: once another turn has logged it, this one need not take a turn.
-            biased;
-            done = &mut written => done,
-            turn = self.group_writer() => {
-                let mut turn = turn?;
-                Self::log_the_queue(turn.batch(), &self.batch).await;
-                turn.end_queued().await;
-                // Whoever held the turn logged it (this one, or one before it).
-                written.await
+        self.through_writer(log_writer::Job::Log(Box::new(queued)), written)
+            .await
+    }
+
+    /// Runs a call's write on the log writer, committed with the tool calls it batches. False
+    /// when it did not write it (the caller then takes its group-commit turn, which reports
+    /// an error exactly).
+    async fn write_through(
+        &self,
+        write: crate::store::common::CallWrite<'_>,
+    ) -> Result<bool, StoreError> {
+        let (reply, written) = oneshot::channel();
+        match log_writer::Write::new(&write, reply) {
+            Ok(w) => {
+                self.through_writer(log_writer::Job::Write(w), written)
+                    .await
             }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Hands a job to the log writer and waits for the commit that holds it: true once it is
+    /// done; false when the writer did not write it (or there is none).
+    async fn through_writer(
+        &self,
+        job: log_writer::Job,
+        written: oneshot::Receiver<Option<Outcome>>,
+    ) -> Result<bool, StoreError> {
+        let Some(writer) = &self.batch.writer else {
+            return Ok(false);
         };
-        let mut committed = match committed {
+        self.batch.waiting.fetch_add(1, Ordering::Relaxed);
+        if !writer.send(job) {
+            self.batch.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let mut committed = match written.await {
             Ok(Some(committed)) => committed,
             Ok(None) => return Ok(false),
-            // The turn that took it went away mid-query: whether its rows are in the batch
-            // is unknown. The outage its own statement would have met (the resilient store
-            // journals it; the replay is idempotent).
+            // The writer went away mid-batch: whether its rows were committed is unknown. The
+            // outage its own statement would have met (the resilient store journals it; the
+            // replay is idempotent).
             Err(_) => {
                 return Err(StoreError::Unavailable(
-                    "the turn logging this tool call was cut short".into(),
+                    "the batch writing this was cut short".into(),
                 ));
             }
         };
         committed_by(&mut committed).await?;
         Ok(true)
-    }
-
-    /// Logs everything queued, in chunks of [`QUEUED_PER_QUERY`], each chunk one query: per
-    /// tool call a savepoint, its log row if it is new and the call's totals are below its
-    /// limits, its callback request if the log row was written, the release, and a row saying
-    /// whether it wrote. Each tool call is told the batch's commit if its rows were written,
-    /// or `None`. A query cut short by an error stops there: the tool calls whose row came
-    /// keep their rows; the one in progress is undone, and it and the rest are told `None`.
-    async fn log_the_queue(batch: &mut Batch, group: &GroupCommit) {
-        let (queue, counts) = (&group.queue, (&group.queries, &group.carried));
-        // What is queued now, the turn's own tool call among it; what arrives meanwhile waits
-        // for the next turn (each of those is waiting for one), so that a busy writer still
-        // commits.
-        let mut left = queue
-            .lock()
-            .expect("the queue's lock is never held across a panic")
-            .len();
-        loop {
-            let mut chunk: Vec<Queued> = {
-                let mut q = queue
-                    .lock()
-                    .expect("the queue's lock is never held across a panic");
-                let n = left.min(QUEUED_PER_QUERY).min(q.len());
-                left -= n;
-                q.drain(..n)
-                    // Tool calls that went away are not logged (their own fallback was).
-                    .filter(|w| w.reply.as_ref().is_some_and(|r| !r.is_closed()))
-                    .collect()
-            };
-            if left == 0 && chunk.is_empty() {
-                return;
-            }
-            if chunk.is_empty() {
-                continue;
-            }
-            if chunk.is_empty() {
-                return;
-            }
-            counts.0.fetch_add(1, Ordering::Relaxed);
-            counts.1.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            // Padded to a power of two: sqlx keeps each query it prepared for the connection's
-            // life, and a query of n tool calls is 5n statements (a size per count cost 40 MB).
-            let size = chunk.len().next_power_of_two();
-            let sql = queued_query(size);
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for w in &chunk {
-                q = bind_log(q, &w.log, w.outcome.as_ref());
-                q = match &w.callback {
-                    Some(cb) => bind_callback(q, cb).bind(cb.text_caller),
-                    None => bind_no_callback(q),
-                };
-                q = q
-                    .bind(w.call_limit)
-                    .bind(w.transfer_limit)
-                    .bind(i64::from(w.callback.is_some()))
-                    .bind(1_i64);
-            }
-            for _ in chunk.len()..size {
-                q = bind_padding(q);
-            }
-            // One row per tool call, after its release: its rows are whole, and it is told at
-            // once (if this turn is given up mid-query, the ones told keep their answer). A
-            // tool call without its row did not finish, and what it wrote is undone.
-            let mut replies: Vec<_> = chunk.iter_mut().map(|w| w.reply.take()).collect();
-            let committed = batch.outcome.subscribe();
-            batch.unfinished = true;
-            let mut came = 0;
-            let mut failed = false;
-            {
-                use futures_util::TryStreamExt;
-                let mut rows = q.fetch(&mut *batch.tx);
-                loop {
-                    match rows.try_next().await {
-                        Ok(Some(row)) => {
-                            let done = matches!(sqlx::Row::try_get::<i64, _>(&row, 0), Ok(1));
-                            if let Some(reply) = replies.get_mut(came).and_then(Option::take) {
-                                batch.members += u32::from(done);
-                                let _ = reply.send(done.then(|| committed.clone()));
-                            }
-                            came += 1;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "a shared log query failed; its tool calls are logged one by one");
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            let undone = if failed {
-                batch.undo_unfinished().await.map_err(|undo| {
-                    tracing::warn!(error = %undo, "could not undo a failed log write yet");
-                })
-            } else {
-                batch.unfinished = false;
-                Ok(())
-            };
-            // The rest wrote nothing (or were undone): each is logged on its own.
-            for reply in replies.into_iter().flatten() {
-                let _ = reply.send(None);
-            }
-            if undone.is_err() {
-                // Nothing more runs in this batch until the next turn (or the commit) has
-                // undone it: the rest of this turn's tool calls are logged on their own (whose
-                // turns try the undo first, and fail rather than write past it).
-                let rest: Vec<Queued> = {
-                    let mut q = queue
-                        .lock()
-                        .expect("the queue's lock is never held across a panic");
-                    let n = left.min(q.len());
-                    q.drain(..n).collect()
-                };
-                for reply in rest.into_iter().filter_map(|w| w.reply) {
-                    let _ = reply.send(None);
-                }
-                return;
-            }
-        }
     }
 
     /// A turn on the open group-commit batch (opening one if none is), for one write of the
@@ -667,56 +605,6 @@ impl SqliteStore {
         MIGRATOR.run(&self.writer).await?;
         Ok(())
     }
-}
-
-/// At most this many tool calls in one shared log query (48 parameters each; SQLite takes
-/// 32,766), a power of two (queries are padded to one).
-const QUEUED_PER_QUERY: usize = 16;
-
-/// The shared log query for `n` tool calls: [`SQLITE_QUEUED_LOG`] with each tool call's
-/// parameters numbered after the previous one's.
-fn queued_query(n: usize) -> String {
-    use crate::store::common::{SQLITE_QUEUED_LOG, SQLITE_QUEUED_LOG_PARAMS};
-    let mut sql = String::with_capacity(n * SQLITE_QUEUED_LOG.len() + n * 64);
-    for i in 0..n {
-        let offset = i * SQLITE_QUEUED_LOG_PARAMS;
-        let mut rest = SQLITE_QUEUED_LOG;
-        while let Some(at) = rest.find('$') {
-            sql.push_str(&rest[..=at]);
-            rest = &rest[at + 1..];
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let k: usize = rest[..digits]
-                .parse()
-                .expect("every $ is a parameter number");
-            sql.push_str(&(k + offset).to_string());
-            rest = &rest[digits..];
-        }
-        sql.push_str(rest);
-        sql.push_str("; ");
-    }
-    sql
-}
-
-/// Binds a tool call's place in a shared log query that pads it: NULLs, and 0 for "a tool call"
-/// ($48), so nothing is written.
-fn bind_padding<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    for _ in 0..crate::store::common::SQLITE_QUEUED_LOG_PARAMS - 2 {
-        q = q.bind(None::<String>);
-    }
-    q.bind(0_i64).bind(0_i64)
-}
-
-/// Binds a callback request's values as NULLs (no callback request: the guard keeps the
-/// insert from running).
-fn bind_no_callback<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    for _ in 0..20 {
-        q = q.bind(None::<String>);
-    }
-    q.bind(false)
 }
 
 crate::store::common::impl_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
