@@ -71,7 +71,7 @@ struct Queued {
     /// The commit that holds its rows, once written; `None` when the batch did not write them
     /// (a repeat, a limit the totals do not rule out, an error): the tool call then takes the
     /// statement-by-statement way, which decides and words it exactly.
-    /// (`None` once the turn logging it took it.)
+    /// (`None` once the log writer answered it.)
     reply: Option<oneshot::Sender<Option<Outcome>>>,
 }
 
@@ -261,11 +261,8 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             // A connection to a file does not go stale, and a ping before each use is a hand-off
-            // to its thread and back on every write. Kept open: the log writer keeps its
-            // statements prepared on this connection's handle.
+            // to its thread and back on every write.
             .test_before_acquire(false)
-            .idle_timeout(None)
-            .max_lifetime(None)
             .connect_with(base.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
@@ -286,8 +283,8 @@ impl SqliteStore {
     }
 
     /// The log writer for a database file: `None` for an in-memory database (a connection of
-    /// its own would open another database) or a read-only one, or if it cannot start (each job is then written
-    /// statement by statement, as before it).
+    /// its own would open another database) or a read-only one, or if it cannot start (each
+    /// job is then written statement by statement).
     fn start_log_writer(
         pool: &SqlitePool,
         options: &SqliteConnectOptions,
