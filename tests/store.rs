@@ -3532,6 +3532,33 @@ async fn sqlite_logs_queued_tool_calls_in_one_batch_each_under_its_own_limits() 
     );
 }
 
+/// A call's write the log writer cannot write (here an event for a call that does not exist: the
+/// foreign key refuses it on the writer's connection) is undone alone and written again by its
+/// group-commit turn, which returns the database's own error; nothing of it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_call_write_the_log_writer_cannot_write_gets_its_own_error() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
+        .await
+        .expect("sqlite store");
+    store.migrate().await.expect("migrate");
+    let event = lifeline::store::NewCallEvent {
+        id: Uuid::new_v4(),
+        call_id: Uuid::new_v4(),
+        at: t0(),
+        kind: "note".into(),
+        detail: json!({}),
+    };
+    let err = store
+        .append_call_event(&event)
+        .await
+        .expect_err("no such call");
+    assert!(is_foreign_key_violation(&err), "got {err}");
+    assert_eq!(store.queued_logs(), (1, 1), "the log writer tried it first");
+    let raw = Raw::open(&db, Engine::Sqlite).await;
+    assert_eq!(raw.count("SELECT COUNT(*) FROM call_events").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_a_tool_call_that_fails_in_a_shared_batch_fails_alone() {
     let db = TestDb::new(Engine::Sqlite).await;

@@ -500,8 +500,10 @@ macro_rules! impl_store {
 
             async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
                 crate::store::text::escape!(call, "call");
+                // Read back after its commit; if the read fails, the turn below writes nothing
+                // (the call is there) and returns the row.
                 if self.write_through(crate::store::common::CallWrite::Start(call)).await?
-                    && let Some(row) = self.find_call(call.platform, &call.call_ref).await?
+                    && let Ok(Some(row)) = self.find_call(call.platform, &call.call_ref).await
                 {
                     return Ok(row);
                 }

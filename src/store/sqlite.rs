@@ -268,6 +268,8 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
+            // As the writer's: the tool path reads (a call by its reference, a repeat's row).
+            .test_before_acquire(false)
             .connect_lazy_with(base.clone().read_only(true).create_if_missing(false));
         Ok(Self {
             reader,

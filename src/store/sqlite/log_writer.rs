@@ -104,7 +104,8 @@ impl LogWriter {
     ) -> Result<Self, rusqlite::Error> {
         let db = rusqlite::Connection::open(path)?;
         // sqlx's settings for the writer (`SqliteStore::connect`); the file is in WAL mode
-        // already (sqlx's connection set it, and it stays with the file).
+        // already (sqlx's connection set it, and it stays with the file). Foreign keys are on
+        // by default in the bundled SQLite too (libsqlite3-sys builds it so); said anyway.
         db.execute_batch(
             "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; \
              PRAGMA cache_size = -16384;",
