@@ -84,6 +84,9 @@ impl Raw {
                 Raw::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(1)
+                        // No maintenance task (see `SqliteStore::connect`: sqlx's can spin).
+                        .idle_timeout(None)
+                        .max_lifetime(None)
                         .connect_with(options)
                         .await
                         .expect("raw sqlite connection"),

@@ -263,6 +263,12 @@ impl SqliteStore {
             // A connection to a file does not go stale, and a ping before each use is a hand-off
             // to its thread and back on every write.
             .test_before_acquire(false)
+            // Nor need it be recycled. And with neither limit sqlx runs no maintenance task for
+            // the pool: that task loops `num_idle` times, and sqlx's count of idle connections
+            // can read as `usize::MAX` for a moment while one is released on one thread and
+            // taken on another (the log writer's); a test process spun on it for minutes.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(base.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
@@ -270,6 +276,8 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             // As the writer's: the tool path reads (a call by its reference, a repeat's row).
             .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_lazy_with(base.clone().read_only(true).create_if_missing(false));
         Ok(Self {
             reader,
