@@ -3363,6 +3363,15 @@ async fn sqlite_the_log_writer_writes_what_the_statement_path_writes() {
     assert_eq!(a.len(), b.len());
 }
 
+/// A SQLite store, migrated.
+async fn sqlite_store(db: &TestDb) -> lifeline::store::sqlite::SqliteStore {
+    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
+        .await
+        .expect("sqlite store");
+    store.migrate().await.expect("migrate");
+    store
+}
+
 /// A SQLite store, migrated, and a raw connection to its file holding the write lock.
 async fn sqlite_store_with_writer_held(
     db: &TestDb,
@@ -3371,10 +3380,7 @@ async fn sqlite_store_with_writer_held(
     sqlx::SqliteConnection,
 ) {
     use sqlx::Connection;
-    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
-        .await
-        .expect("sqlite store");
-    store.migrate().await.expect("migrate");
+    let store = sqlite_store(db).await;
     let mut hold = sqlx::SqliteConnection::connect(&db.url).await.expect("raw");
     sqlx::raw_sql("BEGIN IMMEDIATE")
         .execute(&mut hold)
@@ -3541,10 +3547,7 @@ async fn sqlite_logs_queued_tool_calls_in_one_batch_each_under_its_own_limits() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_call_write_the_log_writer_cannot_write_gets_its_own_error() {
     let db = TestDb::new(Engine::Sqlite).await;
-    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
-        .await
-        .expect("sqlite store");
-    store.migrate().await.expect("migrate");
+    let store = sqlite_store(&db).await;
     let event = lifeline::store::NewCallEvent {
         id: Uuid::new_v4(),
         call_id: Uuid::new_v4(),
@@ -3634,10 +3637,7 @@ async fn sqlite_a_claim_that_finds_no_alert_due_does_not_take_the_writer() {
     use lifeline::store::DeliveryQueue;
     use sqlx::Connection;
     let db = TestDb::new(Engine::Sqlite).await;
-    let store = lifeline::store::sqlite::SqliteStore::connect(&db.url)
-        .await
-        .expect("sqlite store");
-    store.migrate().await.expect("migrate");
+    let store = sqlite_store(&db).await;
     let call = store.upsert_call(&new_call("call-alerts")).await.unwrap();
     let request = log_message(&store, &call, TENANT, Urgency::Critical, t0()).await;
     let now = Utc::now();

@@ -140,6 +140,32 @@ pub(crate) const UPDATE_CALL_STATUS: &str = "UPDATE calls SET status = $2, updat
 pub(crate) const INSERT_STATUS_EVENT: &str = "INSERT INTO call_events (id, call_id, at, kind, detail) \
      VALUES ($7, $1, $3, 'status', $8)";
 
+/// A call's row, the statement up to what a repeat does (`... DO`): $1 the call, $2 its tenant,
+/// $3 platform, $4 reference, $5 from, $6 to, $7 direction, $8 status, $9 account, $10
+/// application, $11 when it started.
+macro_rules! insert_call {
+    () => {
+        "INSERT INTO calls (id, tenant_id, platform, call_ref, from_number, to_number, \
+         direction, status, account_sid, application_sid, started_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $11) \
+         ON CONFLICT (platform, call_ref) DO"
+    };
+}
+
+/// The call's app started ($2, the first time only) for call $1.
+pub(crate) const MARK_APP_STARTED: &str = "UPDATE calls SET app_started_at = \
+     COALESCE(app_started_at, $2), updated_at = $2 WHERE id = $1";
+
+/// An event on call $2's timeline: $1 its id, $3 when, $4 its kind, $5 its detail.
+pub(crate) const INSERT_CALL_EVENT: &str =
+    "INSERT INTO call_events (id, call_id, at, kind, detail) VALUES ($1, $2, $3, $4, $5)";
+
+/// A running tool call's outcome for log row $1: $2 status, $3 result, $4 error, $5 its kind,
+/// $6 duration, $7 when.
+pub(crate) const FINISH_INVOCATION: &str = "UPDATE tool_call_logs SET status = $2, result = $3, \
+     error_message = $4, error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
+     WHERE id = $1 AND status = 'pending'";
+
 /// A write of the call path that an engine may run on a faster way of its own
 /// (`write_through`: SQLite's log writer, which commits it with the tool calls it batches).
 /// Each does what the statement of the same method in `impl_store!` does.
@@ -157,8 +183,8 @@ pub(crate) enum CallWrite<'a> {
 }
 
 pub(crate) use {
-    attempt_columns, call_columns, callback_columns, callback_insert_columns, log_columns,
-    log_insert_columns,
+    attempt_columns, call_columns, callback_columns, callback_insert_columns, insert_call,
+    log_columns, log_insert_columns,
 };
 
 macro_rules! impl_store {
@@ -512,12 +538,8 @@ macro_rules! impl_store {
                 let mut w = self.group_writer().await?;
                 // The no-op update makes RETURNING give the existing row on a repeat.
                 let row = sqlx::query_as(concat!(
-                    "INSERT INTO calls (id, tenant_id, platform, call_ref, from_number, \
-                     to_number, direction, status, account_sid, application_sid, started_at, \
-                     created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $11) \
-                     ON CONFLICT (platform, call_ref) DO UPDATE SET platform = calls.platform \
-                     RETURNING ",
+                    crate::store::common::insert_call!(),
+                    " UPDATE SET platform = calls.platform RETURNING ",
                     call_columns!()
                 ))
                 .bind(call.id)
@@ -578,10 +600,7 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let mut w = self.group_writer().await?;
-                let done = sqlx::query(
-                    "UPDATE calls SET app_started_at = COALESCE(app_started_at, $2), \
-                     updated_at = $2 WHERE id = $1",
-                )
+                let done = sqlx::query(crate::store::common::MARK_APP_STARTED)
                 .bind(call_id)
                 .bind(at)
                 .execute(w.conn())
@@ -644,10 +663,7 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let mut w = self.group_writer().await?;
-                let done = sqlx::query(
-                    "INSERT INTO call_events (id, call_id, at, kind, detail) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
+                let done = sqlx::query(crate::store::common::INSERT_CALL_EVENT)
                 .bind(e.id)
                 .bind(e.call_id)
                 .bind(e.at)
@@ -697,11 +713,7 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let mut w = self.group_writer().await?;
-                let done = sqlx::query(
-                    "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
-                     error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
-                     WHERE id = $1 AND status = 'pending'",
-                )
+                let done = sqlx::query(crate::store::common::FINISH_INVOCATION)
                 .bind(log_id)
                 .bind(o.status())
                 .bind(Json(&o.result))
@@ -855,11 +867,7 @@ macro_rules! impl_store {
                 callback: Option<&NewCallbackRequest>,
             ) -> Result<bool, StoreError> {
                 let mut tx = self.writer().begin().await?;
-                let done = sqlx::query(
-                    "UPDATE tool_call_logs SET status = $2, result = $3, error_message = $4, \
-                     error_kind = $5, duration_ms = $6, processed_at = $7, updated_at = $7 \
-                     WHERE id = $1 AND status = 'pending'",
-                )
+                let done = sqlx::query(crate::store::common::FINISH_INVOCATION)
                 .bind(log_id)
                 .bind(o.status())
                 .bind(Json(&o.result))

@@ -439,28 +439,29 @@ fn numbered(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-/// A call's status and its event: the statements sqlx runs for it, numbered for rusqlite.
-static STATUS_WITH_EVENT: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-    [
-        numbered(crate::store::common::UPDATE_CALL_STATUS),
-        numbered(crate::store::common::INSERT_STATUS_EVENT),
-    ]
+/// The statements sqlx runs for a call's writes (`impl_store!`), numbered for rusqlite: its
+/// start (nothing on a repeat), its app start, its status and the status's event, a timeline
+/// event, a running tool call's outcome.
+struct CallStatements {
+    start: String,
+    app_started: String,
+    status: String,
+    status_event: String,
+    event: String,
+    finish: String,
+}
+
+static CALL_STATEMENTS: std::sync::LazyLock<CallStatements> = std::sync::LazyLock::new(|| {
+    use crate::store::common as sql;
+    CallStatements {
+        start: numbered(concat!(crate::store::common::insert_call!(), " NOTHING")),
+        app_started: numbered(sql::MARK_APP_STARTED),
+        status: numbered(sql::UPDATE_CALL_STATUS),
+        status_event: numbered(sql::INSERT_STATUS_EVENT),
+        event: numbered(sql::INSERT_CALL_EVENT),
+        finish: numbered(sql::FINISH_INVOCATION),
+    }
 });
-
-const INSERT_CALL: &str = "INSERT INTO calls (id, tenant_id, platform, call_ref, from_number, \
-     to_number, direction, status, account_sid, application_sid, started_at, created_at, \
-     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?11) \
-     ON CONFLICT (platform, call_ref) DO NOTHING";
-
-const APP_STARTED: &str = "UPDATE calls SET app_started_at = COALESCE(app_started_at, ?2), \
-     updated_at = ?2 WHERE id = ?1";
-
-const INSERT_EVENT: &str =
-    "INSERT INTO call_events (id, call_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)";
-
-const FINISH: &str = "UPDATE tool_call_logs SET status = ?2, result = ?3, error_message = ?4, \
-     error_kind = ?5, duration_ms = ?6, processed_at = ?7, updated_at = ?7 \
-     WHERE id = ?1 AND status = 'pending'";
 
 impl Write {
     /// The statements of a call's write, with its values; `reply` hears whether they were
@@ -471,9 +472,10 @@ impl Write {
     ) -> Result<Self, serde_json::Error> {
         use crate::store::common::CallWrite;
         let json = |v: &serde_json::Value| serde_json::to_string(v).map(Value::Text);
+        let sql = &*CALL_STATEMENTS;
         let statements = match write {
             CallWrite::Start(c) => vec![(
-                INSERT_CALL,
+                sql.start.as_str(),
                 vec![
                     uuid(c.id),
                     text(&c.tenant_id),
@@ -489,7 +491,7 @@ impl Write {
                 ],
             )],
             CallWrite::AppStarted(call_id, at) => {
-                vec![(APP_STARTED, vec![uuid(*call_id), time(*at)])]
+                vec![(sql.app_started.as_str(), vec![uuid(*call_id), time(*at)])]
             }
             CallWrite::Status(call_id, u) => {
                 let values = vec![
@@ -503,12 +505,12 @@ impl Write {
                     json(&u.detail)?,
                 ];
                 vec![
-                    (STATUS_WITH_EVENT[0].as_str(), values.clone()),
-                    (STATUS_WITH_EVENT[1].as_str(), values),
+                    (sql.status.as_str(), values.clone()),
+                    (sql.status_event.as_str(), values),
                 ]
             }
             CallWrite::Event(e) => vec![(
-                INSERT_EVENT,
+                sql.event.as_str(),
                 vec![
                     uuid(e.id),
                     uuid(e.call_id),
@@ -518,7 +520,7 @@ impl Write {
                 ],
             )],
             CallWrite::Finish(log_id, o) => vec![(
-                FINISH,
+                sql.finish.as_str(),
                 vec![
                     uuid(*log_id),
                     text(o.status()),
