@@ -3315,6 +3315,25 @@ async fn sqlite_the_log_writer_writes_what_the_statement_path_writes() {
         store.migrate().await.expect("migrate");
         let row = store.upsert_call(&call).await.expect("call");
         assert_eq!(row.id, call.id, "the call's own row comes back");
+        // Through the log writer the row returned is built, not read back: it must be the
+        // row stored, and a call already there must come back as it is.
+        let stored = store
+            .find_call(call.platform, &call.call_ref)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(format!("{row:?}"), format!("{stored:?}"));
+        let again = NewCall {
+            id: Uuid::new_v4(),
+            status: "ringing".into(),
+            ..call.clone()
+        };
+        let again = store.upsert_call(&again).await.expect("again");
+        assert_eq!(
+            format!("{again:?}"),
+            format!("{stored:?}"),
+            "the call there"
+        );
         store.mark_app_started(call.id, at).await.expect("app");
         let plan = Plan::Complete {
             outcome: success(at),
@@ -3348,9 +3367,10 @@ async fn sqlite_the_log_writer_writes_what_the_statement_path_writes() {
             .expect("status");
     }
     // The first store's writes went through the writer: the call's five and the two new tool
-    // calls (the repeat too: the writer found it there and left it to the statement path,
-    // which answers it as the repeat it is). The second's took their turns.
-    assert_eq!(stores[0].queued_logs(), (8, 8));
+    // calls (the repeats too: the call's start again and the tool call again, each of which
+    // the writer found there and left to the statement path, which answers it as the repeat
+    // it is). The second's took their turns.
+    assert_eq!(stores[0].queued_logs(), (9, 9));
     assert_eq!(stores[1].queued_logs(), (0, 0));
     let (a, b) = (
         sqlite_rows(&through.url).await,

@@ -170,7 +170,8 @@ pub(crate) const FINISH_INVOCATION: &str = "UPDATE tool_call_logs SET status = $
 /// (`write_through`: SQLite's log writer, which commits it with the tool calls it batches).
 /// Each does what the statement of the same method in `impl_store!` does.
 pub(crate) enum CallWrite<'a> {
-    /// A call's start (nothing if the call is there already).
+    /// A call's start, written only if the call is new (else not written: the caller's own
+    /// upsert returns the row there).
     Start(&'a crate::store::NewCall),
     /// The call's app started.
     AppStarted(uuid::Uuid, chrono::DateTime<chrono::Utc>),
@@ -526,12 +527,10 @@ macro_rules! impl_store {
 
             async fn upsert_call(&self, call: &NewCall) -> Result<CallRow, StoreError> {
                 crate::store::text::escape!(call, "call");
-                // Read back after its commit; if the read fails, the turn below writes nothing
-                // (the call is there) and returns the row.
-                if self.write_through(crate::store::common::CallWrite::Start(call)).await?
-                    && let Ok(Some(row)) = self.find_call(call.platform, &call.call_ref).await
-                {
-                    return Ok(row);
+                // Written through only if it is new, so its row is what was inserted; a call
+                // already there takes the turn below, whose upsert returns the row there.
+                if self.write_through(crate::store::common::CallWrite::Start(call)).await? {
+                    return Ok(CallRow::new_call(call));
                 }
                 // Through the engine's group commit (SQLite): a call's start shares its
                 // fsync with everyone's tool calls.

@@ -45,6 +45,30 @@ pub struct CallRow {
     pub transfer_completed_at: Option<DateTime<Utc>>,
 }
 
+impl CallRow {
+    /// The row a new call gets: what the adapter saw, nothing else known yet (the table has no
+    /// trigger or default that fills another of these columns).
+    pub fn new_call(call: &NewCall) -> Self {
+        Self {
+            id: call.id,
+            tenant_id: call.tenant_id.clone(),
+            platform: call.platform.as_str().to_string(),
+            call_ref: call.call_ref.clone(),
+            ultravox_call_id: None,
+            from_number: call.from_number.clone(),
+            to_number: call.to_number.clone(),
+            direction: call.direction.clone(),
+            status: call.status.clone(),
+            app_started_at: None,
+            started_at: call.started_at,
+            ended_at: None,
+            duration_seconds: None,
+            transfer_outcome: None,
+            transfer_completed_at: None,
+        }
+    }
+}
+
 /// A status change of a call's own leg.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallStatusUpdate {

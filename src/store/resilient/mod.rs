@@ -695,7 +695,7 @@ impl Store for ResilientStore {
                     return Ok(known);
                 }
                 self.journal(why, Record::UpsertCall { call: call.clone() }, |_| {
-                    rows::new_call_row(call)
+                    CallRow::new_call(call)
                 })
                 .await
             }

@@ -255,7 +255,7 @@ impl Rows {
                     .is_none()
                 {
                     self.journaled_calls.insert(call.id, ());
-                    self.call(&new_call_row(call));
+                    self.call(&CallRow::new_call(call));
                 }
             }
             Record::AppStarted { call_id, at } => {
@@ -371,27 +371,6 @@ impl Rows {
         self.logs.clear();
         self.log_keys.clear();
         self.logs_by_call.clear();
-    }
-}
-
-/// The row a new call gets.
-pub fn new_call_row(call: &NewCall) -> CallRow {
-    CallRow {
-        id: call.id,
-        tenant_id: call.tenant_id.clone(),
-        platform: call.platform.as_str().to_string(),
-        call_ref: call.call_ref.clone(),
-        ultravox_call_id: None,
-        from_number: call.from_number.clone(),
-        to_number: call.to_number.clone(),
-        direction: call.direction.clone(),
-        status: call.status.clone(),
-        app_started_at: None,
-        started_at: call.started_at,
-        ended_at: None,
-        duration_seconds: None,
-        transfer_outcome: None,
-        transfer_completed_at: None,
     }
 }
 

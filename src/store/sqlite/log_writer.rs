@@ -63,6 +63,9 @@ pub(super) enum Job {
 /// A call's write for the writer thread (see [`Job::Write`]).
 pub(super) struct Write {
     statements: Vec<(&'static str, Vec<Value>)>,
+    /// Written only if its first statement changed a row (a call's start: a call already
+    /// there takes its group-commit turn, whose upsert returns the row there).
+    only_if_new: bool,
     reply: Option<tokio::sync::oneshot::Sender<Option<super::Outcome>>>,
 }
 
@@ -307,8 +310,10 @@ fn write_one(db: &rusqlite::Connection, job: &Job) -> Result<bool, Undo> {
             Ok(logged)
         }
         Job::Write(w) => {
-            for (sql, values) in &w.statements {
-                run(db, sql, values)?;
+            for (i, (sql, values)) in w.statements.iter().enumerate() {
+                if run(db, sql, values)? == 0 && i == 0 && w.only_if_new {
+                    return Ok(false);
+                }
             }
             Ok(true)
         }
@@ -534,6 +539,7 @@ impl Write {
         };
         Ok(Self {
             statements,
+            only_if_new: matches!(write, CallWrite::Start(_)),
             reply: Some(reply),
         })
     }
