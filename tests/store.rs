@@ -2926,10 +2926,23 @@ async fn block_the_lane(
 async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_own_limits() {
     let db = TestDb::new(Engine::Postgres).await;
     let store = call_path_store(&db).await;
+    // A message logged before, outside the lanes: its repeat below is the batch's only tool
+    // call of its call, so the batch's shared insert (not lifeline_log_invocation) must find
+    // it there.
+    let plain = Arc::new(
+        lifeline::store::postgres::PgStore::connect(&db.url)
+            .await
+            .expect("store"),
+    );
+    let (first, _, _) = spawn_message(&plain, "call-seen".into(), None)
+        .await
+        .unwrap();
+    assert!(matches!(first, Ok(Begun::Recorded(_))), "{first:?}");
     let (hold, blocker) = block_the_lane(&db, &store).await;
 
     // Handed over while the lane waits: 10 invocations of a call allowed 4, 3 messages with
-    // their callback requests, and one invocation sent twice.
+    // their callback requests, one invocation sent twice, and the repeat of a message logged
+    // before.
     let mut limited = Vec::new();
     for i in 0..10 {
         let s = store.clone();
@@ -2968,8 +2981,9 @@ async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_ow
             .expect("repeat")
         }));
     }
-    until("15 tool calls wait for the lane", || {
-        store.log_batch_waiting() == Some(15)
+    let seen_again = spawn_message(&store, "call-seen".into(), None);
+    until("16 tool calls wait for the lane", || {
+        store.log_batch_waiting() == Some(16)
     })
     .await;
     hold.commit().await.expect("release the lane");
@@ -3016,9 +3030,25 @@ async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_ow
     }
     outcomes.sort_unstable();
     assert_eq!(outcomes, ["duplicate", "running"]);
-    // The blocker's statement, then one for the 15 (the refusals and the repeat's lookup are
+    let (again, _, again_cb) = seen_again.await.unwrap();
+    assert!(matches!(again, Ok(Begun::Duplicate(_))), "{again:?}");
+    assert_eq!(
+        raw.count_where(
+            "SELECT COUNT(*) FROM callback_requests WHERE id = $1",
+            again_cb
+        )
+        .await,
+        0,
+        "a repeat queues no second callback request"
+    );
+    // The blocker's statement, then one for the 16 (the refusals and the repeats' lookups are
     // statements of their own, outside the lanes).
-    assert_eq!(store.log_batches(), Some((2, 16)));
+    assert_eq!(store.log_batches(), Some((2, 17)));
+    assert_eq!(
+        store.log_batches_refused(),
+        Some(0),
+        "the batch was written by its shared statement, not one by one after a refusal"
+    );
     assert_eq!(
         raw.count_text(
             "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1 AND status = 'pending'",
@@ -3050,6 +3080,176 @@ async fn pg_call_path_logs_waiting_tool_calls_in_one_statement_each_under_its_ow
         10,
         "every row of the call is in its totals"
     );
+}
+
+/// Every row of the tables a tool call's log statement writes (directly or by trigger), as
+/// JSON text, sorted; the rows of `except_call` left out.
+async fn pg_log_rows(url: &str, except_call: &str) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(url).await.expect("raw");
+    let mut rows = Vec::new();
+    for (table, sql) in [
+        (
+            "tool_call_logs",
+            "SELECT to_jsonb(t)::text FROM tool_call_logs t WHERE call_ref <> $1",
+        ),
+        (
+            "call_invocation_totals",
+            "SELECT to_jsonb(t)::text FROM call_invocation_totals t WHERE call_ref <> $1",
+        ),
+        (
+            "callback_requests",
+            "SELECT to_jsonb(t)::text FROM callback_requests t WHERE $1 <> ''",
+        ),
+        (
+            "alerts",
+            "SELECT (to_jsonb(t) - 'id')::text FROM alerts t WHERE $1 <> ''",
+        ),
+        (
+            "pages",
+            "SELECT to_jsonb(t)::text FROM pages t WHERE $1 <> ''",
+        ),
+        (
+            "caller_texts",
+            "SELECT to_jsonb(t)::text FROM caller_texts t WHERE $1 <> ''",
+        ),
+        (
+            "settled_request_counts",
+            "SELECT to_jsonb(t)::text FROM settled_request_counts t WHERE $1 <> ''",
+        ),
+    ] {
+        let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(except_call)
+            .fetch_all(&pool)
+            .await
+            .expect(table);
+        rows.extend(found.into_iter().map(|r| format!("{table}: {r}")));
+    }
+    rows.sort();
+    rows
+}
+
+/// The lanes' shared statement (`lifeline_log_invocations`, migration `0015`) writes what each
+/// tool call's own statement (`lifeline_log_invocation`) writes: the same tool calls, with the
+/// same ids and times, through a blocked lane on one database and one by one on another, leave
+/// every row of every table they touch the same (triggers' rows included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_a_shared_statement_writes_what_each_tool_calls_own_statement_writes() {
+    let (shared_db, alone_db) = (
+        TestDb::new(Engine::Postgres).await,
+        TestDb::new(Engine::Postgres).await,
+    );
+    let shared = call_path_store(&shared_db).await;
+    let alone = Arc::new(
+        lifeline::store::postgres::PgStore::connect(&alone_db.url)
+            .await
+            .expect("store"),
+    );
+    alone.migrate().await.expect("migrate");
+    let at = t0();
+    // A critical message (alert, page, caller text), an urgent one without texting, a tool call
+    // left running, one recorded as failed, and two of one call (the second takes
+    // lifeline_log_invocation inside the shared statement).
+    let mut invocations = Vec::new();
+    for (i, (call_ref, urgency, level, text_caller)) in [
+        (
+            "call-eq-critical",
+            Some(Urgency::Critical),
+            "critical",
+            true,
+        ),
+        ("call-eq-urgent", Some(Urgency::Urgent), "urgent", false),
+        ("call-eq-running", None, "normal", false),
+        ("call-eq-failed", None, "normal", false),
+        ("call-eq-twice", Some(Urgency::Normal), "normal", true),
+        ("call-eq-twice", None, "normal", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let log = NewToolCallLog {
+            urgency_level: urgency.map(|_| level.to_string()),
+            callback_number: Some("+15083084809".into()),
+            ..new_log(
+                call_ref,
+                &format!("eq-{i}"),
+                "collect_info",
+                at + secs(i as i64),
+            )
+        };
+        let plan = match (urgency, call_ref) {
+            (Some(u), _) => {
+                let mut cb = callback(TENANT, None, Some(log.id), u, log.created_at);
+                cb.text_caller = text_caller;
+                cb.metadata = json!({ "n": i, "nested": { "ok": true } });
+                Plan::Complete {
+                    outcome: success(log.created_at),
+                    callback: Some(Box::new(cb)),
+                }
+            }
+            (None, "call-eq-failed") => Plan::Fail(Recorded {
+                success: false,
+                error_message: Some("the line is busy".into()),
+                error_kind: Some("unavailable"),
+                duration_ms: 2.5,
+                ..success(log.created_at)
+            }),
+            (None, _) => Plan::Run,
+        };
+        invocations.push((log, plan));
+    }
+    let log_all = |store: Arc<lifeline::store::postgres::PgStore>| {
+        invocations
+            .iter()
+            .cloned()
+            .map(|(log, plan)| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .begin_invocation(
+                            &log,
+                            &plan,
+                            &windows_with(Some(100), Some(10)),
+                            &refuse_at(100, Some(10)),
+                        )
+                        .await
+                        .expect("logged")
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (hold, blocker) = block_the_lane(&shared_db, &shared).await;
+    let waiting = log_all(shared.clone());
+    until("6 tool calls wait for the lane", || {
+        shared.log_batch_waiting() == Some(6)
+    })
+    .await;
+    hold.commit().await.expect("release the lane");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+    let mut shared_begun = Vec::new();
+    for t in waiting {
+        shared_begun.push(format!("{:?}", t.await.unwrap()));
+    }
+    assert_eq!(
+        shared.log_batches(),
+        Some((2, 7)),
+        "the six shared a statement"
+    );
+    assert_eq!(shared.log_batches_refused(), Some(0));
+    let mut alone_begun = Vec::new();
+    for t in log_all(alone.clone()) {
+        alone_begun.push(format!("{:?}", t.await.unwrap()));
+    }
+    assert_eq!(shared_begun, alone_begun, "each answered as on its own");
+    let (a, b) = (
+        pg_log_rows(&shared_db.url, "call-blocker").await,
+        pg_log_rows(&alone_db.url, "call-blocker").await,
+    );
+    assert!(a.iter().any(|r| r.starts_with("alerts:")), "{a:#?}");
+    assert!(a.iter().any(|r| r.starts_with("caller_texts:")), "{a:#?}");
+    assert_eq!(a.len(), b.len(), "{a:#?}\n{b:#?}");
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(a, b);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -3100,6 +3300,11 @@ async fn pg_call_path_a_tool_call_that_fails_a_shared_statement_fails_alone() {
             assert_eq!((logs, callbacks), (1, 1), "message {i}");
         }
     }
+    assert_eq!(
+        store.log_batches_refused(),
+        Some(1),
+        "the shared statement was refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -339,6 +339,12 @@ impl PgStore {
         self.batcher.as_ref().map(log_batch::LogBatcher::counts)
     }
 
+    /// On the call path's store: the shared statements the database refused, whose tool calls
+    /// were then logged one by one (for tests).
+    pub fn log_batches_refused(&self) -> Option<u64> {
+        self.batcher.as_ref().map(log_batch::LogBatcher::refused)
+    }
+
     /// On the call path's store: the tool calls waiting for a lane now (for tests).
     pub fn log_batch_waiting(&self) -> Option<u64> {
         self.batcher.as_ref().map(log_batch::LogBatcher::waiting)
