@@ -43,37 +43,31 @@ DECLARE
   n INTEGER := cardinality(l_ids);
   one_by_one BOOLEAN[];
   written UUID[];
-  call_total BIGINT;
-  transfer_total BIGINT;
   logged lifeline_logged;
   answer lifeline_logged_entry;
 BEGIN
   IF n IS NULL OR n = 0 THEN
     RETURN;
   END IF;
-  one_by_one := array_fill(FALSE, ARRAY[n]);
-  FOR k IN 1..n LOOP
-    PERFORM pg_advisory_xact_lock(lock_ns, lock_keys[k]);
-  END LOOP;
-  FOR k IN 1..n LOOP
-    FOR j IN 1..k - 1 LOOP
-      IF l_platforms[j] = l_platforms[k] AND l_call_refs[j] = l_call_refs[k] THEN
-        one_by_one[k] := TRUE;
-        EXIT;
-      END IF;
-    END LOOP;
-    IF NOT one_by_one[k] THEN
-      -- lifeline_log_invocation's own test of the totals against the limits.
-      call_total := NULL;
-      transfer_total := NULL;
-      SELECT t.total, t.transfers INTO call_total, transfer_total
-        FROM call_invocation_totals t
-       WHERE t.platform = l_platforms[k] AND t.call_ref = l_call_refs[k];
-      one_by_one[k] := (call_limits[k] IS NOT NULL AND COALESCE(call_total, 0) >= call_limits[k])
-        OR (tool_limits[k] IS NOT NULL
-            AND (window_tools[k] <> 'transfer' OR COALESCE(transfer_total, 0) >= tool_limits[k]));
-    END IF;
-  END LOOP;
+  -- One statement each for the locks and for the test below, not one per tool call: each
+  -- statement is an executor start-up.
+  PERFORM pg_advisory_xact_lock(lock_ns, u.key) FROM unnest(lock_keys) AS u(key);
+  -- A later tool call of a call already in the batch, or one whose call's totals reach a limit
+  -- (lifeline_log_invocation's own test), is logged one by one. The totals are looked up by
+  -- their key for each tool call (LIMIT 1 keeps the lookup a subquery, planned as such).
+  one_by_one := ARRAY(
+    SELECT EXISTS (SELECT 1 FROM unnest(l_platforms[1:u.k::int - 1], l_call_refs[1:u.k::int - 1])
+                                   AS e(platform, call_ref)
+                    WHERE e.platform = u.platform AND e.call_ref = u.call_ref)
+        OR (u.call_limit IS NOT NULL AND COALESCE(t.total, 0) >= u.call_limit)
+        OR (u.tool_limit IS NOT NULL
+            AND (u.window_tool <> 'transfer' OR COALESCE(t.transfers, 0) >= u.tool_limit))
+      FROM unnest(l_platforms, l_call_refs, call_limits, tool_limits, window_tools)
+           WITH ORDINALITY AS u(platform, call_ref, call_limit, tool_limit, window_tool, k)
+      LEFT JOIN LATERAL (
+        SELECT c.total, c.transfers FROM call_invocation_totals c
+         WHERE c.platform = u.platform AND c.call_ref = u.call_ref LIMIT 1) t ON TRUE
+     ORDER BY u.k);
 
   WITH inserted AS (
     INSERT INTO tool_call_logs (id, created_at, updated_at, tenant_id, platform, call_ref,
