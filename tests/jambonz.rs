@@ -511,6 +511,17 @@ async fn runaway_model_is_rate_limited(engine: Engine) {
             assert_eq!(err["error"], "rate_limited", "{err}");
         }
     }
+    // A repeat of an admitted tool call is answered as the repeat it is, at the limit or not
+    // (the admission finds it among the call's admitted keys and does not count it).
+    fs.tool_call(
+        "inv-rl-0",
+        "collect_info",
+        json!({"callback_number": "4168189171", "concern_description": "try 0"}),
+    )
+    .await;
+    let again = fs.tool_output("inv-rl-0").await;
+    let again = again["result"].as_str().unwrap();
+    assert!(again.starts_with("Recorded"), "the repeat: {again}");
     // Issue 12: a call over its limit is refused before it takes a database connection, so it
     // has no log row of its own; it is recorded on the call's timeline instead.
     let logs = app

@@ -22,7 +22,7 @@
 //! burst has settled, as one `call_events` row of kind `tool_calls_refused` on the call's
 //! timeline, with the count and the first invocations' ids and tools.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -66,8 +66,12 @@ struct Shared {
 
 #[derive(Default)]
 struct CallEntry {
-    /// Invocations admitted within the longer window, oldest first.
+    /// Invocations admitted within the longer window, oldest first (their times in order:
+    /// each is taken under the lock).
     admitted: VecDeque<Admitted>,
+    /// The keys of `admitted`, each once: a repeat is found without walking a long call's
+    /// window (a call with thousands of tool calls in it made every admission a scan).
+    keys: HashSet<String>,
     in_flight: u32,
     /// Refusals not yet written to the call's timeline.
     refused: Option<RefusalNote>,
@@ -128,11 +132,12 @@ impl Admission {
         let key = inv.invocation_key();
         let tool = ToolName::resolve(&inv.tool_name);
         let transfer = tool == Some(ToolName::Transfer);
-        let now = Instant::now();
         let limits = &shared.limits;
         let longest = limits.call_window.max(limits.transfer_window);
 
         let mut calls = shared.lock();
+        // Under the lock: the admitted times stay in order, which the counts below rely on.
+        let now = Instant::now();
         let entry = calls.entry(call.clone()).or_default();
         entry.last_seen = Some(now);
         while entry
@@ -140,7 +145,9 @@ impl Admission {
             .front()
             .is_some_and(|a| now.duration_since(a.at) >= longest)
         {
-            entry.admitted.pop_front();
+            if let Some(old) = entry.admitted.pop_front() {
+                entry.keys.remove(&old.key);
+            }
         }
         // Tool calls with no call row (a tenant's HTTP tool that names no call) share one
         // key per clinic and ten minutes: they are not "one call" to cap at once.
@@ -155,21 +162,26 @@ impl Admission {
                     ),
                 ),
             ))
-        } else if entry.admitted.iter().any(|a| a.key == key) {
+        } else if entry.keys.contains(&key) {
             // A repeat: the durable path answers it with the original's result.
             None
         } else {
+            let in_call_window = entry.admitted.len()
+                - entry
+                    .admitted
+                    .partition_point(|a| now.duration_since(a.at) >= limits.call_window);
             let counts = WindowCounts {
-                call: entry
-                    .admitted
-                    .iter()
-                    .filter(|a| now.duration_since(a.at) < limits.call_window)
-                    .count() as i64,
-                tool: entry
-                    .admitted
-                    .iter()
-                    .filter(|a| a.transfer && now.duration_since(a.at) < limits.transfer_window)
-                    .count() as i64,
+                call: in_call_window as i64,
+                // Only a transfer's limit reads it (`limit_refusal`); transfers are few.
+                tool: if transfer {
+                    entry
+                        .admitted
+                        .iter()
+                        .filter(|a| a.transfer && now.duration_since(a.at) < limits.transfer_window)
+                        .count() as i64
+                } else {
+                    0
+                },
             };
             let reason = if counts.call >= i64::from(limits.tool_calls_per_call) {
                 "per_call"
@@ -181,7 +193,7 @@ impl Admission {
         };
         match refusal {
             None => {
-                if !entry.admitted.iter().any(|a| a.key == key) {
+                if entry.keys.insert(key.clone()) {
                     entry.admitted.push_back(Admitted {
                         at: now,
                         transfer,
