@@ -2,10 +2,10 @@
 -- now that many calls of lifeline_log_invocation in a `UNION ALL`: each call ran its own INSERT
 -- of a log row and its own INSERT of a callback request, so every tool call paid an executor
 -- start-up for each, the callback trigger's condition parsed again, and the function call's
--- own set-up. lifeline_log_invocations does what those calls did, in the same order and under
--- the same locks, with one INSERT for the log rows and one for the callback requests of every
--- tool call that can take the common way; the others are logged by lifeline_log_invocation
--- itself, as before.
+-- own set-up. lifeline_log_invocations does what those calls did, under the same locks and in
+-- batch order within each call, with one INSERT for the log rows and one for the callback
+-- requests of every tool call that can take the common way; the others are logged by
+-- lifeline_log_invocation itself, as before.
 --
 -- The common way: the first tool call of its call in the batch whose call's totals are under
 -- its limits (then the windows are too: lifeline_log_invocation, 0013). A tool call whose
