@@ -2827,14 +2827,15 @@ async fn pg_a_new_request_notifies_unless_its_writer_announces_after_commit() {
 // ------------------------------------------------------------------------------------------------
 // PostgreSQL's call path: tool calls waiting to be logged share one statement
 // (`src/store/postgres/log_batch.rs`). The store above is a plain one; these use the call
-// path's, with one lane (a pool of 1), and make tool calls wait for it on purpose: a raw
+// path's, with one lane (a pool of 2: the lane keeps one connection, the other is the rest of
+// the call path's), and make tool calls wait for it on purpose: a raw
 // transaction holds the totals row of a "blocker" call uncommitted, so the lane's first
 // statement waits on it (the totals trigger's upsert), and what is handed over meanwhile is
 // taken by the next statement all at once.
 
 /// A call-path store with one lane, migrated.
 async fn call_path_store(db: &TestDb) -> Arc<lifeline::store::postgres::PgStore> {
-    let store = lifeline::store::postgres::PgStore::connect_call_path(&db.url, 1)
+    let store = lifeline::store::postgres::PgStore::connect_call_path(&db.url, 2)
         .await
         .expect("call path store");
     store.migrate().await.expect("migrate");
@@ -3315,7 +3316,7 @@ async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged
     // The call path reaches the database through a relay that can lose its answers.
     let relay = Relay::start(target_of(&db.url).await).await;
     let store = Arc::new(
-        lifeline::store::postgres::PgStore::connect_call_path(&through(&db.url, relay.addr()), 1)
+        lifeline::store::postgres::PgStore::connect_call_path(&through(&db.url, relay.addr()), 2)
             .await
             .expect("call path store"),
     );
@@ -3414,6 +3415,138 @@ async fn pg_call_path_a_shared_statement_that_loses_its_connection_is_not_logged
         store.log_batches(),
         Some((2, 4)),
         "nothing was logged again"
+    );
+    // The lane dropped the connection that failed, rather than keeping it for its next
+    // statement: the next tool call is logged on a new one.
+    let (next, _, _) = spawn_message(&store, "call-after".into(), None)
+        .await
+        .unwrap();
+    assert!(matches!(next, Ok(Begun::Recorded(_))), "{next:?}");
+    assert_eq!(store.log_batches_on_held(), Some(1), "{next:?}");
+}
+
+/// A message handed over by [`spawn_message`].
+type SpawnedMessage = tokio::task::JoinHandle<(Result<Begun, StoreError>, Uuid, Uuid)>;
+
+/// What every tool call of `handles` began with.
+async fn begun_all(handles: Vec<SpawnedMessage>) -> Vec<Result<Begun, StoreError>> {
+    let mut all = Vec::new();
+    for h in handles {
+        all.push(h.await.unwrap().0);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_a_lane_keeps_its_connection_while_tool_calls_keep_coming() {
+    use common::relay::{Relay, target_of, through};
+    let db = TestDb::new(Engine::Postgres).await;
+    db.store().await;
+    let relay = Relay::start(target_of(&db.url).await).await;
+    let store = Arc::new(
+        lifeline::store::postgres::PgStore::connect_call_path(&through(&db.url, relay.addr()), 2)
+            .await
+            .expect("call path store"),
+    );
+    // One after another: the first statement takes a connection, the next two run on it.
+    for i in 0..3 {
+        let (begun, _, _) = spawn_message(&store, format!("call-{i}"), None)
+            .await
+            .unwrap();
+        assert!(matches!(begun, Ok(Begun::Recorded(_))), "{begun:?}");
+    }
+    assert_eq!(store.log_batches(), Some((3, 3)));
+    assert_eq!(store.log_batches_on_held(), Some(2));
+
+    // Idle longer than a pooled connection may be before it is checked, the lane gives its
+    // connection back (the pool checks it before handing it out again).
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let (begun, _, _) = spawn_message(&store, "call-idle".into(), None)
+        .await
+        .unwrap();
+    assert!(matches!(begun, Ok(Begun::Recorded(_))), "{begun:?}");
+    assert_eq!(
+        store.log_batches_on_held(),
+        Some(2),
+        "taken from the pool after the idle time"
+    );
+
+    // The network cuts the connection the lane keeps: the tool call on it fails as an outage
+    // (the resilient store journals it) or, if the cut is not seen yet, is logged; either
+    // way the lane does not keep a failed connection, and the next one is logged.
+    relay.reset();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (cut, _, _) = spawn_message(&store, "call-cut".into(), None)
+        .await
+        .unwrap();
+    match &cut {
+        Ok(Begun::Recorded(_)) => {}
+        Err(e) => assert!(lifeline::store::resilient::is_transient(e), "{e}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let (next, _, _) = spawn_message(&store, "call-next".into(), None)
+        .await
+        .unwrap();
+    assert!(matches!(next, Ok(Begun::Recorded(_))), "{next:?}");
+    let raw = Raw::open(&db, Engine::Postgres).await;
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref = $1",
+            "call-next"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_an_overflow_lane_takes_only_a_backlog_of_a_full_batch() {
+    let db = TestDb::new(Engine::Postgres).await;
+    // A pool of 4: two lanes, the first and one overflow lane.
+    let store = lifeline::store::postgres::PgStore::connect_call_path(&db.url, 4)
+        .await
+        .expect("call path store");
+    store.migrate().await.expect("migrate");
+    let store = Arc::new(store);
+    let (hold, blocker) = block_the_lane(&db, &store).await;
+
+    // Fewer than a full batch waits for the first lane, however long it is busy: statements
+    // of few tool calls each would cost the database more per tool call.
+    let mut waiting: Vec<_> = (0..15)
+        .map(|i| spawn_message(&store, format!("call-{i}"), None))
+        .collect();
+    until("15 tool calls wait", || {
+        store.log_batch_waiting() == Some(15)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(store.log_batch_waiting(), Some(15));
+    assert_eq!(store.log_batches(), Some((1, 1)));
+
+    // A full batch is taken by the overflow lane while the first lane is still busy.
+    waiting.push(spawn_message(&store, "call-15".into(), None));
+    let all = tokio::time::timeout(std::time::Duration::from_secs(20), begun_all(waiting))
+        .await
+        .expect("the overflow lane logged the full batch");
+    for begun in &all {
+        assert!(
+            matches!(begun, Ok(Begun::Recorded(r)) if r.success),
+            "{begun:?}"
+        );
+    }
+    assert!(!blocker.is_finished(), "the first lane is still busy");
+    assert_eq!(store.log_batches(), Some((2, 17)));
+
+    hold.commit().await.expect("release the first lane");
+    assert!(matches!(blocker.await.unwrap(), Ok(Begun::Running)));
+    let raw = Raw::open(&db, Engine::Postgres).await;
+    assert_eq!(
+        raw.count_text(
+            "SELECT COUNT(*) FROM tool_call_logs WHERE call_ref LIKE $1",
+            "call-%"
+        )
+        .await,
+        17
     );
 }
 

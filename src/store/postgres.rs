@@ -247,11 +247,13 @@ impl PgStore {
         let (kick, kicked) = watch::channel(());
         tokio::spawn(announce_queued_work(announcing, kicked));
         // At most 4 log statements at once, each for as many tool calls as wait (fewer lanes
-        // make larger batches: less database work per tool call under load); the rest of the
-        // pool serves the call path's other writes and reads. A pool smaller than that is all
-        // lanes, as it was all tool calls' before.
-        let lanes = (max_connections as usize).clamp(1, 4);
-        let batcher = Some(log_batch::LogBatcher::start(pool.clone(), lanes));
+        // make larger batches: less database work per tool call under load), and at most half
+        // the pool: each lane keeps its connection while tool calls keep coming, and the rest
+        // serves the call path's other writes and reads. A pool of one is one lane that gives
+        // its connection back after each statement.
+        let lanes = (max_connections as usize / 2).clamp(1, 4);
+        let hold = max_connections as usize > lanes;
+        let batcher = Some(log_batch::LogBatcher::start(pool.clone(), lanes, hold));
         Ok(Self {
             pool,
             signal: QueueSignal::default(),
@@ -343,6 +345,12 @@ impl PgStore {
     /// were then logged one by one (for tests).
     pub fn log_batches_refused(&self) -> Option<u64> {
         self.batcher.as_ref().map(log_batch::LogBatcher::refused)
+    }
+
+    /// On the call path's store: the log statements run on the connection their lane kept from
+    /// its statement before (for tests).
+    pub fn log_batches_on_held(&self) -> Option<u64> {
+        self.batcher.as_ref().map(log_batch::LogBatcher::on_held)
     }
 
     /// On the call path's store: the tool calls waiting for a lane now (for tests).
@@ -552,7 +560,7 @@ fn ping_if_idle(
 }
 
 /// How long a pooled connection may sit idle before it is checked on acquire.
-const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+pub(super) const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// How long queued work waits to be announced to other processes, gathering the work queued
 /// meanwhile into the same announcement.
