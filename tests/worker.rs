@@ -1391,10 +1391,11 @@ fn call_lock(call_sid: &str) -> (i32, i32) {
     )
 }
 
-/// Every connection of the call path's pool (2) is held by a tool call waiting for its call's
-/// lock, which the test holds from outside: the in-process worker, with its own pool, still
-/// claims and delivers a new request. (Sharing one pool, its claim would wait for a
-/// connection until the tool calls finish.)
+/// Every connection of the call path's pool (1, its one log lane's) is held by a tool call
+/// waiting for its call's lock, which the test holds from outside (the second call's tool call
+/// waits for the lane): the in-process worker, with its own pool, still claims and delivers a
+/// new request. (Sharing one pool, its claim would wait for a connection until the tool calls
+/// finish.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_process_worker_delivers_while_every_call_path_connection_is_busy() {
     use common::{FakeFeatureServer, RIVERSIDE_PASS, RIVERSIDE_USER};
@@ -1406,7 +1407,7 @@ async fn the_in_process_worker_delivers_while_every_call_path_connection_is_busy
         delivery_toml(&frontend.url)
     ));
     let mut process = common::process_settings(&db.url);
-    process.database_max_connections = 2;
+    process.database_max_connections = 1;
     process.database_worker_connections = 2;
     let config = Config::build(&process, Some((&toml, Path::new("t.toml"))), &|_| None)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1445,7 +1446,7 @@ async fn the_in_process_worker_delivers_while_every_call_path_connection_is_busy
         .await;
         sockets.push(fs);
     }
-    // Both call-path connections wait in the database for the locks the test holds.
+    // The call path's connection waits in the database for the lock the test holds.
     tokio::time::timeout(HANG_GUARD, async {
         loop {
             let (waiting,): (i64,) = sqlx::query_as(
@@ -1455,14 +1456,14 @@ async fn the_in_process_worker_delivers_while_every_call_path_connection_is_busy
             .fetch_one(&blocker)
             .await
             .unwrap();
-            if waiting == 2 {
+            if waiting == 1 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("both tool calls wait for their call's lock");
+    .expect("the first tool call waits for its call's lock");
 
     // A request queued meanwhile (by another instance, say) is delivered now.
     let outside = db.store().await;

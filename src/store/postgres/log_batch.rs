@@ -21,8 +21,8 @@
 //! (given back after [`HOLD_IDLE`] without one): taken from the pool and given back for each
 //! statement, it cost a second round trip per statement (sqlx checks each connection given
 //! back), and the pool handed out its connections in turn, each statement waking a database
-//! process that had not run for a while. A connection that failed, or whose statement was left
-//! unfinished, is dropped rather than kept.
+//! process that had not run for a while. A connection whose statement failed or was left
+//! unfinished is given back to the pool, which checks it, rather than kept.
 //!
 //! A batch's statement is one call of `lifeline_log_invocations` (migration `0015`), with one
 //! array per parameter. It writes the log rows of every tool call that can take the common way
@@ -328,10 +328,9 @@ async fn overflow(
 }
 
 /// Logs `batch` on `conn` (or a connection from the pool) and returns the connection if it is
-/// fit for the next statement: only after a statement that succeeded. After an error the
-/// connection goes back to the pool, which checks it; after a failed connection, or a statement
-/// left unfinished because every caller stopped waiting (what the server still sends for it is
-/// unknown, and on a black-holed network it never comes), it is dropped.
+/// fit for the next statement: only after a statement that succeeded. After an error, or a
+/// statement left unfinished because every caller stopped waiting, it goes back to the pool,
+/// which checks it ([`discard`]).
 async fn run(
     pool: &PgPool,
     conn: Option<PoolConnection<Postgres>>,
@@ -363,7 +362,6 @@ async fn run(
         };
         let after = match &logged {
             Ok(_) => Some(conn),
-            Err(e) if refused_by_the_database(e) => None,
             Err(_) => discard(conn),
         };
         if let Some(reply) = replies.pop() {
@@ -415,10 +413,13 @@ async fn run(
     }
 }
 
-/// Drops a connection unfit for another statement without giving it back to the pool (which
-/// would check it with a round trip that may never be answered); the pool opens another.
+/// Gives back to the pool a connection unfit for the lane's next statement: the pool checks
+/// it before taking it back (`Sync`, answered once the server has finished what it still
+/// runs), and closes it if it failed. Not closed at once: a statement left unfinished may still
+/// be waiting in the database (a lock), and a new connection for each would take the server's
+/// connections one after another while a lock is held.
 fn discard(conn: PoolConnection<Postgres>) -> Option<PoolConnection<Postgres>> {
-    drop(conn.detach());
+    drop(conn);
     None
 }
 
