@@ -50,6 +50,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -67,7 +68,10 @@ pub(super) const MAX_BATCH: usize = 16;
 /// pool, which checks a connection idle this long before handing it out again
 /// (`IDLE_CHECK_AFTER`, `ping_if_idle`), so that a kept connection is never older news than a
 /// pooled one.
-const HOLD_IDLE: std::time::Duration = super::IDLE_CHECK_AFTER;
+const HOLD_IDLE: Duration = super::IDLE_CHECK_AFTER;
+
+/// How long a lane keeps a connection at most, busy or not.
+const HOLD_AT_MOST: Duration = Duration::from_secs(600);
 
 /// One tool call's log statement, owned so that it can wait for a lane.
 pub(super) struct Entry {
@@ -223,6 +227,7 @@ async fn lane(
     // answer), and the pool handed out its connections in turn, so that every statement
     // woke a server process that had not run for a while.
     let mut held: Option<PoolConnection<Postgres>> = None;
+    let mut taken_at = Instant::now();
     loop {
         let next = match &role {
             Role::First if held.is_some() => {
@@ -270,11 +275,16 @@ async fn lane(
             .entries
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         metrics::histogram!("lifeline_log_batch_size").record(batch.len() as f64);
-        if held.is_some() {
+        let kept = held.take();
+        if kept.is_some() {
             counts.on_held.fetch_add(1, Ordering::Relaxed);
+        } else {
+            taken_at = Instant::now();
         }
-        let conn = run(&pool, held.take(), batch, &counts).await;
-        if hold {
+        let conn = run(&pool, kept, batch, &counts).await;
+        // Given back now and then even under constant load, so that the pool's own upkeep
+        // (its connections' maximum lifetime) reaches it too.
+        if hold && taken_at.elapsed() < HOLD_AT_MOST {
             held = conn;
         }
     }
