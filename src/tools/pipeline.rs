@@ -18,8 +18,10 @@
 //! - the **answer deadline** ([`Invocation::answer`]) is the platform's: the model must hear
 //!   something within `limits.tool_timeout` of the invocation's arrival (logging included), so
 //!   a late effect is answered with a timeout error;
-//! - the **effect's lifetime** is the effect's own: steps 2–5 run to completion in their own
-//!   task ([`Pipeline::start`]), whoever still waits for the answer. A client that disconnects,
+//! - the **effect's lifetime** is the effect's own: steps 2–5 run to completion in a task
+//!   that outlives the client, whoever still waits for the answer: one of their own
+//!   ([`Pipeline::start`]), or the tracked task that delivers their answer
+//!   ([`Pipeline::start_here`]). A client that disconnects,
 //!   a socket that drops or an answer deadline that passes never cuts a transfer between
 //!   "attempt recorded" and "dial asked for". The tasks are tracked ([`Pipeline::tasks`]) so a
 //!   stopping process waits for them; what a dead process leaves behind is ended by
@@ -92,14 +94,27 @@ pub struct Pipeline {
 pub struct Invocation {
     /// When the model must have its answer.
     answer_by: tokio::time::Instant,
-    result: watch::Receiver<Option<ToolResult>>,
+    effect: Effect,
+}
+
+/// Where an invocation's effect runs, and then its result.
+enum Effect {
+    /// In a task of its own ([`Pipeline::start`]), which sends its result here.
+    Spawned(watch::Receiver<Option<ToolResult>>),
+    /// In the task that holds the invocation ([`Pipeline::start_here`]): polled by
+    /// [`Invocation::answer`] and [`Invocation::finished`].
+    Here(std::pin::Pin<Box<dyn Future<Output = ToolResult> + Send>>),
+    /// Over: refused on admission, or finished.
+    Done(ToolResult),
 }
 
 impl Invocation {
     /// An invocation answered before it started (refused on admission).
     fn settled(answer_by: tokio::time::Instant, result: ToolResult) -> Self {
-        let (_, result) = watch::channel(Some(result));
-        Self { answer_by, result }
+        Self {
+            answer_by,
+            effect: Effect::Done(result),
+        }
     }
 
     /// The answer for the model: the effect's result if it is in by the answer deadline,
@@ -124,12 +139,20 @@ impl Invocation {
 
     /// The effect's own result, however long it takes (what must follow the effect, such as
     /// a transfer's redirect, waits for this rather than for the answer).
+    /// Cancel-safe: an effect polled here ([`Effect::Here`]) stays in place, unfinished, if
+    /// this future is dropped (as [`Self::answer`] does at the deadline).
     pub async fn finished(&mut self) -> ToolResult {
-        match self.result.wait_for(Option::is_some).await {
-            Ok(done) => done.clone().unwrap_or_else(|| Err(lost_effect())),
-            // The task ended without a result: it panicked outside the handler's guard.
-            Err(_) => Err(lost_effect()),
-        }
+        let result = match &mut self.effect {
+            Effect::Done(result) => return result.clone(),
+            Effect::Spawned(rx) => match rx.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().unwrap_or_else(|| Err(lost_effect())),
+                // The task ended without a result: it panicked outside the handler's guard.
+                Err(_) => Err(lost_effect()),
+            },
+            Effect::Here(effect) => effect.as_mut().await,
+        };
+        self.effect = Effect::Done(result.clone());
+        result
     }
 }
 
@@ -168,12 +191,42 @@ impl Pipeline {
     /// answer deadline starts now.
     pub fn start(self: &Arc<Self>, inv: ToolInvocation, scope: CallScope) -> Invocation {
         let answer_by = tokio::time::Instant::now() + self.limits.tool_timeout;
-        // Over the call's limits: answered at once, with no database connection taken.
-        let ticket = match self.admission.admit(&inv, &scope) {
-            Ok(ticket) => ticket,
+        let effect = match self.prepare_effect(inv, scope) {
+            Ok(effect) => effect,
             Err(refusal) => return Invocation::settled(answer_by, Err(refusal)),
         };
         let (tx, rx) = watch::channel(None);
+        self.tasks.spawn(async move {
+            let _ = tx.send(Some(effect.await));
+        });
+        Invocation {
+            answer_by,
+            effect: Effect::Spawned(rx),
+        }
+    }
+
+    /// As [`Self::start`], with the effect run by the caller's own task instead of one of its
+    /// own (a task and a hand-off fewer per tool call): through [`Invocation::answer`] and
+    /// then [`Invocation::finished`]. The caller must be a task that runs to the end whatever
+    /// happens to its client (a tracked task of its own, see [`Self::tasks`]) and must poll
+    /// [`Invocation::finished`] until the effect is over, also while it delivers a late answer.
+    pub fn start_here(self: &Arc<Self>, inv: ToolInvocation, scope: CallScope) -> Invocation {
+        let answer_by = tokio::time::Instant::now() + self.limits.tool_timeout;
+        let effect = match self.prepare_effect(inv, scope) {
+            Ok(effect) => Effect::Here(Box::pin(effect)),
+            Err(refusal) => Effect::Done(Err(refusal)),
+        };
+        Invocation { answer_by, effect }
+    }
+
+    /// Admits an invocation and returns its effect, to be run to completion (or the refusal,
+    /// answered at once with no database connection taken, when it is over the call's limits).
+    fn prepare_effect(
+        self: &Arc<Self>,
+        inv: ToolInvocation,
+        scope: CallScope,
+    ) -> Result<impl Future<Output = ToolResult> + Send + 'static, ToolError> {
+        let ticket = self.admission.admit(&inv, &scope)?;
         let span = info_span!(
             "tool_call",
             tenant = %scope.tenant.id,
@@ -183,18 +236,12 @@ impl Pipeline {
             invocation = inv.invocation_id.as_deref().unwrap_or(""),
         );
         let pipeline = self.clone();
-        self.tasks.spawn(
-            async move {
-                let result = pipeline.effect(&inv, &scope).await;
-                drop(ticket);
-                let _ = tx.send(Some(result));
-            }
-            .instrument(span),
-        );
-        Invocation {
-            answer_by,
-            result: rx,
+        Ok(async move {
+            let result = pipeline.effect(&inv, &scope).await;
+            drop(ticket);
+            result
         }
+        .instrument(span))
     }
 
     /// Whether an invocation is running on this instance (the reconciler leaves it alone).
@@ -498,4 +545,68 @@ fn finish_metrics(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn output(message: &str) -> ToolResult {
+        Ok(ToolOutput {
+            message: message.into(),
+            data: serde_json::Value::Null,
+            ends_call: false,
+        })
+    }
+
+    /// An effect run by its delivering task (`Pipeline::start_here`), still running at the
+    /// answer deadline: the model is answered with the timeout, and the same effect (not a
+    /// new one, not a dropped one) then runs to its end and gives its own result.
+    #[tokio::test]
+    async fn an_effect_run_here_outlives_its_late_answer_and_runs_once() {
+        let (release, released) = oneshot::channel::<()>();
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let mut invocation = Invocation {
+            answer_by: tokio::time::Instant::now() + Duration::from_millis(50),
+            effect: Effect::Here(Box::pin(async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = released.await;
+                output("recorded")
+            })),
+        };
+        let answer = invocation.answer().await;
+        assert_eq!(answer.unwrap_err().kind, ErrorKind::Timeout);
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "the effect had started");
+        release.send(()).unwrap();
+        assert_eq!(invocation.finished().await.unwrap().message, "recorded");
+        assert_eq!(
+            invocation.finished().await.unwrap().message,
+            "recorded",
+            "asked again, the same result"
+        );
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "it ran once");
+    }
+
+    /// An effect run here that ends before the deadline is the answer, and is not run again
+    /// for `finished`.
+    #[tokio::test]
+    async fn an_effect_run_here_in_time_is_the_answer() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let mut invocation = Invocation {
+            answer_by: tokio::time::Instant::now() + Duration::from_secs(30),
+            effect: Effect::Here(Box::pin(async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                output("stored")
+            })),
+        };
+        assert_eq!(invocation.answer().await.unwrap().message, "stored");
+        assert_eq!(invocation.finished().await.unwrap().message, "stored");
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+    }
 }

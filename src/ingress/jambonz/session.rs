@@ -637,24 +637,27 @@ impl Session {
         let calls = self.state.jambonz_calls.clone();
         let tool_call_id = data.tool_call_id;
         let task = async move {
-            // The effect runs in its own task; this one only delivers what it produces, to
-            // whichever socket the call is on by then.
-            let mut running = pipeline.start(invocation, scope);
+            // The effect runs in this task, which outlives the socket (it is tracked, not
+            // the socket's), and delivers what it produces to whichever socket the call is
+            // on by then.
+            let mut running = pipeline.start_here(invocation, scope);
             let answer = running.answer().await;
             let text = match &answer {
                 Ok(output) => output.message.clone(),
                 Err(e) => e.model_text(),
             };
             // The answer first, while the llm verb still runs; then the commands it asked for.
-            if !calls
-                .send(&call_sid, wire::tool_output(&tool_call_id, &text))
-                .await
-            {
+            // An effect that outlived its answer goes on meanwhile (a full socket queue must
+            // not hold up a transfer between its record and its dial).
+            let (sent, _) = tokio::join!(
+                calls.send(&call_sid, wire::tool_output(&tool_call_id, &text)),
+                running.finished()
+            );
+            if !sent {
                 warn!("no socket for the call; the answer goes again when Jambonz reconnects");
             }
             // Commands follow the effect, even one that outlived its answer: a transfer that
             // was recorded must reach its dial.
-            let _ = running.finished().await;
             for command in control.take_commands() {
                 if !calls.send(&call_sid, command).await {
                     warn!("no socket for the call; its command goes again when Jambonz reconnects");
