@@ -4018,3 +4018,69 @@ async fn sqlite_a_claim_that_finds_no_alert_due_does_not_take_the_writer() {
     );
     sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
 }
+
+/// The call path announces queued work to other processes' workers (`NOTIFY lifeline_queue`)
+/// on a connection it keeps while work keeps coming. When the network cuts that connection,
+/// the next announcement is not lost: it goes once more, on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_announcements_reach_other_processes_after_their_connection_is_cut() {
+    use common::relay::{Relay, target_of, through};
+    use std::time::Duration;
+    let db = TestDb::new(Engine::Postgres).await;
+    db.store().await;
+    // Another process's worker, listening directly.
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url)
+        .await
+        .expect("listener");
+    listener.listen("lifeline_queue").await.expect("listen");
+    let relay = Relay::start(target_of(&db.url).await).await;
+    let store = Arc::new(
+        lifeline::store::postgres::PgStore::connect_call_path(&through(&db.url, relay.addr()), 2)
+            .await
+            .expect("call path store"),
+    );
+    async fn announced(listener: &mut sqlx::postgres::PgListener, what: &str) {
+        let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no announcement {what}"))
+            .expect("listener");
+        assert_eq!(note.payload(), "callback_requests");
+    }
+    async fn drain(listener: &mut sqlx::postgres::PgListener) {
+        while let Ok(note) = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await
+        {
+            note.expect("listener");
+        }
+    }
+    // Two requests queued one after the other: each announced (the second on the connection
+    // the first one's announcement took and kept).
+    for i in 0..2 {
+        let (begun, _, _) = spawn_message(&store, format!("call-{i}"), None)
+            .await
+            .unwrap();
+        assert!(matches!(begun, Ok(Begun::Recorded(_))), "{begun:?}");
+        announced(&mut listener, "of a queued request").await;
+    }
+    drain(&mut listener).await;
+
+    // The network cuts every connection of the call path's, the kept announcing one with them
+    // (within a second of its last use: it is still kept). The next request queued (a tool
+    // call on the lane's cut connection may fail as an outage first) is announced all the same.
+    relay.reset();
+    let mut recorded = false;
+    for i in 0..3 {
+        let (begun, _, _) = spawn_message(&store, format!("call-after-cut-{i}"), None)
+            .await
+            .unwrap();
+        match &begun {
+            Ok(Begun::Recorded(_)) => {
+                recorded = true;
+                break;
+            }
+            Err(e) => assert!(lifeline::store::resilient::is_transient(e), "{e}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(recorded, "a request was queued after the cut");
+    announced(&mut listener, "after the announcing connection was cut").await;
+}
