@@ -573,11 +573,10 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
 ///
 /// Its connection (a pool of its own, of one) is kept while kicks keep coming and given back
 /// after [`IDLE_CHECK_AFTER`] without one, or after a failed announcement: under load an
-/// announcement goes every [`ANNOUNCE_EVERY`], and sqlx checks every connection given back to
-/// its pool with a round trip of its own (a ping), which doubled the announcements' cost to
-/// both processes (`perf`: the announcements were a tenth of the server's CPU at 1,000 tool
-/// calls/s). Given back when idle, it is checked (the pool's test before acquire) before its
-/// next use.
+/// announcement goes every [`ANNOUNCE_EVERY`], and taken from the pool each time it was three
+/// round trips, each waking both processes (the pool's test before handing it out, the
+/// `NOTIFY`, and sqlx's ping of every connection given back): about a tenth of the server's
+/// CPU at 1,000 tool calls/s. Given back when idle, it is tested again before its next use.
 async fn announce_queued_work(pool: PgPool, mut kicked: watch::Receiver<()>) {
     let mut held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
     loop {
