@@ -4084,3 +4084,69 @@ async fn pg_call_path_announcements_reach_other_processes_after_their_connection
     assert!(recorded, "a request was queued after the cut");
     announced(&mut listener, "after the announcing connection was cut").await;
 }
+
+/// The announcing connection alone goes through a relay that black-holes it while it is kept
+/// (nothing comes back, no reset: a path lost mid-use). The announcement on it is given up
+/// within its bound and its connection closed, and once the path carries again the next
+/// queued request is announced on a new connection: a black-holed connection holds up no
+/// announcement after its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_announcement() {
+    use common::relay::{Fault, Relay, target_of, through};
+    use std::time::Duration;
+    let db = TestDb::new(Engine::Postgres).await;
+    db.store().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url)
+        .await
+        .expect("listener");
+    listener.listen("lifeline_queue").await.expect("listen");
+    let relay = Relay::start(target_of(&db.url).await).await;
+    let store = Arc::new(
+        lifeline::store::postgres::PgStore::connect_call_path_announcing_to(
+            &db.url,
+            2,
+            &through(&db.url, relay.addr()),
+        )
+        .await
+        .expect("call path store"),
+    );
+    async fn recv(
+        listener: &mut sqlx::postgres::PgListener,
+        wait: Duration,
+    ) -> Option<sqlx::postgres::PgNotification> {
+        let next = tokio::time::timeout(wait, listener.recv()).await.ok();
+        next.map(|n| n.expect("listener"))
+    }
+    let queue = |name: &str| {
+        let task = spawn_message(&store, name.to_string(), None);
+        async move {
+            let (begun, _, _) = task.await.unwrap();
+            assert!(matches!(begun, Ok(Begun::Recorded(_))), "{begun:?}");
+        }
+    };
+
+    queue("call-before").await;
+    assert!(
+        recv(&mut listener, Duration::from_secs(5)).await.is_some(),
+        "announced while the path carries"
+    );
+
+    // The kept connection's path goes silent: this request's announcement is lost with it.
+    relay.set(Fault::BlackHole);
+    queue("call-in-the-hole").await;
+    assert!(
+        recv(&mut listener, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing crosses a black hole"
+    );
+    // Past the announcement's bound (2 s), and its second try on a new connection (into the
+    // same hole, bounded too), the path carries again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.set(Fault::None);
+    queue("call-after").await;
+    assert!(
+        recv(&mut listener, Duration::from_secs(5)).await.is_some(),
+        "a request queued after the black hole is announced"
+    );
+}

@@ -228,11 +228,19 @@ impl PgStore {
     /// woken directly, as before; a process that dies between a commit and its announcement
     /// leaves the work to the other workers' polling (`worker.poll_interval_ms`).
     pub async fn connect_call_path(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_call_path_announcing_to(url, max_connections, url).await
+    }
+
+    /// As [`Self::connect_call_path`], with the announcements of queued work sent through
+    /// `announce_url` (for tests: a path to the same database that a test can break alone).
+    #[doc(hidden)]
+    pub async fn connect_call_path_announcing_to(
+        url: &str,
+        max_connections: u32,
+        announce_url: &str,
+    ) -> Result<Self, StoreError> {
         let options = Self::options(url)?;
-        let announcing = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options.clone());
+        let announcing = Self::options(announce_url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -566,25 +574,38 @@ pub(super) const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 /// meanwhile into the same announcement.
 const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
 
+/// How long the announcing connection is kept without an announcement: as long as sqlx's
+/// pools keep an idle connection (their default `idle_timeout`), so that a quiet clinic's
+/// occasional announcement does not open a connection (a server process) each time.
+const ANNOUNCE_IDLE: Duration = Duration::from_secs(600);
+
+/// How long an announcement (its connection included) may take before it is given up and its
+/// connection closed: a trivial statement, so only a broken path takes this long.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Sends `NOTIFY lifeline_queue` after kicks, outside any transaction that writes (so it
 /// commits without a WAL flush and holds the notification lock only for a moment): one
 /// [`ANNOUNCE_EVERY`] after a kick, covering every kick until it is sent. Ends when the store
 /// is gone.
 ///
-/// Its connection (a pool of its own, of one) is kept while kicks keep coming and given back
-/// after [`IDLE_CHECK_AFTER`] without one, or after a failed announcement: under load an
-/// announcement goes every [`ANNOUNCE_EVERY`], and taken from the pool each time it was three
-/// round trips, each waking both processes (the pool's test before handing it out, the
-/// `NOTIFY`, and sqlx's ping of every connection given back): about a tenth of the server's
-/// CPU at 1,000 tool calls/s. Given back when idle, it is tested again before its next use.
-async fn announce_queued_work(pool: PgPool, mut kicked: watch::Receiver<()>) {
-    let mut held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+/// On a connection of its own, not a pool's, kept between announcements and closed after
+/// [`ANNOUNCE_IDLE`] without one: under load an announcement goes every
+/// [`ANNOUNCE_EVERY`], and taken from a pool each time it was three round trips, each waking
+/// both processes (the pool's test before handing it out, the `NOTIFY`, and sqlx's ping of
+/// every connection given back): about a tenth of the server's CPU at 1,000 tool calls/s.
+/// Each announcement is bounded by [`ANNOUNCE_TIMEOUT`]: a connection that fails or hangs
+/// (a restart, a reset, a path that black-holes) is closed at once, and the announcement goes
+/// once more on a new connection, so that none is lost to a stale connection nor held up by
+/// one (a pool's check of a connection given back waits on a black hole until TCP gives up).
+/// So a kept connection needs no check before it is used again.
+async fn announce_queued_work(options: PgConnectOptions, mut kicked: watch::Receiver<()>) {
+    let mut held: Option<sqlx::PgConnection> = None;
     loop {
         let kick = match held {
-            Some(_) => match tokio::time::timeout(IDLE_CHECK_AFTER, kicked.changed()).await {
+            Some(_) => match tokio::time::timeout(ANNOUNCE_IDLE, kicked.changed()).await {
                 Ok(kick) => kick,
                 Err(_) => {
-                    held = None;
+                    close(held.take()).await;
                     continue;
                 }
             },
@@ -598,38 +619,62 @@ async fn announce_queued_work(pool: PgPool, mut kicked: watch::Receiver<()>) {
         tokio::time::sleep(ANNOUNCE_EVERY).await;
         kicked.borrow_and_update();
         let was_held = held.is_some();
-        let mut announced = announce(&pool, &mut held).await;
+        let mut announced = announce(&options, &mut held).await;
         if announced.is_err() && was_held {
-            // A kept connection the server closed meanwhile (a restart): once more, on one
-            // the pool checks or opens.
-            held = None;
-            announced = announce(&pool, &mut held).await;
+            // The kept connection failed (its server restarted, the network cut or lost it):
+            // once more, on a new one.
+            announced = announce(&options, &mut held).await;
         }
         if let Err(e) = announced {
-            // Given back: the pool's check closes it if it is broken.
-            held = None;
             // The work is committed; other processes' workers find it by polling.
             tracing::warn!(error = %e, "could not announce queued work to other processes");
         }
     }
-    drop(held);
-    pool.close().await;
+    close(held).await;
 }
 
-/// One `NOTIFY lifeline_queue`, on the kept connection or one taken from the pool (then kept).
+/// One `NOTIFY lifeline_queue`, on the kept connection or a new one (then kept), within
+/// [`ANNOUNCE_TIMEOUT`]. A connection that failed or timed out is dropped (its socket closed,
+/// nothing waited for).
 async fn announce(
-    pool: &PgPool,
-    held: &mut Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-) -> Result<(), sqlx::Error> {
-    let conn = match held {
-        Some(conn) => conn,
-        None => held.insert(pool.acquire().await?),
-    };
-    sqlx::query("SELECT pg_notify($1, 'callback_requests')")
-        .bind(QUEUE_CHANNEL)
-        .execute(&mut **conn)
-        .await?;
-    Ok(())
+    options: &PgConnectOptions,
+    held: &mut Option<sqlx::PgConnection>,
+) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let sent = tokio::time::timeout(ANNOUNCE_TIMEOUT, async {
+        let conn = match held {
+            Some(conn) => conn,
+            None => held.insert(sqlx::PgConnection::connect_with(options).await?),
+        };
+        sqlx::query("SELECT pg_notify($1, 'callback_requests')")
+            .bind(QUEUE_CHANNEL)
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            *held = None;
+            Err(e.into())
+        }
+        Err(_) => {
+            *held = None;
+            Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                ANNOUNCE_TIMEOUT.as_millis()
+            )))
+        }
+    }
+}
+
+/// Closes an announcing connection politely, waiting at most [`ANNOUNCE_TIMEOUT`].
+async fn close(conn: Option<sqlx::PgConnection>) {
+    use sqlx::Connection;
+    if let Some(conn) = conn {
+        let _ = tokio::time::timeout(ANNOUNCE_TIMEOUT, conn.close()).await;
+    }
 }
 
 /// Forwards `NOTIFY lifeline_queue` to `signal` for as long as the process runs, reconnecting
