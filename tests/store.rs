@@ -4020,8 +4020,8 @@ async fn sqlite_a_claim_that_finds_no_alert_due_does_not_take_the_writer() {
 }
 
 /// The call path announces queued work to other processes' workers (`NOTIFY lifeline_queue`)
-/// on a connection it keeps while work keeps coming. When the network cuts that connection,
-/// the next announcement is not lost: it goes once more, on a new connection.
+/// on a connection of its own that it keeps. When the network cuts that connection, the next
+/// announcement is not lost: it goes once more, on a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_call_path_announcements_reach_other_processes_after_their_connection_is_cut() {
     use common::relay::{Relay, target_of, through};
@@ -4063,9 +4063,9 @@ async fn pg_call_path_announcements_reach_other_processes_after_their_connection
     }
     drain(&mut listener).await;
 
-    // The network cuts every connection of the call path's, the kept announcing one with them
-    // (within a second of its last use: it is still kept). The next request queued (a tool
-    // call on the lane's cut connection may fail as an outage first) is announced all the same.
+    // The network cuts every connection of the call path's, the kept announcing one with them.
+    // The next request queued (a tool call on the lane's cut connection may fail as an outage
+    // first) is announced all the same.
     relay.reset();
     let mut recorded = false;
     for i in 0..3 {
@@ -4142,7 +4142,7 @@ async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_anno
     );
     // Past the announcement's bound (2 s), and its second try on a new connection (into the
     // same hole, bounded too), the path carries again.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     relay.set(Fault::None);
     queue("call-after").await;
     assert!(
