@@ -4019,6 +4019,25 @@ async fn sqlite_a_claim_that_finds_no_alert_due_does_not_take_the_writer() {
     sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
 }
 
+/// What stands for another process's worker in the announcement tests: a session listening for
+/// `NOTIFY lifeline_queue` directly (through no relay).
+async fn other_process_listening(db: &TestDb) -> sqlx::postgres::PgListener {
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url)
+        .await
+        .expect("listener");
+    listener.listen("lifeline_queue").await.expect("listen");
+    listener
+}
+
+/// The next announcement `listener` hears within `wait`, if any.
+async fn announcement(
+    listener: &mut sqlx::postgres::PgListener,
+    wait: std::time::Duration,
+) -> Option<sqlx::postgres::PgNotification> {
+    let next = tokio::time::timeout(wait, listener.recv()).await.ok();
+    next.map(|n| n.expect("listener"))
+}
+
 /// The call path announces queued work to other processes' workers (`NOTIFY lifeline_queue`)
 /// on a connection of its own that it keeps. When the network cuts that connection, the next
 /// announcement is not lost: it goes once more, on a new connection.
@@ -4028,11 +4047,7 @@ async fn pg_call_path_announcements_reach_other_processes_after_their_connection
     use std::time::Duration;
     let db = TestDb::new(Engine::Postgres).await;
     db.store().await;
-    // Another process's worker, listening directly.
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url)
-        .await
-        .expect("listener");
-    listener.listen("lifeline_queue").await.expect("listen");
+    let mut listener = other_process_listening(&db).await;
     let relay = Relay::start(target_of(&db.url).await).await;
     let store = Arc::new(
         lifeline::store::postgres::PgStore::connect_call_path(&through(&db.url, relay.addr()), 2)
@@ -4040,17 +4055,16 @@ async fn pg_call_path_announcements_reach_other_processes_after_their_connection
             .expect("call path store"),
     );
     async fn announced(listener: &mut sqlx::postgres::PgListener, what: &str) {
-        let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        let note = announcement(listener, Duration::from_secs(5))
             .await
-            .unwrap_or_else(|_| panic!("no announcement {what}"))
-            .expect("listener");
+            .unwrap_or_else(|| panic!("no announcement {what}"));
         assert_eq!(note.payload(), "callback_requests");
     }
     async fn drain(listener: &mut sqlx::postgres::PgListener) {
-        while let Ok(note) = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await
-        {
-            note.expect("listener");
-        }
+        while announcement(listener, Duration::from_millis(200))
+            .await
+            .is_some()
+        {}
     }
     // Two requests queued one after the other: each announced (the second on the connection
     // the first one's announcement took and kept).
@@ -4096,10 +4110,7 @@ async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_anno
     use std::time::Duration;
     let db = TestDb::new(Engine::Postgres).await;
     db.store().await;
-    let mut listener = sqlx::postgres::PgListener::connect(&db.url)
-        .await
-        .expect("listener");
-    listener.listen("lifeline_queue").await.expect("listen");
+    let mut listener = other_process_listening(&db).await;
     let relay = Relay::start(target_of(&db.url).await).await;
     let store = Arc::new(
         lifeline::store::postgres::PgStore::connect_call_path_announcing_to(
@@ -4110,13 +4121,6 @@ async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_anno
         .await
         .expect("call path store"),
     );
-    async fn recv(
-        listener: &mut sqlx::postgres::PgListener,
-        wait: Duration,
-    ) -> Option<sqlx::postgres::PgNotification> {
-        let next = tokio::time::timeout(wait, listener.recv()).await.ok();
-        next.map(|n| n.expect("listener"))
-    }
     let queue = |name: &str| {
         let task = spawn_message(&store, name.to_string(), None);
         async move {
@@ -4127,7 +4131,9 @@ async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_anno
 
     queue("call-before").await;
     assert!(
-        recv(&mut listener, Duration::from_secs(5)).await.is_some(),
+        announcement(&mut listener, Duration::from_secs(5))
+            .await
+            .is_some(),
         "announced while the path carries"
     );
 
@@ -4135,7 +4141,7 @@ async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_anno
     relay.set(Fault::BlackHole);
     queue("call-in-the-hole").await;
     assert!(
-        recv(&mut listener, Duration::from_millis(500))
+        announcement(&mut listener, Duration::from_millis(500))
             .await
             .is_none(),
         "nothing crosses a black hole"
@@ -4146,7 +4152,9 @@ async fn pg_call_path_a_black_holed_announcing_connection_holds_up_no_later_anno
     relay.set(Fault::None);
     queue("call-after").await;
     assert!(
-        recv(&mut listener, Duration::from_secs(5)).await.is_some(),
+        announcement(&mut listener, Duration::from_secs(5))
+            .await
+            .is_some(),
         "a request queued after the black hole is announced"
     );
 }
