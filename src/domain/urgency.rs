@@ -3,6 +3,9 @@
 //! The original system sorted the text `urgency_level DESC`, which put `critical` last. Here the
 //! order is an explicit rank: critical (0), urgent (1), normal (2).
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 
 /// How soon a caller needs a call back.
@@ -49,6 +52,12 @@ const URGENT: [&str; 5] = [
     "vomiting blood",
 ];
 
+/// Every phrase above, found in one pass.
+static ANY_PHRASE: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::new(NEGATIONS.iter().chain(&CRITICAL).chain(&URGENT))
+        .expect("a few short literal phrases")
+});
+
 impl Urgency {
     /// The value stored in `urgency_level` (as the original system wrote it).
     pub(crate) fn as_str(self) -> &'static str {
@@ -85,8 +94,17 @@ impl Urgency {
             return level.min(floor);
         }
         let mut text = texts.join(" ").to_lowercase();
+        // Most concerns hold none of the phrases: one pass over the text says so, where each
+        // phrase's own search (below, which decides when one is there) set up a searcher first.
+        if !ANY_PHRASE.is_match(&text) {
+            return Urgency::Normal.min(floor);
+        }
+        // `replace` builds a new string even when there is nothing to replace: on the call
+        // path, only when there is.
         for n in NEGATIONS {
-            text = text.replace(n, " ");
+            if text.contains(n) {
+                text = text.replace(n, " ");
+            }
         }
         let found = if CRITICAL.iter().any(|k| text.contains(k)) {
             Urgency::Critical

@@ -2,7 +2,7 @@
 //! `shared/reference/jambonz-protocol.md`): message envelopes, the data we read, and the acks,
 //! commands and verbs we send.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// The only subprotocol the feature-server offers, and the one we must echo.
@@ -223,18 +223,37 @@ pub(crate) fn ack(msgid: &str, verbs: Option<Vec<Value>>) -> String {
 
 /// The Ultravox tool result, sent while the `llm` verb still runs.
 pub(crate) fn tool_output(tool_call_id: &str, result: &str) -> String {
-    json!({
-        "type": "command",
-        "command": "llm:tool-output",
-        "queueCommand": false,
-        "tool_call_id": tool_call_id,
-        "data": {
-            "type": "client_tool_result",
-            "invocation_id": tool_call_id,
-            "result": result,
+    // Written straight from borrowed fields: `json!` built a map of owned values first, on
+    // every tool call.
+    #[derive(Serialize)]
+    struct Output<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        command: &'static str,
+        #[serde(rename = "queueCommand")]
+        queue_command: bool,
+        tool_call_id: &'a str,
+        data: Data<'a>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        invocation_id: &'a str,
+        result: &'a str,
+    }
+    serde_json::to_string(&Output {
+        kind: "command",
+        command: "llm:tool-output",
+        queue_command: false,
+        tool_call_id,
+        data: Data {
+            kind: "client_tool_result",
+            invocation_id: tool_call_id,
+            result,
         },
     })
-    .to_string()
+    .expect("strings and a bool always serialize")
 }
 
 /// Replaces the running verb stack (and so ends the `llm` verb).

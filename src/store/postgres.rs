@@ -416,8 +416,10 @@ impl PgStore {
         check: crate::store::LimitCheck<'_>,
     ) -> Result<(crate::store::Begun, bool), StoreError> {
         use crate::store::{Begun, Plan, Recorded, WindowCounts};
+        // The paths other than the lane's are boxed: inline, their futures (a transaction's
+        // statements) made every tool call's future some 17 KB, allocated and copied per call.
         let Some(thresholds) = windows.thresholds else {
-            return self.log_in_transaction(log, plan, windows, check).await;
+            return Box::pin(self.log_in_transaction(log, plan, windows, check)).await;
         };
         let (outcome, callback, limits) = match plan {
             Plan::Fail(outcome) => (Some(outcome), None, (None, None)),
@@ -443,7 +445,7 @@ impl PgStore {
         // The call path's store shares statements among the tool calls waiting at once.
         let (found, call, tool) = match &self.batcher {
             Some(batcher) => batcher.log(entry).await?,
-            None => log_batch::alone(&self.pool, &entry).await?,
+            None => Box::pin(log_batch::alone(&self.pool, &entry)).await?,
         };
         match found.as_str() {
             "queued" | "logged" => {
@@ -453,17 +455,22 @@ impl PgStore {
                 };
                 Ok((begun, found == "queued"))
             }
-            "duplicate" => Ok((self.logged_before(log).await?, false)),
+            "duplicate" => Ok((Box::pin(self.logged_before(log)).await?, false)),
             // Over a limit: nothing was written. The refusal is recorded as the row's outcome,
             // without its callback request, as the transaction below would have.
             _ => match check(&WindowCounts { call, tool }) {
                 Some(err) => {
                     let refusal = Plan::Fail(Recorded::of(&Err(err), log.created_at, 0.0));
-                    self.log_in_transaction(log, &refusal, windows, &|_: &WindowCounts| None)
-                        .await
+                    Box::pin(self.log_in_transaction(
+                        log,
+                        &refusal,
+                        windows,
+                        &|_: &WindowCounts| None,
+                    ))
+                    .await
                 }
                 // The check disagrees with its thresholds: it decides.
-                None => self.log_in_transaction(log, plan, windows, check).await,
+                None => Box::pin(self.log_in_transaction(log, plan, windows, check)).await,
             },
         }
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::FutureExt;
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -604,7 +605,8 @@ impl Session {
     /// Starts a tool call; what it returns is sent at once (the answer to one that cannot be
     /// read).
     fn on_tool_call(&self, env: &Envelope) -> Vec<String> {
-        let data: ToolCallData = match serde_json::from_value(env.data.clone()) {
+        // Read in place: cloning the whole frame's data first was a copy per tool call.
+        let data = match ToolCallData::deserialize(&env.data) {
             Ok(d) => d,
             Err(e) => {
                 return malformed::unreadable_tool_call(&env.data, &e)

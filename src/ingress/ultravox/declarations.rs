@@ -2,6 +2,8 @@
 //! up, or has Jambonz set up): each tool's description and parameters for the model, declared so
 //! that its invocations reach lifeline.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 
 use crate::protocol::ultravox::{Parameter, ToolChannel, temporary_tool};
@@ -70,14 +72,17 @@ fn definition(tool: ToolName) -> (&'static str, Vec<Parameter>) {
 /// `selectedTools` entries declaring every lifeline tool as an Ultravox *client* tool, so that
 /// invocations reach lifeline through the platform that carries the call (Jambonz `toolHook`).
 pub fn client_tools() -> Vec<Value> {
-    tools_on(ToolChannel::Client)
+    // Built once: they are the same for every call, and every call's answer carries them.
+    static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| tools_on(ToolChannel::Client));
+    TOOLS.clone()
 }
 
 /// `selectedTools` entries declaring every lifeline tool as a *data connection* tool: Ultravox
 /// sends the invocations over its own WebSocket to lifeline (`GET /ultravox`), which is how a
 /// Twilio-carried call reaches lifeline's tools.
 pub fn data_connection_tools() -> Vec<Value> {
-    tools_on(ToolChannel::DataConnection)
+    static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| tools_on(ToolChannel::DataConnection));
+    TOOLS.clone()
 }
 
 fn tools_on(channel: ToolChannel) -> Vec<Value> {
