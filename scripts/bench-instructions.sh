@@ -27,7 +27,7 @@ pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] && cp "$work"/callgrind.out.* /tmp/ 2>/dev/null; rm -rf "$work"
 }
 trap cleanup EXIT
 DATABASE_URL=${DATABASE_URL:-sqlite://$work/lifeline.db} LIFELINE_CONFIG=fixtures/demo.toml \

@@ -214,11 +214,22 @@ pub(crate) fn is_final_status(status: &str) -> bool {
 
 /// `{"type":"ack","msgid":…,"data":[verbs]}`; no `data` means "carry on".
 pub(crate) fn ack(msgid: &str, verbs: Option<Vec<Value>>) -> String {
-    match verbs {
-        Some(v) => json!({ "type": "ack", "msgid": msgid, "data": v }),
-        None => json!({ "type": "ack", "msgid": msgid }),
+    // Serialized as it stands: `json!` would first copy the verbs (the prompt and every tool's
+    // declaration) into a new `Value`, node by node.
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        msgid: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Vec<Value>>,
     }
-    .to_string()
+    serde_json::to_string(&Ack {
+        kind: "ack",
+        msgid,
+        data: verbs,
+    })
+    .expect("a JSON value always serializes")
 }
 
 /// The Ultravox tool result, sent while the `llm` verb still runs.
@@ -258,8 +269,10 @@ pub(crate) fn tool_output(tool_call_id: &str, result: &str) -> String {
 
 /// Replaces the running verb stack (and so ends the `llm` verb).
 pub(crate) fn redirect(verbs: Vec<Value>) -> String {
-    json!({ "type": "command", "command": "redirect", "queueCommand": false, "data": verbs })
-        .to_string()
+    let mut command = json!({ "type": "command", "command": "redirect", "queueCommand": false });
+    // Moved in, not copied as `json!` would.
+    command["data"] = Value::Array(verbs);
+    command.to_string()
 }
 
 /// Says `text`.
@@ -385,13 +398,15 @@ pub(crate) fn ultravox_llm(
     let mut llm = json!({
         "verb": "llm",
         "vendor": "ultravox",
-        "auth": auth,
         "actionHook": hooks::LLM_COMPLETE,
         "eventHook": hooks::LLM_EVENT,
         "toolHook": hooks::TOOL_CALL,
         "events": ["createCall"],
-        "llmOptions": Value::Object(llm_options),
     });
+    // Moved in: `json!` copies a `Value` given to it, and the options hold the prompt and the
+    // tools' declarations.
+    llm["auth"] = auth;
+    llm["llmOptions"] = Value::Object(llm_options);
     if let Some(model) = model {
         llm["model"] = json!(model);
     }

@@ -64,7 +64,7 @@ fn verbs_with_context(
         AgentPrompt::Inline(prompt) => {
             options.insert("systemPrompt".into(), json!(prompt));
             options.insert("firstSpeaker".into(), json!("FIRST_SPEAKER_AGENT"));
-            options.insert("selectedTools".into(), json!(client_tools()));
+            options.insert("selectedTools".into(), Value::Array(client_tools()));
             if let Some(voice) = &uv.voice {
                 options.insert("voice".into(), json!(voice));
             }
