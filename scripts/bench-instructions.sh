@@ -12,6 +12,8 @@
 #     TOOLS_PER_CALL  collect_info calls per call (default 1000: calls held open, as jambonz
 #                     holds a call's socket; 1 makes every tool call a new call)
 #   DATABASE_URL      default: a fresh SQLite file; a PostgreSQL URL uses that database as is
+#   KEEP=1            copies the profile to /tmp/callgrind.out.1, for `callgrind_annotate
+#                     --inclusive=yes /tmp/callgrind.out.1` (where the instructions went)
 #
 # Counting starts after 2 s of the same load (start-up, first connections and statements are
 # not counted) and stops when the measured load ends.
