@@ -532,13 +532,11 @@ fn captured_logs() -> &'static Mutex<Vec<u8>> {
                 Ok(())
             }
         }
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_writer(move || Sink(lines))
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .finish();
+        // The layer `lifeline serve` writes its lines with, to a buffer.
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(lifeline::telemetry::json_lines(move || Sink(lines)));
         tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
         lines
     })

@@ -141,6 +141,51 @@ mod tests {
         assert_eq!(d("prescription refill"), Urgency::Normal);
     }
 
+    /// The one-pass check in front of the phrase-by-phrase rule changes no decision: every
+    /// phrase alone, after each negation, and text where removing a negation joins a phrase.
+    #[test]
+    fn the_one_pass_check_decides_as_the_phrase_by_phrase_rule() {
+        fn by_phrase(text: &str) -> Urgency {
+            let mut text = text.to_lowercase();
+            for n in NEGATIONS {
+                text = text.replace(n, " ");
+            }
+            if CRITICAL.iter().any(|k| text.contains(k)) {
+                Urgency::Critical
+            } else if URGENT.iter().any(|k| text.contains(k)) {
+                Urgency::Urgent
+            } else {
+                Urgency::Normal
+            }
+        }
+        let mut texts: Vec<String> = [
+            "",
+            "prescription refill",
+            "hit bynot urgentcar",
+            "as soon asnon-urgent as possible",
+            "NOT URGENT, just a question",
+            "Seizure!",
+            "non-emergency, but vomiting blood",
+            "poisonous plant eaten",
+        ]
+        .map(String::from)
+        .to_vec();
+        for phrase in NEGATIONS.iter().chain(&CRITICAL).chain(&URGENT) {
+            texts.push(format!("my dog: {phrase}."));
+            texts.push(phrase.to_uppercase());
+            for n in NEGATIONS {
+                texts.push(format!("{n} {phrase}"));
+            }
+        }
+        for text in &texts {
+            assert_eq!(
+                Urgency::derive(None, &[text], Urgency::Normal),
+                by_phrase(text),
+                "{text:?}"
+            );
+        }
+    }
+
     #[test]
     fn explicit_level_wins_but_never_below_the_floor() {
         assert_eq!(

@@ -32,14 +32,7 @@ pub fn init(format: &str) -> Telemetry {
     let fmt = if format == "pretty" {
         tracing_subscriber::fmt::layer().with_writer(writer).boxed()
     } else {
-        // json-subscriber keeps each span's fields as JSON, where tracing-subscriber's JSON
-        // formatter parses them back on every line (a tenth of the server's CPU at 1,000 tool
-        // calls/s was the log line; see the README's Performance section).
-        json_subscriber::fmt::layer()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(writer)
-            .boxed()
+        json_lines(writer).boxed()
     };
     let result = tracing_subscriber::registry()
         .with(filter)
@@ -59,6 +52,23 @@ pub fn init(format: &str) -> Telemetry {
         _log: guard,
         _sentry: sentry,
     }
+}
+
+/// The JSON lines [`init`] writes (one object per line: `timestamp`, `level`, `target`, the
+/// event's `fields` and the current `span`'s fields and `name`), to `writer`; tests capture the
+/// lines with it.
+pub fn json_lines<S, W>(writer: W) -> json_subscriber::fmt::Layer<S, W>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    // json-subscriber keeps each span's fields as JSON, where tracing-subscriber's JSON
+    // formatter parses them back on every line (a tenth of the server's CPU at 1,000 tool
+    // calls/s was the log line; see the README's Performance section).
+    json_subscriber::fmt::layer()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(writer)
 }
 
 /// Starts the Sentry client named by `SENTRY_DSN` (`None` when unset, or when it is not a DSN:
