@@ -3985,6 +3985,75 @@ async fn sqlite_a_tool_call_that_fails_in_a_shared_batch_fails_alone() {
     );
 }
 
+/// SQLite's WAL is copied back into the database by the checkpointer thread, beside the log
+/// writer, not inside the writer's commits (`src/store/sqlite/checkpoints.rs`), and it stays
+/// short. Forty calls' tool calls, each with its callback request, logged at once, write about
+/// 26,000 WAL frames in all (a run with no checkpoint left a WAL that long), yet the WAL file
+/// never reaches 4,000 frames, the length at which the writer checkpoints on its own: it stays
+/// near 1,500 (four runs at once: 1,451-1,523). With the checkpointer never asked it reached
+/// 4,185, and no checkpoint is counted as the checkpointer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_the_checkpointer_keeps_the_wal_short_beside_the_log_writer() {
+    use sqlx::Connection;
+    const CALLS: usize = 40;
+    const EACH: i64 = 150;
+    let db = TestDb::new(Engine::Sqlite).await;
+    let store = Arc::new(sqlite_store(&db).await);
+    let mut calls = Vec::new();
+    for c in 0..CALLS {
+        let store = store.clone();
+        calls.push(tokio::spawn(async move {
+            let call_ref = format!("call-wal-{c}");
+            for i in 0..EACH {
+                let at = t0() + secs(i);
+                let log = new_log(&call_ref, &format!("message-{i}"), "collect_info", at);
+                let cb = callback(TENANT, None, Some(log.id), Urgency::Normal, at);
+                let plan = Plan::Complete {
+                    outcome: success(at),
+                    callback: Some(Box::new(cb)),
+                };
+                let begun = store
+                    .begin_invocation(
+                        &log,
+                        &plan,
+                        &windows_with(Some(1_000), None),
+                        &refuse_at(1_000, None),
+                    )
+                    .await
+                    .expect("logged");
+                assert!(
+                    matches!(begun, Begun::Recorded(ref r) if r.success),
+                    "{begun:?}"
+                );
+            }
+        }));
+    }
+    for call in calls {
+        call.await.expect("call");
+    }
+    let (by_checkpointer, by_writer) = store.checkpoints();
+    let path = db.url["sqlite://".len()..].split('?').next().unwrap();
+    let wal = std::fs::metadata(format!("{path}-wal"))
+        .expect("the WAL")
+        .len();
+    let frames = wal / (4096 + 24);
+    assert!(
+        by_checkpointer >= 2 && by_writer >= 1,
+        "checkpoints by the checkpointer {by_checkpointer}, by the writer {by_writer}"
+    );
+    assert!(
+        frames < 4_000,
+        "the WAL grew to {frames} frames (checkpoints: {by_checkpointer} by the checkpointer, \
+         {by_writer} by the writer)"
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("raw");
+    let (requests,): (i64,) = sqlx::query_as("SELECT count(*) FROM callback_requests")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(requests, CALLS as i64 * EACH);
+}
+
 /// The delivery worker looks for alerts at every wake-up (every commit with a callback request
 /// wakes it), and most look-ups find none. On SQLite the writer is the call path's too: such a
 /// look-up must not take it. Here another connection holds the write lock; a claim that finds

@@ -2,6 +2,7 @@
 //! commit for tool calls' logging transactions (see [`SqliteStore::log_invocation`]), most of
 //! them by a thread of their own ([`log_writer`]).
 
+mod checkpoints;
 mod log_writer;
 
 use std::str::FromStr;
@@ -319,6 +320,16 @@ impl SqliteStore {
             self.batch.queries.load(Ordering::Relaxed),
             self.batch.carried.load(Ordering::Relaxed),
         )
+    }
+
+    /// WAL checkpoints so far: by the checkpointer thread, and by the log writer itself
+    /// between its batches (see `sqlite/checkpoints.rs`); none without a log writer (SQLite's
+    /// automatic checkpoints then run as they do on sqlx's connections).
+    pub fn checkpoints(&self) -> (u64, u64) {
+        self.batch
+            .writer
+            .as_ref()
+            .map_or((0, 0), log_writer::LogWriter::checkpoints)
     }
 
     /// Tool calls queued for the log writer and not answered yet (for tests).

@@ -186,6 +186,8 @@ pub(crate) fn families() -> Vec<Family> {
         // dashboard.
         Family::histogram("lifeline_log_commit_batch_size"),
         Family::histogram("lifeline_log_batch_size"),
+        Family::counter("lifeline_sqlite_checkpoints_total")
+            .label("by", &["checkpointer", "log_writer"]),
         Family::counter("lifeline_admin_logins_total").label("outcome", &["ok", "failed"]),
     ]
 }

@@ -19,6 +19,7 @@ use rusqlite::types::Value;
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::{mpsc, watch};
 
+use super::checkpoints::Checkpoints;
 use super::{GroupCommit, Queued};
 
 /// At most this many tool calls in one batch (they all wait for its commit).
@@ -89,6 +90,7 @@ impl Job {
 /// The queue of jobs for the writer thread.
 pub(super) struct LogWriter {
     tx: mpsc::UnboundedSender<Job>,
+    checkpoints: std::sync::Arc<super::checkpoints::Counts>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -114,6 +116,8 @@ impl LogWriter {
              PRAGMA cache_size = -16384;",
         )?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
+        let checkpoints = Checkpoints::start(&db, path)?;
+        let counts = checkpoints.counts();
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -124,11 +128,23 @@ impl LogWriter {
                     runtime,
                     group,
                     db,
+                    checkpoints,
                 }
                 .run(rx)
             })
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            checkpoints: counts,
+        })
+    }
+
+    /// WAL checkpoints so far: by the checkpointer thread, and by this writer itself.
+    pub(super) fn checkpoints(&self) -> (u64, u64) {
+        (
+            self.checkpoints.checkpointer.load(Ordering::Relaxed),
+            self.checkpoints.log_writer.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues a job; false if the thread is gone (its caller then writes it statement by
@@ -144,10 +160,11 @@ struct Thread {
     runtime: tokio::runtime::Handle,
     group: std::sync::Weak<GroupCommit>,
     db: rusqlite::Connection,
+    checkpoints: Checkpoints,
 }
 
 impl Thread {
-    fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         // In the runtime's context (not on it): sqlx returns a connection to its pool from a
         // task it spawns.
         let _context = self.runtime.enter();
@@ -160,6 +177,8 @@ impl Thread {
             for job in batch {
                 self.answer(job, None);
             }
+            // Once the batch is answered: its commit's checkpoint, if any, delays no one in it.
+            self.checkpoints.after_batch(&self.db);
         }
     }
 
