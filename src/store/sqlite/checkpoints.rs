@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
-/// The checkpointer is asked to copy the WAL back once it holds this many frames (SQLite's own
-/// automatic checkpoint's default).
+/// The checkpointer is asked to copy the WAL back once it holds this many frames (more than
+/// after the writer's own last checkpoint, if the WAL did not start again after it): SQLite's
+/// own automatic checkpoint's default.
 pub(super) const SWEEP_AT: c_int = 1_000;
 
 /// The writer checkpoints on its own once the WAL holds this many frames more than after its
