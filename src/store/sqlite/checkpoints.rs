@@ -22,11 +22,11 @@ use std::sync::mpsc;
 /// The checkpointer is asked to copy the WAL back once it holds this many frames (more than
 /// after the writer's own last checkpoint, if the WAL did not start again after it): SQLite's
 /// own automatic checkpoint's default.
-pub(super) const SWEEP_AT: c_int = 1_000;
+const SWEEP_AT: c_int = 1_000;
 
 /// The writer checkpoints on its own once the WAL holds this many frames more than after its
 /// last checkpoint (16 MiB of 4 KiB pages): the checkpointer did not keep it short.
-pub(super) const WRITER_AT: c_int = 4_000;
+const WRITER_AT: c_int = 4_000;
 
 thread_local! {
     /// Frames in the WAL after the last commit on this thread's connection (SQLite's WAL hook
@@ -42,7 +42,8 @@ fn note_wal_length(_wal: &rusqlite::hooks::Wal, frames: c_int) -> rusqlite::Resu
     Ok(())
 }
 
-/// Checkpoints run so far (for tests and the README's figures).
+/// Checkpoints run so far (for tests and the README's figures; all 0 where the checkpointer
+/// could not start).
 #[derive(Debug, Default)]
 pub(super) struct Counts {
     /// By the checkpointer thread, alongside the writer.

@@ -116,8 +116,17 @@ impl LogWriter {
              PRAGMA cache_size = -16384;",
         )?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        let checkpoints = Checkpoints::start(&db, path)?;
-        let counts = checkpoints.counts();
+        // Without a checkpointer the writer's connection keeps SQLite's automatic checkpoint
+        // (inside its commits, as before): a slower tail, not a reason to write one by one.
+        let checkpoints = Checkpoints::start(&db, path)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "could not start SQLite's checkpointer; the log writer checkpoints in its commits");
+            })
+            .ok();
+        let counts = checkpoints
+            .as_ref()
+            .map(Checkpoints::counts)
+            .unwrap_or_default();
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -160,7 +169,8 @@ struct Thread {
     runtime: tokio::runtime::Handle,
     group: std::sync::Weak<GroupCommit>,
     db: rusqlite::Connection,
-    checkpoints: Checkpoints,
+    /// `None` if the checkpointer could not start (SQLite's own checkpoints then).
+    checkpoints: Option<Checkpoints>,
 }
 
 impl Thread {
@@ -178,7 +188,9 @@ impl Thread {
                 self.answer(job, None);
             }
             // Once the batch is answered: its commit's checkpoint, if any, delays no one in it.
-            self.checkpoints.after_batch(&self.db);
+            if let Some(checkpoints) = &mut self.checkpoints {
+                checkpoints.after_batch(&self.db);
+            }
         }
     }
 
