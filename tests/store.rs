@@ -4032,6 +4032,15 @@ async fn sqlite_the_checkpointer_keeps_the_wal_short_beside_the_log_writer() {
         call.await.expect("call");
     }
     let (by_checkpointer, by_writer) = store.checkpoints();
+    // Every commit was synced before its tool calls were answered, by the sync thread while
+    // the writer went on (one sync may cover several commits) or by the writer when nothing
+    // else was queued (`src/store/sqlite/wal_sync.rs`).
+    let (commits, _) = store.queued_logs();
+    let syncs = store.wal_syncs();
+    assert!(
+        syncs >= 1 && syncs <= commits,
+        "{syncs} WAL syncs for {commits} commits"
+    );
     let path = db.url["sqlite://".len()..].split('?').next().unwrap();
     let wal = std::fs::metadata(format!("{path}-wal"))
         .expect("the WAL")

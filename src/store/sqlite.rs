@@ -1,9 +1,11 @@
 //! SQLite, the embedded default: WAL with `synchronous=FULL`, one writer connection, and group
 //! commit for tool calls' logging transactions (see [`SqliteStore::log_invocation`]), most of
-//! them by a thread of their own ([`log_writer`]).
+//! them by a thread of their own ([`log_writer`]), whose commits are synced before they are
+//! answered by another ([`wal_sync`]).
 
 mod checkpoints;
 mod log_writer;
+mod wal_sync;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -330,6 +332,15 @@ impl SqliteStore {
             .writer
             .as_ref()
             .map_or((0, 0), log_writer::LogWriter::checkpoints)
+    }
+
+    /// Syncs of the WAL that made the log writer's commits durable (see `sqlite/wal_sync.rs`);
+    /// 0 without a log writer or its sync thread (each commit then syncs inside SQLite).
+    pub fn wal_syncs(&self) -> u64 {
+        self.batch
+            .writer
+            .as_ref()
+            .map_or(0, log_writer::LogWriter::wal_syncs)
     }
 
     /// Tool calls queued for the log writer and not answered yet (for tests).

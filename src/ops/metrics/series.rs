@@ -188,6 +188,7 @@ pub(crate) fn families() -> Vec<Family> {
         Family::histogram("lifeline_log_batch_size"),
         Family::counter("lifeline_sqlite_checkpoints_total")
             .label("by", &["checkpointer", "log_writer"]),
+        Family::counter("lifeline_sqlite_wal_syncs_total"),
         Family::counter("lifeline_admin_logins_total").label("outcome", &["ok", "failed"]),
     ]
 }

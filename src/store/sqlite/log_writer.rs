@@ -20,6 +20,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{mpsc, watch};
 
 use super::checkpoints::Checkpoints;
+use super::wal_sync::WalSync;
 use super::{GroupCommit, Queued};
 
 /// At most this many tool calls in one batch (they all wait for its commit).
@@ -91,6 +92,7 @@ impl Job {
 pub(super) struct LogWriter {
     tx: mpsc::UnboundedSender<Job>,
     checkpoints: std::sync::Arc<super::checkpoints::Counts>,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -127,6 +129,17 @@ impl LogWriter {
             .as_ref()
             .map(Checkpoints::counts)
             .unwrap_or_default();
+        // Its commits do not wait for the disk: the sync thread makes each durable before it
+        // is answered (`wal_sync`). Without that thread, `synchronous=FULL` as everywhere.
+        let sync = WalSync::start(path)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "could not start SQLite's WAL sync thread; the log writer syncs in its commits");
+            })
+            .ok();
+        if sync.is_some() {
+            db.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        }
+        let syncs = sync.as_ref().map(WalSync::syncs).unwrap_or_default();
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -138,6 +151,7 @@ impl LogWriter {
                     group,
                     db,
                     checkpoints,
+                    sync,
                 }
                 .run(rx)
             })
@@ -145,6 +159,7 @@ impl LogWriter {
         Ok(Self {
             tx,
             checkpoints: counts,
+            syncs,
         })
     }
 
@@ -154,6 +169,11 @@ impl LogWriter {
             self.checkpoints.checkpointer.load(Ordering::Relaxed),
             self.checkpoints.log_writer.load(Ordering::Relaxed),
         )
+    }
+
+    /// Syncs of the WAL by the sync thread so far (0 where it could not start).
+    pub(super) fn wal_syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Queues a job; false if the thread is gone (its caller then writes it statement by
@@ -171,6 +191,8 @@ struct Thread {
     db: rusqlite::Connection,
     /// `None` if the checkpointer could not start (SQLite's own checkpoints then).
     checkpoints: Option<Checkpoints>,
+    /// `None` if the sync thread could not start (each `COMMIT` syncs then).
+    sync: Option<WalSync>,
 }
 
 impl Thread {
@@ -232,8 +254,21 @@ impl Thread {
         drop(held);
         let kept = written.iter().filter(|w| **w).count();
         metrics::histogram!("lifeline_log_commit_batch_size").record(kept as f64);
-        // Set before anyone reads it: each waiter finds the outcome at once.
-        let (_outcome, committed) = watch::channel(Some(committed));
+        let committed = match (&self.sync, committed) {
+            // Set once the WAL holding the commit is synced: by the sync thread while the
+            // next batch begins, if jobs queued meanwhile; else here (nothing to overlap).
+            (Some(sync), Ok(())) if kept > 0 => {
+                let (pending, committed) = watch::channel(None);
+                if rx.is_empty() {
+                    sync.sync_here(pending);
+                } else {
+                    sync.after_commit(pending);
+                }
+                committed
+            }
+            // Set before anyone reads it: each waiter finds the outcome at once.
+            (_, committed) => watch::channel(Some(committed)).1,
+        };
         for (job, written) in batch.drain(..).zip(written) {
             self.answer(job, written.then(|| committed.clone()));
         }
