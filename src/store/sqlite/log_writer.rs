@@ -171,7 +171,8 @@ impl LogWriter {
         )
     }
 
-    /// Syncs of the WAL by the sync thread so far (0 where it could not start).
+    /// Syncs of the WAL so far, by the sync thread or by the writer itself (0 where the sync
+    /// thread could not start: each `COMMIT` syncs then).
     pub(super) fn wal_syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }

@@ -18,49 +18,77 @@
 //! (`synchronous=FULL`) syncs the same WAL, so nothing acts on a row by writing that is not
 //! durable by then.
 
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::watch;
 
 /// Where a commit's outcome goes once the WAL holding it is synced (see `super::Outcome`).
 pub(super) type Pending = watch::Sender<Option<Result<(), String>>>;
 
-/// Syncs the WAL file at `wal` to the disk (its data, and its length).
-type SyncFn = dyn Fn(&Path) -> std::io::Result<()> + Send + Sync;
+/// Syncs the WAL file to the disk (its data, and its length).
+type SyncFn = dyn Fn() -> std::io::Result<()> + Send + Sync;
 
 /// The handle of the sync thread: commits to make durable go to it.
 pub(super) struct WalSync {
     tx: mpsc::Sender<Pending>,
-    wal: PathBuf,
     sync: Arc<SyncFn>,
     syncs: Arc<AtomicU64>,
 }
 
-/// The WAL file's sync: `fdatasync`, as SQLite's own on Linux.
-fn fdatasync(wal: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(wal)?
-        .sync_data()
+/// The WAL file, opened at its first sync and kept: a sync then needs no new file descriptor
+/// (none may be left when hostile connections hold them all) and no look-up of its path.
+/// SQLite removes the WAL only when the database's last connection closes, and the log
+/// writer's stays open as long as this does.
+struct WalFile {
+    path: PathBuf,
+    file: Mutex<Option<Arc<File>>>,
+}
+
+impl WalFile {
+    /// `fdatasync` of the WAL, as SQLite's own on Linux. After a failure the file is opened
+    /// again for the next sync (the failed one stays failed: its commits are never reported
+    /// durable by a later sync's success).
+    fn sync(&self) -> std::io::Result<()> {
+        let file = {
+            let mut kept = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            match &*kept {
+                Some(file) => file.clone(),
+                None => {
+                    let opened = Arc::new(OpenOptions::new().write(true).open(&self.path)?);
+                    *kept = Some(opened.clone());
+                    opened
+                }
+            }
+        };
+        let synced = file.sync_data();
+        if synced.is_err() {
+            *self.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        synced
+    }
 }
 
 impl WalSync {
     /// Starts the thread that syncs the WAL of the database file at `db` (SQLite's name for it:
     /// the file's name and `-wal`). It ends when the returned value is dropped.
     pub(super) fn start(db: &Path) -> std::io::Result<Self> {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        Self::start_with(PathBuf::from(wal), Arc::new(fdatasync))
+        let mut path = db.as_os_str().to_owned();
+        path.push("-wal");
+        let wal = WalFile {
+            path: PathBuf::from(path),
+            file: Mutex::new(None),
+        };
+        Self::start_with(Arc::new(move || wal.sync()))
     }
 
     /// As [`WalSync::start`], with the sync given (tests hold it to see who waits for it).
-    fn start_with(wal: PathBuf, sync: Arc<SyncFn>) -> std::io::Result<Self> {
+    fn start_with(sync: Arc<SyncFn>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Pending>();
         let syncs = Arc::new(AtomicU64::new(0));
-        let (path, synced, counted) = (wal.clone(), sync.clone(), syncs.clone());
+        let (synced, counted) = (sync.clone(), syncs.clone());
         std::thread::Builder::new()
             .name("lifeline-sqlite-sync".into())
             .spawn(move || {
@@ -68,18 +96,13 @@ impl WalSync {
                     // Every commit made before this sync begins is covered by it.
                     let mut pending = vec![first];
                     pending.extend(rx.try_iter());
-                    let outcome = run(&*synced, &path, &counted);
+                    let outcome = run(&*synced, &counted);
                     for p in pending {
                         p.send_replace(Some(outcome.clone()));
                     }
                 }
             })?;
-        Ok(Self {
-            tx,
-            wal,
-            sync,
-            syncs,
-        })
+        Ok(Self { tx, sync, syncs })
     }
 
     /// Hands over a committed batch's outcome: it is set once the WAL is synced (or the sync
@@ -93,18 +116,18 @@ impl WalSync {
     /// Syncs the WAL on the caller's thread and sets the outcome: for a writer with nothing
     /// else to do meanwhile (a hand-over would only add a thread's wake-up to the wait).
     pub(super) fn sync_here(&self, pending: Pending) {
-        pending.send_replace(Some(run(&*self.sync, &self.wal, &self.syncs)));
+        pending.send_replace(Some(run(&*self.sync, &self.syncs)));
     }
 
-    /// WAL syncs so far.
+    /// WAL syncs so far (by the thread and by [`WalSync::sync_here`]).
     pub(super) fn syncs(&self) -> Arc<AtomicU64> {
         self.syncs.clone()
     }
 }
 
 /// One sync of the WAL, counted; its failure as every waiting commit's error.
-fn run(sync: &SyncFn, wal: &Path, syncs: &AtomicU64) -> Result<(), String> {
-    match sync(wal) {
+fn run(sync: &SyncFn, syncs: &AtomicU64) -> Result<(), String> {
+    match sync() {
         Ok(()) => {
             syncs.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("lifeline_sqlite_wal_syncs_total").increment(1);
@@ -120,7 +143,6 @@ fn run(sync: &SyncFn, wal: &Path, syncs: &AtomicU64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     /// A sync that waits until the test lets it through, and counts what it was asked.
@@ -142,13 +164,10 @@ mod tests {
 
     fn start(gate: &Arc<Gate>) -> WalSync {
         let g = gate.clone();
-        WalSync::start_with(
-            PathBuf::from("unused-wal"),
-            Arc::new(move |_: &Path| {
-                g.asked.fetch_add(1, Ordering::SeqCst);
-                g.open.lock().unwrap().recv().unwrap()
-            }),
-        )
+        WalSync::start_with(Arc::new(move || {
+            g.asked.fetch_add(1, Ordering::SeqCst);
+            g.open.lock().unwrap().recv().unwrap()
+        }))
         .unwrap()
     }
 
