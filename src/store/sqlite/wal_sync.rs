@@ -4,19 +4,21 @@
 //!
 //! With `synchronous=FULL` every `COMMIT` of the log writer waited for its own sync of the WAL
 //! (0.3–0.5 ms on the development machine), and meanwhile the writer could not begin the next
-//! batch: at 2,000 tool calls/s about a quarter of its time. Here the writer hands each
-//! committed batch's outcome to this thread and goes on with the next batch while the disk
-//! syncs; one sync covers every commit made before it began (the WAL is written in order), so
-//! a batch committed during a sync waits for the next one only.
+//! batch: at 2,000 tool calls/s about a quarter of its time. Here, when jobs queued while it
+//! committed, the writer hands the committed batch's outcome to this thread and goes on with
+//! the next batch while the disk syncs; one sync covers every commit made before it began (the
+//! WAL is written in order), so a batch committed during a sync waits for the next one only.
+//! When nothing queued, the writer syncs itself (there is nothing to overlap).
 //!
 //! The guarantee is `synchronous=FULL`'s: a tool call hears that its rows are committed only
 //! after a sync of the WAL that began after its `COMMIT` returned. What `NORMAL` keeps (SQLite's
 //! own words: the WAL is synced before each checkpoint, the database file after it, and the
 //! WAL's header when the WAL starts again) keeps the file consistent whatever the moment of a
 //! power cut; the sync here adds the durability of each commit before it is answered. Readers
-//! on other connections may see a commit before its sync ends; a write on another connection
-//! (`synchronous=FULL`) syncs the same WAL, so nothing acts on a row by writing that is not
-//! durable by then.
+//! on other connections may see a commit before its sync ends; but a commit on any other
+//! connection (`synchronous=FULL`) syncs the same WAL, and with it every commit before its own,
+//! so what writes before it acts (the delivery worker claims a request before posting it) acts
+//! only on durable rows.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
