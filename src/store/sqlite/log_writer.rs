@@ -131,14 +131,18 @@ impl LogWriter {
             .unwrap_or_default();
         // Its commits do not wait for the disk: the sync thread makes each durable before it
         // is answered (`wal_sync`). Without that thread, `synchronous=FULL` as everywhere.
+        // Neither failure stops the log writer: it then syncs in its commits, as sqlx does.
         let sync = WalSync::start(path)
+            .map_err(|e| e.to_string())
+            .and_then(|sync| {
+                db.execute_batch("PRAGMA synchronous = NORMAL;")
+                    .map(|()| sync)
+                    .map_err(|e| e.to_string())
+            })
             .inspect_err(|e| {
-                tracing::warn!(error = %e, "could not start SQLite's WAL sync thread; the log writer syncs in its commits");
+                tracing::warn!(error = %e, "could not hand SQLite's WAL syncs to a thread of their own; the log writer syncs in its commits");
             })
             .ok();
-        if sync.is_some() {
-            db.execute_batch("PRAGMA synchronous = NORMAL;")?;
-        }
         let syncs = sync.as_ref().map(WalSync::syncs).unwrap_or_default();
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
